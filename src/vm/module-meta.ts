@@ -1,0 +1,33 @@
+// What a prepared (migratable) module is, without the transform itself: the runtime
+// and the image code need these, and must not load binaryen (14 MB) to get them.
+import { createHash } from 'node:crypto';
+
+/** Bump when the transform's output changes: it keys the on-disk cache. */
+export const TRANSFORM_VERSION = 1;
+
+export type Variant = 'tracked' | 'faulting';
+export type ValType = 'i32' | 'i64' | 'f32' | 'f64';
+
+export interface PreparedMeta {
+  transformVersion: number;
+  originalHash: string;
+  variant: Variant;
+  /** Logical memory size at start and the most it may grow to, in wasm pages. */
+  initialPages: number;
+  maxPages: number;
+  /** [start, end) of every active data segment: re-applied by instantiation, so a
+   *  resume must zero them before writing the captured pages. */
+  dataRanges: [number, number][];
+  /** Captured mutable globals, in export order. */
+  globals: { export: string; name: string; type: ValType }[];
+  hasStartFunction: boolean;
+  stats: { functions: number; loopPolls: number; entryPolls: number; writes: number; reads: number; bulk: number };
+}
+
+export interface PreparedModule { bytes: Uint8Array; meta: PreparedMeta }
+
+export const WASI_MODULE = 'wasi_snapshot_preview1';
+
+export function sha256(bytes: Uint8Array): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}

@@ -1,0 +1,426 @@
+// Module preparation: turn any wasm32-wasi command module into a migratable one.
+//
+// What the transform does (binaryen, then its asyncify pass):
+//  1. memory becomes imported (`ferry.memory`) and shared, 65536 pages; the program
+//     sees a virtual memory.size/memory.grow backed by a logical-size global, so the
+//     bookkeeping region at the top (src/vm/layout.ts) never collides with its data,
+//     whatever its linker layout;
+//  2. safe points: a poll of the stop flag at every loop header, and at the entry of
+//     every function that can recurse (direct-call cycles, indirect calls), calling
+//     `ferry.safepoint` when set; blocking WASI imports are safe points as well;
+//  3. dirty tracking: every write (stores, atomics, SIMD lane stores, memory.copy/
+//     fill/init) marks its 4 KiB page(s) in the dirty map;
+//  4. variant 'faulting' adds a present check before every access (post-copy and
+//     demand paging); variant 'tracked' has none. Both have the same locals and the
+//     same asyncify call indices, so a process captured in one resumes in the other:
+//     once all pages are local the runtime swaps the checks out;
+//  5. every mutable global is exported so the execution state can be captured;
+//  6. asyncify, with only the safe-point and blocking imports able to unwind.
+import binaryen from 'binaryen';
+import {
+  ABSENT_MAP, DIRTY_MAP, EXPORT_GLOBAL_PREFIX, EXPORT_LOGICAL_PAGES, EXPORT_START_FN,
+  FERRY_MODULE, IMPORT_FAULT, IMPORT_MEMORY, IMPORT_SAFEPOINT, MAX_LOGICAL_PAGES,
+  PHYSICAL_PAGES, STOP_FLAG, TRACK_SHIFT,
+} from './layout.ts';
+import { SUSPENDABLE_IMPORTS } from '../wasi/types.ts';
+import { FerryError } from '../errors.ts';
+import { sha256, TRANSFORM_VERSION, WASI_MODULE, type PreparedMeta, type PreparedModule, type ValType, type Variant } from './module-meta.ts';
+
+const FEATURES = binaryen.Features.Atomics | binaryen.Features.MutableGlobals |
+  binaryen.Features.NontrappingFPToInt | binaryen.Features.SIMD128 | binaryen.Features.BulkMemory |
+  binaryen.Features.BulkMemoryOpt | binaryen.Features.SignExt | binaryen.Features.ReferenceTypes |
+  binaryen.Features.Multivalue | binaryen.Features.ExtendedConst | binaryen.Features.ExceptionHandling;
+
+const b = binaryen as any; // class wrappers (binaryen.Store.getPtr, ...) are not all in the typings
+
+/** How to reach each child of an expression: [field, arity]. Fields map to the
+ *  class wrapper's getX/setX (one) or getNumXs/getXAt/setXAt (many). */
+const CHILDREN: Record<string, [string, 'one' | 'many'][]> = {
+  Block: [['Child', 'many']], If: [['Condition', 'one'], ['IfTrue', 'one'], ['IfFalse', 'one']],
+  Loop: [['Body', 'one']], Break: [['Condition', 'one'], ['Value', 'one']],
+  Switch: [['Condition', 'one'], ['Value', 'one']], Call: [['Operand', 'many']],
+  CallIndirect: [['Target', 'one'], ['Operand', 'many']], LocalSet: [['Value', 'one']],
+  GlobalSet: [['Value', 'one']], Load: [['Ptr', 'one']], Store: [['Ptr', 'one'], ['Value', 'one']],
+  Unary: [['Value', 'one']], Binary: [['Left', 'one'], ['Right', 'one']],
+  Select: [['IfTrue', 'one'], ['IfFalse', 'one'], ['Condition', 'one']], Drop: [['Value', 'one']],
+  Return: [['Value', 'one']], MemoryGrow: [['Delta', 'one']],
+  AtomicRMW: [['Ptr', 'one'], ['Value', 'one']],
+  AtomicCmpxchg: [['Ptr', 'one'], ['Expected', 'one'], ['Replacement', 'one']],
+  AtomicWait: [['Ptr', 'one'], ['Expected', 'one'], ['Timeout', 'one']],
+  AtomicNotify: [['Ptr', 'one'], ['NotifyCount', 'one']], SIMDExtract: [['Vec', 'one']],
+  SIMDReplace: [['Vec', 'one'], ['Value', 'one']], SIMDShuffle: [['Left', 'one'], ['Right', 'one']],
+  SIMDTernary: [['A', 'one'], ['B', 'one'], ['C', 'one']], SIMDShift: [['Vec', 'one'], ['Shift', 'one']],
+  SIMDLoad: [['Ptr', 'one']], SIMDLoadStoreLane: [['Ptr', 'one'], ['Vec', 'one']],
+  MemoryInit: [['Dest', 'one'], ['Offset', 'one'], ['Size', 'one']],
+  MemoryCopy: [['Dest', 'one'], ['Source', 'one'], ['Size', 'one']],
+  MemoryFill: [['Dest', 'one'], ['Value', 'one'], ['Size', 'one']],
+  TableGet: [['Index', 'one']], TableSet: [['Index', 'one'], ['Value', 'one']],
+  TableGrow: [['Value', 'one'], ['Delta', 'one']], RefIsNull: [['Value', 'one']],
+  RefAs: [['Value', 'one']], RefEq: [['Left', 'one'], ['Right', 'one']],
+  Try: [['Body', 'one'], ['CatchBody', 'many']], Throw: [['Operand', 'many']],
+  TupleMake: [['Operand', 'many']], TupleExtract: [['Tuple', 'one']],
+  RefTest: [['Ref', 'one']], RefCast: [['Ref', 'one']], BrOn: [['Ref', 'one']],
+};
+const LEAVES = ['LocalGet', 'GlobalGet', 'Const', 'Nop', 'Unreachable', 'MemorySize', 'DataDrop',
+  'AtomicFence', 'RefNull', 'RefFunc', 'TableSize', 'Pop', 'Rethrow'];
+
+const classById = new Map<number, string>();
+for (const name of [...Object.keys(CHILDREN), ...LEAVES]) {
+  const id = b[`${name}Id`];
+  if (typeof id === 'number') classById.set(id, name);
+}
+
+type Slot = (replacement: number) => void;
+
+function childSlots(expr: number, cls: string): { child: number; set: Slot }[] {
+  const C = b[cls];
+  const out: { child: number; set: Slot }[] = [];
+  for (const [field, arity] of CHILDREN[cls] ?? []) {
+    if (arity === 'one') {
+      if (cls === 'Call' || (cls === 'CallIndirect' && field !== 'Target')) continue;
+      const child = C[`get${field}`](expr);
+      if (child) out.push({ child, set: (r) => C[`set${field}`](expr, r) });
+    } else {
+      const n = field === 'Child' ? C.getNumChildren(expr) : C[`getNum${field === 'CatchBody' ? 'CatchBodies' : field + 's'}`](expr);
+      for (let i = 0; i < n; i++) {
+        const child = C[`get${field}At`](expr, i);
+        if (child) out.push({ child, set: (r) => C[`set${field}At`](expr, i, r) });
+      }
+    }
+  }
+  return out;
+}
+
+const SIMD_LANE_BYTES = [1, 2, 4, 8, 1, 2, 4, 8]; // Load8Lane..Load64Lane, Store8Lane..Store64Lane
+
+interface Ctx {
+  m: binaryen.Module;
+  variant: Variant;
+  tmp: number; a: number; c: number; d: number; // i32 scratch locals of the current function
+  stats: PreparedMeta['stats'];
+  growFn: string; markRangeFn: string; checkRangeFn: string; logicalGlobal: string;
+}
+
+/** ptr -> (block (result i32) (local.set $t ptr) marks/checks... (local.get $t)) */
+function wrapAccess(ctx: Ctx, ptr: number, offset: number, bytes: number, write: boolean): number {
+  const { m, tmp } = ctx;
+  const at = (delta: number) => {
+    const d = (offset + delta) >>> 0;
+    const base = m.local.get(tmp, binaryen.i32);
+    return m.i32.shr_u(d === 0 ? base : m.i32.add(base, m.i32.const(d | 0)), m.i32.const(TRACK_SHIFT));
+  };
+  const body: number[] = [m.local.set(tmp, ptr)];
+  if (write && !process.env.FERRY_NO_DIRTY) {
+    ctx.stats.writes++;
+    body.push(m.i32.store8(DIRTY_MAP, 1, at(0), m.i32.const(1)));
+    if (bytes > 1) body.push(m.i32.store8(DIRTY_MAP, 1, at(bytes - 1), m.i32.const(1)));
+  } else ctx.stats.reads++;
+  if (ctx.variant === 'faulting') {
+    const absent = m.i32.or(m.i32.load8_u(ABSENT_MAP, 1, at(0)), m.i32.load8_u(ABSENT_MAP, 1, at(bytes - 1)));
+    const start = offset === 0 ? m.local.get(tmp, binaryen.i32) : m.i32.add(m.local.get(tmp, binaryen.i32), m.i32.const(offset | 0));
+    body.push(m.if(absent, m.call(IMPORT_FAULT, [start, m.i32.const(bytes)], binaryen.none)));
+  }
+  body.push(m.local.get(tmp, binaryen.i32));
+  return m.block(null, body, binaryen.i32);
+}
+
+/** memory.copy/fill/init: evaluate operands into locals, mark [dest, dest+size), then run it. */
+function wrapBulk(ctx: Ctx, expr: number, cls: 'MemoryCopy' | 'MemoryFill' | 'MemoryInit'): number {
+  const { m, a, c, d } = ctx;
+  const C = b[cls];
+  const get = (i: number) => m.local.get(i, binaryen.i32);
+  ctx.stats.bulk++;
+  const dest = C.getDest(expr);
+  const size = C.getSize(expr);
+  const second = cls === 'MemoryCopy' ? C.getSource(expr) : cls === 'MemoryFill' ? C.getValue(expr) : C.getOffset(expr);
+  const body = [m.local.set(a, dest), m.local.set(c, second), m.local.set(d, size),
+    m.call(ctx.markRangeFn, [get(a), get(d)], binaryen.none)];
+  if (ctx.variant === 'faulting') {
+    body.push(m.call(ctx.checkRangeFn, [get(a), get(d)], binaryen.none));
+    if (cls === 'MemoryCopy') body.push(m.call(ctx.checkRangeFn, [get(c), get(d)], binaryen.none));
+  }
+  C.setDest(expr, get(a)); C.setSize(expr, get(d));
+  if (cls === 'MemoryCopy') C.setSource(expr, get(c));
+  else if (cls === 'MemoryFill') C.setValue(expr, get(c));
+  else C.setOffset(expr, get(c));
+  body.push(expr);
+  return m.block(null, body, binaryen.none);
+}
+
+function pollStop(m: binaryen.Module): number {
+  return m.if(m.i32.atomic.load(STOP_FLAG, m.i32.const(0)), m.call(IMPORT_SAFEPOINT, [], binaryen.none));
+}
+
+/** Post-order walk (iterative: real binaries nest deeper than the JS stack allows). */
+function instrumentBody(ctx: Ctx, body: number, setBody: Slot): void {
+  const { m } = ctx;
+  type Item = { e: number; set: Slot; done: boolean };
+  const stack: Item[] = [{ e: body, set: setBody, done: false }];
+  while (stack.length) {
+    const item = stack.pop()!;
+    const e = item.e;
+    const id = binaryen.getExpressionId(e);
+    const cls = classById.get(id);
+    if (cls === undefined) throw new FerryError('unsupported-module', `unsupported instruction (binaryen expression id ${id})`);
+    if (!item.done) {
+      stack.push({ e, set: item.set, done: true });
+      for (const s of childSlots(e, cls)) stack.push({ e: s.child, set: s.set, done: false });
+      continue;
+    }
+    switch (cls) {
+      case 'Loop': {
+        if (process.env.FERRY_NO_POLL) break;
+        ctx.stats.loopPolls++;
+        const inner = b.Loop.getBody(e);
+        b.Loop.setBody(e, m.block(null, [pollStop(m), inner], binaryen.getExpressionType(inner)));
+        break;
+      }
+      case 'Store': b.Store.setPtr(e, wrapAccess(ctx, b.Store.getPtr(e), b.Store.getOffset(e), b.Store.getBytes(e), true)); break;
+      case 'Load': b.Load.setPtr(e, wrapAccess(ctx, b.Load.getPtr(e), b.Load.getOffset(e), b.Load.getBytes(e), false)); break;
+      case 'AtomicRMW': b.AtomicRMW.setPtr(e, wrapAccess(ctx, b.AtomicRMW.getPtr(e), b.AtomicRMW.getOffset(e), b.AtomicRMW.getBytes(e), true)); break;
+      case 'AtomicCmpxchg': b.AtomicCmpxchg.setPtr(e, wrapAccess(ctx, b.AtomicCmpxchg.getPtr(e), b.AtomicCmpxchg.getOffset(e), b.AtomicCmpxchg.getBytes(e), true)); break;
+      case 'AtomicWait': {
+        const bytes = b.AtomicWait.getExpectedType(e) === binaryen.i64 ? 8 : 4;
+        b.AtomicWait.setPtr(e, wrapAccess(ctx, b.AtomicWait.getPtr(e), 0, bytes, false));
+        break;
+      }
+      case 'SIMDLoad': b.SIMDLoad.setPtr(e, wrapAccess(ctx, b.SIMDLoad.getPtr(e), b.SIMDLoad.getOffset(e), 16, false)); break;
+      case 'SIMDLoadStoreLane': {
+        const op = b.SIMDLoadStoreLane.getOp(e);
+        b.SIMDLoadStoreLane.setPtr(e, wrapAccess(ctx, b.SIMDLoadStoreLane.getPtr(e), b.SIMDLoadStoreLane.getOffset(e), SIMD_LANE_BYTES[op] ?? 16, op >= 4));
+        break;
+      }
+      case 'MemoryCopy': case 'MemoryFill': case 'MemoryInit': item.set(wrapBulk(ctx, e, cls)); break;
+      case 'MemorySize': item.set(m.global.get(ctx.logicalGlobal, binaryen.i32)); break;
+      case 'MemoryGrow': item.set(m.call(ctx.growFn, [b.MemoryGrow.getDelta(e)], binaryen.i32)); break;
+      case 'Call': case 'CallIndirect':
+        if (binaryen.getExpressionInfo(e) && (binaryen.getExpressionInfo(e) as any).isReturn)
+          throw new FerryError('unsupported-module', 'module uses tail calls (return_call), which cannot be made migratable');
+        break;
+    }
+  }
+}
+
+/** Functions whose entry needs a safe point: members of direct-call cycles, and any
+ *  function making an indirect call (every cycle through an indirect edge passes one). */
+function recursiveFunctions(m: binaryen.Module, names: string[]): Set<string> {
+  const callees = new Map<string, Set<string>>();
+  const indirect = new Set<string>();
+  for (const name of names) {
+    const out = new Set<string>();
+    const stack = [binaryen.getFunctionInfo(m.getFunction(name)).body];
+    while (stack.length) {
+      const e = stack.pop()!;
+      const cls = classById.get(binaryen.getExpressionId(e));
+      if (cls === 'Call') out.add(b.Call.getTarget(e));
+      else if (cls === 'CallIndirect') indirect.add(name);
+      if (cls) for (const s of childSlots(e, cls)) stack.push(s.child);
+    }
+    callees.set(name, out);
+  }
+  // Tarjan's SCC, iterative.
+  const index = new Map<string, number>(), low = new Map<string, number>(), onStack = new Set<string>();
+  const sccStack: string[] = [];
+  const result = new Set<string>(indirect);
+  let counter = 0;
+  for (const root of names) {
+    if (index.has(root)) continue;
+    const work: { v: string; it: Iterator<string> }[] = [];
+    const visit = (v: string) => {
+      index.set(v, counter); low.set(v, counter); counter++;
+      sccStack.push(v); onStack.add(v);
+      work.push({ v, it: (callees.get(v) ?? new Set()).values() });
+    };
+    visit(root);
+    while (work.length) {
+      const top = work[work.length - 1];
+      const next = top.it.next();
+      if (!next.done) {
+        const w = next.value;
+        if (!callees.has(w)) continue; // import
+        if (!index.has(w)) visit(w);
+        else if (onStack.has(w)) low.set(top.v, Math.min(low.get(top.v)!, index.get(w)!));
+        continue;
+      }
+      work.pop();
+      if (work.length) {
+        const parent = work[work.length - 1].v;
+        low.set(parent, Math.min(low.get(parent)!, low.get(top.v)!));
+      }
+      if (low.get(top.v) === index.get(top.v)) {
+        const scc: string[] = [];
+        let w: string;
+        do { w = sccStack.pop()!; onStack.delete(w); scc.push(w); } while (w !== top.v);
+        if (scc.length > 1 || callees.get(top.v)!.has(top.v)) for (const f of scc) result.add(f);
+      }
+    }
+  }
+  return result;
+}
+
+function valType(t: number): ValType {
+  if (t === binaryen.i32) return 'i32';
+  if (t === binaryen.i64) return 'i64';
+  if (t === binaryen.f32) return 'f32';
+  if (t === binaryen.f64) return 'f64';
+  throw new FerryError('unsupported-module', 'a mutable global of a reference or vector type cannot be captured');
+}
+
+function addHelpers(m: binaryen.Module, ctx: Ctx, maxPages: number): void {
+  const i32 = binaryen.i32;
+  const get = (i: number) => m.local.get(i, i32);
+  // ferry_grow(delta) -> old pages or -1: memory.grow against the logical size.
+  m.addFunction(ctx.growFn, i32, i32, [i32], m.block(null, [
+    m.local.set(1, m.global.get(ctx.logicalGlobal, i32)),
+    m.if(m.i32.gt_u(get(0), m.i32.sub(m.i32.const(maxPages), get(1))), m.return(m.i32.const(-1))),
+    m.global.set(ctx.logicalGlobal, m.i32.add(get(1), get(0))),
+    get(1),
+  ], i32));
+  // ferry_mark_range(addr, len): mark every 4 KiB page of [addr, addr+len) dirty.
+  const pageLoop = (bodyAt: (page: number) => number) => m.block(null, [
+    m.if(m.i32.eqz(get(1)), m.return()),
+    m.local.set(2, m.i32.shr_u(get(0), m.i32.const(TRACK_SHIFT))),
+    m.local.set(3, m.i32.shr_u(m.i32.sub(m.i32.add(get(0), get(1)), m.i32.const(1)), m.i32.const(TRACK_SHIFT))),
+    m.loop('pages', m.block(null, [
+      bodyAt(2),
+      m.local.set(2, m.i32.add(get(2), m.i32.const(1))),
+      m.br('pages', m.i32.le_u(get(2), get(3))),
+    ])),
+  ]);
+  m.addFunction(ctx.markRangeFn, binaryen.createType([i32, i32]), binaryen.none, [i32, i32],
+    pageLoop((p) => m.i32.store8(DIRTY_MAP, 1, get(p), m.i32.const(1))));
+  // ferry_check_range(addr, len): fault the range in if any page of it is absent.
+  m.addFunction(ctx.checkRangeFn, binaryen.createType([i32, i32]), binaryen.none, [i32, i32],
+    pageLoop((p) => m.if(m.i32.load8_u(ABSENT_MAP, 1, get(p)),
+      m.block(null, [m.call(IMPORT_FAULT, [get(0), get(1)], binaryen.none), m.return()]))));
+}
+
+export function prepareModule(original: Uint8Array, variant: Variant = 'tracked'): PreparedModule {
+  let m: binaryen.Module;
+  try { m = binaryen.readBinary(original); } catch (e) {
+    throw new FerryError('invalid-module', `not a valid WebAssembly module (${describe(e)})`);
+  }
+  try {
+    return transform(m, original, variant);
+  } finally {
+    m.dispose();
+  }
+}
+
+function describe(e: unknown): string {
+  if (e instanceof Error) return e.message;
+  return typeof e === 'object' ? JSON.stringify(e) ?? String(e) : String(e);
+}
+
+function transform(m: binaryen.Module, original: Uint8Array, variant: Variant): PreparedModule {
+  m.setFeatures(FEATURES);
+  const features = m.getFeatures();
+  void features;
+
+  // Inspect imports and exports: a WASI command imports only WASI and exports _start.
+  const funcNames: string[] = [];
+  for (let i = 0; i < m.getNumFunctions(); i++) {
+    const info = binaryen.getFunctionInfo(m.getFunctionByIndex(i));
+    if (info.module) {
+      if (info.module !== WASI_MODULE)
+        throw new FerryError('not-wasi-command', `module imports ${info.module}.${info.base}; only ${WASI_MODULE} imports are supported`);
+    } else funcNames.push(info.name);
+  }
+  let memoryName: string | null = null;
+  let hasStart = false;
+  for (let i = 0; i < m.getNumExports(); i++) {
+    const ex = binaryen.getExportInfo(m.getExportByIndex(i));
+    if (ex.kind === binaryen.ExternalMemory) memoryName = ex.value;
+    if (ex.kind === binaryen.ExternalFunction && ex.name === '_start') hasStart = true;
+  }
+  if (!hasStart) throw new FerryError('not-wasi-command', 'module is not a WASI command: it exports no _start function');
+  if (!m.hasMemory()) throw new FerryError('not-wasi-command', 'module has no memory');
+  const mem = m.getMemoryInfo();
+  if (mem.is64) throw new FerryError('unsupported-module', 'memory64 modules are not supported');
+  if (mem.module) throw new FerryError('unsupported-module', 'module imports its memory; only modules defining their own are supported');
+  const maxPages = Math.min(mem.max ?? MAX_LOGICAL_PAGES, MAX_LOGICAL_PAGES);
+  if (mem.initial > maxPages) throw new FerryError('unsupported-module', `module needs ${mem.initial} pages of memory; at most ${MAX_LOGICAL_PAGES} fit beside ferry's bookkeeping`);
+
+  // Data segments: keep them, record the ranges a re-instantiation rewrites.
+  const segments: binaryen.MemorySegment[] = [];
+  const dataRanges: [number, number][] = [];
+  for (let i = 0; i < (b._BinaryenGetNumDataSegments(m.ptr) as number); i++) {
+    const info = (m as any).getDataSegmentInfo(m.getDataSegmentByIndex(i)) as { name: string; offset: number | null; data: ArrayBuffer; passive: boolean };
+    const data = new Uint8Array(info.data);
+    const offset = info.passive ? 0 : (info.offset ?? 0) >>> 0;
+    if (!info.passive) dataRanges.push([offset, offset + data.length]);
+    segments.push({ name: info.name, data, passive: info.passive, offset: info.passive ? 0 : m.i32.const(offset | 0) } as any);
+  }
+  const memInternal = memoryName ?? '0';
+  m.setMemory(PHYSICAL_PAGES, PHYSICAL_PAGES, null, segments, true, false, memInternal);
+  m.addMemoryImport(memInternal, FERRY_MODULE, IMPORT_MEMORY, true);
+
+  // The start function would rerun on every re-instantiation: run it only on a fresh start.
+  const start = m.getStart();
+  let hasStartFunction = false;
+  if (start) {
+    const name = binaryen.getFunctionInfo(start).name;
+    m.setStart(0 as any);
+    m.addFunctionExport(name, EXPORT_START_FN);
+    hasStartFunction = true;
+  }
+
+  // Capturable globals: export every mutable one.
+  const globals: PreparedMeta['globals'] = [];
+  for (let i = 0; i < m.getNumGlobals(); i++) {
+    const g = binaryen.getGlobalInfo(m.getGlobalByIndex(i));
+    if (!g.mutable || g.module) continue;
+    const exp = `${EXPORT_GLOBAL_PREFIX}${globals.length}`;
+    globals.push({ export: exp, name: g.name, type: valType(g.type) });
+    m.addGlobalExport(g.name, exp);
+  }
+  const logicalGlobal = 'ferry$logical_pages';
+  m.addGlobal(logicalGlobal, binaryen.i32, true, m.i32.const(mem.initial));
+  m.addGlobalExport(logicalGlobal, EXPORT_LOGICAL_PAGES);
+
+  m.addFunctionImport(IMPORT_SAFEPOINT, FERRY_MODULE, IMPORT_SAFEPOINT, binaryen.none, binaryen.none);
+  m.addFunctionImport(IMPORT_FAULT, FERRY_MODULE, IMPORT_FAULT, binaryen.createType([binaryen.i32, binaryen.i32]), binaryen.none);
+
+  const stats: PreparedMeta['stats'] = { functions: funcNames.length, loopPolls: 0, entryPolls: 0, writes: 0, reads: 0, bulk: 0 };
+  const ctx: Ctx = { m, variant, tmp: 0, a: 0, c: 0, d: 0, stats, logicalGlobal,
+    growFn: 'ferry$grow', markRangeFn: 'ferry$mark_range', checkRangeFn: 'ferry$check_range' };
+  const recursive = recursiveFunctions(m, funcNames);
+  for (const name of funcNames) {
+    const fn = m.getFunction(name);
+    // Same scratch locals in both variants, so asyncify frames are interchangeable.
+    ctx.tmp = b._BinaryenFunctionAddVar(fn, binaryen.i32);
+    ctx.a = b._BinaryenFunctionAddVar(fn, binaryen.i32);
+    ctx.c = b._BinaryenFunctionAddVar(fn, binaryen.i32);
+    ctx.d = b._BinaryenFunctionAddVar(fn, binaryen.i32);
+    const body = binaryen.getFunctionInfo(fn).body;
+    instrumentBody(ctx, body, (r) => b.Function.setBody(fn, r));
+    if (recursive.has(name)) {
+      stats.entryPolls++;
+      const cur = b.Function.getBody(fn);
+      b.Function.setBody(fn, m.block(null, [pollStop(m), cur], binaryen.getExpressionType(cur)));
+    }
+  }
+  addHelpers(m, ctx, maxPages);
+
+  if (!m.validate()) throw new FerryError('transform-failed', 'the prepared module does not validate (a bug in ferry\'s transform)');
+  const asyncImports = [`${FERRY_MODULE}.${IMPORT_SAFEPOINT}`, ...SUSPENDABLE_IMPORTS.map((n) => `${WASI_MODULE}.${n}`)];
+  binaryen.setPassArgument('asyncify-imports', asyncImports.join(','));
+  binaryen.setOptimizeLevel(0);
+  binaryen.setShrinkLevel(0);
+  m.runPasses(['asyncify']);
+  binaryen.setPassArgument('asyncify-imports', null);
+  // Optimize after asyncify, not inside it: asyncify's frame layout then depends only
+  // on the locals and call sites, which both variants share.
+  if (process.env.FERRY_OPT !== '0') {
+    binaryen.setOptimizeLevel(Number(process.env.FERRY_OPT ?? 2));
+    m.optimize();
+  }
+  const bytes = m.emitBinary();
+  return {
+    bytes,
+    meta: {
+      transformVersion: TRANSFORM_VERSION, originalHash: sha256(original), variant,
+      initialPages: mem.initial, maxPages, dataRanges, globals, hasStartFunction, stats,
+    },
+  };
+}

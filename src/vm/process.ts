@@ -1,0 +1,253 @@
+// A running process as its owner sees it: the guest memory (shared, owned here), a
+// worker thread that runs it, and the calls to freeze, capture, continue and kill it.
+import { Worker } from 'node:worker_threads';
+import { EventEmitter } from 'node:events';
+import {
+  ABSENT_MAP, PHYSICAL_PAGES, STOP_FLAG, TRACK_SHIFT, WASM_PAGE,
+} from './layout.ts';
+import {
+  CONTROL_BYTES, CTL_FAULT, CTL_HEADER_BYTES, CTL_STDIN_EOF, CTL_STDIN_READ, CTL_STDIN_WRITE,
+  CTL_STOP, CTL_WAKE, STDIN_RING_BYTES, type ExecState, type FromWorker, type StdioMode, type ToWorker,
+} from './protocol.ts';
+import type { LoadedModule } from './cache.ts';
+import type { WasiState } from '../wasi/types.ts';
+import { deserializeError, FerryError } from '../errors.ts';
+
+const WORKER_URL = new URL('./worker-entry.mjs', import.meta.url);
+
+/** What a freeze yields: memory stays in `memory` (read it before resuming). */
+export interface Captured {
+  exec: ExecState;
+  wasi: WasiState;
+  memory: Uint8Array;
+  logicalBytes: number;
+  /** Stop latency: from the request to the worker reporting it stopped. */
+  stopMs: number;
+}
+
+export type ProcessState = 'starting' | 'running' | 'stopping' | 'frozen' | 'exited' | 'failed' | 'killed';
+
+export interface ProcessOptions {
+  stdio?: StdioMode;
+  /** Where stdin comes from when the program reads it (default: process.stdin). */
+  stdin?: NodeJS.ReadableStream | null;
+  /** Serve a page fault: make [addr, addr+len) present (clear its absent bits). */
+  onFault?: (addr: number, len: number) => Promise<void>;
+}
+
+export function newGuestMemory(): WebAssembly.Memory {
+  return new WebAssembly.Memory({ initial: PHYSICAL_PAGES, maximum: PHYSICAL_PAGES, shared: true });
+}
+
+export class WasmProcess extends EventEmitter {
+  state: ProcessState = 'starting';
+  readonly bytes: Uint8Array;
+  private readonly ctl: Int32Array;
+  private readonly control = new SharedArrayBuffer(CONTROL_BYTES);
+  private readonly memI32: Int32Array;
+  private worker: Worker;
+  private stdinPending: Buffer[] = [];
+  private stdinStarted = false;
+  private stdinEnded = false;
+  private pendingStop: { t0: number; resolve: (c: Captured) => void; reject: (e: Error) => void } | null = null;
+  /** Resolves with the exit code when the program ends; rejects if it fails. */
+  readonly exited: Promise<number>;
+  private settle!: { resolve: (code: number) => void; reject: (e: Error) => void };
+  lastWasi: WasiState;
+
+  private constructor(
+    readonly loaded: LoadedModule,
+    readonly memory: WebAssembly.Memory,
+    wasi: WasiState,
+    exec: ExecState | undefined,
+    private readonly opts: ProcessOptions,
+  ) {
+    super();
+    this.bytes = new Uint8Array(memory.buffer);
+    this.memI32 = new Int32Array(memory.buffer);
+    this.ctl = new Int32Array(this.control);
+    this.lastWasi = wasi;
+    this.exited = new Promise((resolve, reject) => { this.settle = { resolve, reject }; });
+    this.exited.catch(() => {}); // observed through events too; never an unhandled rejection
+    // Unconsumed stdin travels with the process.
+    if (wasi.stdinBuffered) this.stdinPending.push(Buffer.from(wasi.stdinBuffered, 'base64'));
+    this.stdinEnded = wasi.stdinEof;
+    this.worker = new Worker(WORKER_URL);
+    this.worker.on('message', (m: FromWorker) => this.onMessage(m));
+    this.worker.on('error', (e) => this.fail(e));
+    this.worker.on('exit', (code) => { if (this.state === 'running' || this.state === 'starting' || this.state === 'stopping') this.fail(new FerryError('runtime', `worker thread exited unexpectedly (code ${code})`)); });
+    const start: ToWorker = { type: 'start', module: loaded.module, meta: loaded.meta, memory, control: this.control, wasi, stdio: opts.stdio ?? 'inherit', exec };
+    this.worker.postMessage(start);
+    if (this.stdinPending.length || this.stdinEnded) this.pumpStdin();
+  }
+
+  /** Start a program from the beginning. */
+  static start(loaded: LoadedModule, wasi: WasiState, opts: ProcessOptions = {}): WasmProcess {
+    return new WasmProcess(loaded, newGuestMemory(), wasi, undefined, opts);
+  }
+
+  /** Resume a captured process. `memory` already holds its pages (see restoreMemory). */
+  static resume(loaded: LoadedModule, memory: WebAssembly.Memory, exec: ExecState, wasi: WasiState, opts: ProcessOptions = {}): WasmProcess {
+    return new WasmProcess(loaded, memory, wasi, exec, opts);
+  }
+
+  /** Freeze at the next safe point (or inside a blocking call) and capture. */
+  freeze(): Promise<Captured> {
+    if (this.state !== 'running' && this.state !== 'starting')
+      return Promise.reject(new FerryError('runtime', `cannot freeze a process that is ${this.state}`));
+    this.state = 'stopping';
+    return new Promise((resolve, reject) => {
+      this.pendingStop = { t0: performance.now(), resolve, reject };
+      Atomics.store(this.ctl, CTL_STOP, 1);
+      Atomics.store(this.memI32, STOP_FLAG >>> 2, 1);
+      this.wake();
+    });
+  }
+
+  /** After a freeze: carry on in the same worker (a checkpoint that keeps running). */
+  continue(): void {
+    if (this.state !== 'frozen') throw new FerryError('runtime', `cannot continue a process that is ${this.state}`);
+    Atomics.store(this.ctl, CTL_STOP, 0);
+    this.state = 'running';
+    this.worker.postMessage({ type: 'continue' } satisfies ToWorker);
+  }
+
+  /** End the worker. A frozen process that moved elsewhere is released this way. */
+  async kill(): Promise<void> {
+    if (this.state === 'exited' || this.state === 'failed' || this.state === 'killed') return;
+    this.state = 'killed';
+    this.stopStdin();
+    await this.worker.terminate();
+    this.settle.reject(new FerryError('runtime', 'process killed'));
+  }
+
+  /** Mark pages absent (post-copy, demand paging): the first access faults. */
+  markAbsent(firstPage: number, count: number): void {
+    this.bytes.fill(1, ABSENT_MAP + firstPage, ABSENT_MAP + firstPage + count);
+  }
+
+  private wake(): void {
+    Atomics.add(this.ctl, CTL_WAKE, 1);
+    Atomics.notify(this.ctl, CTL_WAKE);
+  }
+
+  private onMessage(m: FromWorker): void {
+    switch (m.type) {
+      case 'running':
+        if (this.state === 'starting') this.state = 'running';
+        this.emit('running');
+        break;
+      case 'stopped': {
+        this.state = 'frozen';
+        this.lastWasi = m.wasi;
+        const stop = this.pendingStop!;
+        this.pendingStop = null;
+        // Stdin the process has not consumed yet goes with it.
+        m.wasi.stdinBuffered = Buffer.concat([this.ringContents(), ...this.stdinPending]).toString('base64');
+        m.wasi.stdinEof = this.stdinEnded;
+        stop.resolve({ exec: m.exec, wasi: m.wasi, memory: this.bytes, logicalBytes: m.exec.logicalPages * WASM_PAGE, stopMs: performance.now() - stop.t0 });
+        break;
+      }
+      case 'exited':
+        this.state = 'exited';
+        this.lastWasi = m.wasi;
+        this.stopStdin();
+        void this.worker.terminate();
+        this.pendingStop?.reject(new FerryError('runtime', 'the process exited before it could be frozen'));
+        this.pendingStop = null;
+        this.emit('exit', m.code);
+        this.settle.resolve(m.code);
+        break;
+      case 'failed':
+        this.fail(deserializeError(m.error));
+        break;
+      case 'stdout': case 'stderr':
+        this.emit(m.type, m.data);
+        break;
+      case 'want-stdin':
+        this.pumpStdin();
+        break;
+      case 'fault':
+        void this.serveFault(m.addr, m.len);
+        break;
+    }
+  }
+
+  private async serveFault(addr: number, len: number): Promise<void> {
+    try {
+      if (!this.opts.onFault) throw new FerryError('runtime', `page fault at 0x${addr.toString(16)} with no page source`);
+      await this.opts.onFault(addr, len);
+      const first = addr >>> TRACK_SHIFT, last = (addr + len - 1) >>> TRACK_SHIFT;
+      this.bytes.fill(0, ABSENT_MAP + first, ABSENT_MAP + last + 1);
+    } catch (e) {
+      this.fail(e as Error);
+      return;
+    }
+    Atomics.add(this.ctl, CTL_FAULT, 1);
+    Atomics.notify(this.ctl, CTL_FAULT);
+  }
+
+  private fail(e: Error): void {
+    if (this.state === 'exited' || this.state === 'failed' || this.state === 'killed') return;
+    this.state = 'failed';
+    this.stopStdin();
+    void this.worker.terminate();
+    this.pendingStop?.reject(e);
+    this.pendingStop = null;
+    this.emit('failed', e);
+    this.settle.reject(e);
+  }
+
+  // --- stdin: bytes flow from the owner into a ring in the control block ---
+
+  private ringContents(): Buffer {
+    const w = Atomics.load(this.ctl, CTL_STDIN_WRITE), r = Atomics.load(this.ctl, CTL_STDIN_READ);
+    const n = (w - r) | 0;
+    const out = Buffer.alloc(Math.max(0, n));
+    const ring = new Uint8Array(this.control, CTL_HEADER_BYTES, STDIN_RING_BYTES);
+    for (let i = 0; i < n; i++) out[i] = ring[((r + i) >>> 0) % STDIN_RING_BYTES];
+    return out;
+  }
+
+  private readonly onStdinData = (chunk: Buffer) => { this.stdinPending.push(chunk); this.pumpStdin(); };
+  private readonly onStdinEnd = () => { this.stdinEnded = true; this.pumpStdin(); };
+
+  private pumpStdin(): void {
+    const src = this.opts.stdin === undefined ? process.stdin : this.opts.stdin;
+    if (!this.stdinStarted && src && !this.stdinEnded) {
+      this.stdinStarted = true;
+      src.on('data', this.onStdinData);
+      src.on('end', this.onStdinEnd);
+    }
+    if (!src && !this.stdinEnded && this.stdinPending.length === 0) this.stdinEnded = true;
+    const ring = new Uint8Array(this.control, CTL_HEADER_BYTES, STDIN_RING_BYTES);
+    let w = Atomics.load(this.ctl, CTL_STDIN_WRITE);
+    const r = Atomics.load(this.ctl, CTL_STDIN_READ);
+    while (this.stdinPending.length) {
+      const room = STDIN_RING_BYTES - ((w - r) | 0);
+      if (room <= 0) break;
+      const chunk = this.stdinPending[0];
+      const n = Math.min(room, chunk.length);
+      for (let i = 0; i < n; i++) ring[((w + i) >>> 0) % STDIN_RING_BYTES] = chunk[i];
+      w = (w + n) | 0;
+      if (n === chunk.length) this.stdinPending.shift(); else this.stdinPending[0] = chunk.subarray(n);
+    }
+    Atomics.store(this.ctl, CTL_STDIN_WRITE, w);
+    if (this.stdinEnded && this.stdinPending.length === 0) Atomics.store(this.ctl, CTL_STDIN_EOF, 1);
+    if (src && this.stdinStarted) {
+      // Back-pressure: stop reading while the ring is full.
+      const readable = src as NodeJS.ReadableStream;
+      if (this.stdinPending.length) readable.pause(); else readable.resume();
+    }
+    this.wake();
+  }
+
+  private stopStdin(): void {
+    const src = this.opts.stdin === undefined ? process.stdin : this.opts.stdin;
+    if (src && this.stdinStarted) {
+      src.off('data', this.onStdinData);
+      src.off('end', this.onStdinEnd);
+      (src as NodeJS.ReadableStream).pause();
+    }
+  }
+}

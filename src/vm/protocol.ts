@@ -1,0 +1,50 @@
+// The protocol between a process's owner (main thread) and the worker thread that
+// runs it: tagged unions. The guest memory and a small control block are shared;
+// everything else crosses as messages.
+import type { PreparedMeta, ValType } from './module-meta.ts';
+import type { WasiState } from '../wasi/types.ts';
+import type { SerializedError } from '../errors.ts';
+
+/** Execution state beyond memory: what asyncify saved, plus the mutable globals. */
+export interface ExecState {
+  logicalPages: number;
+  /** Bytes of the asyncify stack in use (unwound frames). */
+  asyncify: Uint8Array;
+  globals: { name: string; type: ValType; value: string }[];
+}
+
+export type StdioMode = 'inherit' | 'message';
+
+export type ToWorker =
+  | {
+      type: 'start';
+      module: WebAssembly.Module;
+      meta: PreparedMeta;
+      memory: WebAssembly.Memory;
+      control: SharedArrayBuffer;
+      wasi: WasiState;
+      stdio: StdioMode;
+      /** Absent on a fresh start; present to rewind a captured call stack. */
+      exec?: ExecState;
+    }
+  | { type: 'continue' }; // after a capture that keeps running here (periodic checkpoint)
+
+export type FromWorker =
+  | { type: 'running' }
+  | { type: 'stopped'; exec: ExecState; wasi: WasiState }
+  | { type: 'exited'; code: number; wasi: WasiState }
+  | { type: 'failed'; error: SerializedError }
+  | { type: 'stdout' | 'stderr'; data: Uint8Array }
+  | { type: 'want-stdin' }
+  | { type: 'fault'; addr: number; len: number };
+
+// Control block (Int32Array over a SharedArrayBuffer), apart from the guest memory.
+export const CTL_WAKE = 0;          // bumped + notified on every event the worker may wait for
+export const CTL_STDIN_WRITE = 1;   // total stdin bytes put into the ring
+export const CTL_STDIN_READ = 2;    // total stdin bytes taken from the ring
+export const CTL_STDIN_EOF = 3;     // 1 once stdin has ended (after the ring drains)
+export const CTL_FAULT = 4;         // fault sequence: worker waits until the owner bumps it
+export const CTL_STOP = 5;          // mirror of the stop flag, for waits
+export const CTL_HEADER_BYTES = 64;
+export const STDIN_RING_BYTES = 64 * 1024;
+export const CONTROL_BYTES = CTL_HEADER_BYTES + STDIN_RING_BYTES;

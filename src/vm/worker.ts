@@ -1,0 +1,244 @@
+// The worker thread that runs one process: instantiates the prepared module over the
+// shared memory, runs or rewinds it, and unwinds it at a safe point when asked.
+import { parentPort } from 'node:worker_threads';
+import { writeSync } from 'node:fs';
+import {
+  ABSENT_MAP, ASYNCIFY_DATA, ASYNCIFY_STACK, ASYNCIFY_STACK_END, DIRTY_MAP, EXPORT_LOGICAL_PAGES,
+  EXPORT_START_FN, FERRY_MODULE, IMPORT_FAULT, IMPORT_MEMORY, IMPORT_SAFEPOINT, STOP_FLAG, TRACK_SHIFT,
+} from './layout.ts';
+import {
+  CTL_FAULT, CTL_HEADER_BYTES, CTL_STDIN_EOF, CTL_STDIN_READ, CTL_STDIN_WRITE, CTL_STOP, CTL_WAKE,
+  STDIN_RING_BYTES, type ExecState, type FromWorker, type ToWorker,
+} from './protocol.ts';
+import { WASI_MODULE } from './module-meta.ts';
+import { SUSPEND, SUSPENDABLE_IMPORTS, WasiExit, type GuestMemory, type WasiIo, type WaitResult } from '../wasi/types.ts';
+import { WasiHost } from '../wasi/host.ts';
+import { serializeError } from '../errors.ts';
+import { decodeGlobal, encodeGlobal } from './globals.ts';
+
+if (!parentPort) throw new Error('src/vm/worker.ts must run in a worker thread');
+const port = parentPort;
+const post = (m: FromWorker, transfer?: ArrayBuffer[]) => port.postMessage(m, transfer ?? []);
+
+type Mode = 'normal' | 'unwinding' | 'rewinding';
+
+let session: Session | null = null;
+
+port.on('message', (msg: ToWorker) => {
+  try {
+    if (msg.type === 'start') { session = new Session(msg); session.run(msg.exec); }
+    else if (msg.type === 'continue') session!.run(session!.lastExec ?? undefined, true);
+  } catch (e) {
+    post({ type: 'failed', error: serializeError(e) });
+  }
+});
+
+class Session {
+  readonly mem: Uint8Array;
+  readonly ctl: Int32Array;
+  readonly ctlBytes: Uint8Array;
+  readonly i32: Int32Array;
+  readonly instance: WebAssembly.Instance;
+  readonly wasi: WasiHost;
+  readonly exports: Record<string, any>;
+  mode: Mode = 'normal';
+  lastExec: ExecState | null = null;
+
+  constructor(private readonly msg: Extract<ToWorker, { type: 'start' }>) {
+    this.mem = new Uint8Array(msg.memory.buffer);
+    this.i32 = new Int32Array(msg.memory.buffer);
+    this.ctl = new Int32Array(msg.control);
+    this.ctlBytes = new Uint8Array(msg.control);
+    const view = new DataView(msg.memory.buffer); // shared memory never detaches: one view serves
+    const memory: GuestMemory = {
+      bytes: () => this.mem,
+      view: () => view,
+      markDirty: (addr, len) => this.markDirty(addr >>> 0, len >>> 0),
+      ensurePresent: (addr, len) => this.ensurePresent(addr >>> 0, len >>> 0),
+    };
+    this.wasi = new WasiHost(msg.wasi, memory, this.io());
+    const wasiImports = this.wasi.imports();
+    for (const name of SUSPENDABLE_IMPORTS) {
+      const impl = wasiImports[name];
+      if (impl) wasiImports[name] = (...args: unknown[]) => this.suspendable(impl, args) as number;
+    }
+    // Instantiation writes the data segments; a resumed process's memory already holds
+    // its own content there (the owner wrote it), so keep what was there.
+    const saved = msg.exec ? msg.meta.dataRanges.map(([a, z]) => this.mem.slice(a, z)) : [];
+    this.instance = new WebAssembly.Instance(msg.module, {
+      [WASI_MODULE]: wasiImports,
+      [FERRY_MODULE]: {
+        [IMPORT_MEMORY]: msg.memory,
+        [IMPORT_SAFEPOINT]: () => this.safepoint(),
+        [IMPORT_FAULT]: (addr: number, len: number) => this.ensurePresent(addr >>> 0, len >>> 0),
+      },
+    } as WebAssembly.Imports);
+    this.exports = this.instance.exports as Record<string, any>;
+    msg.meta.dataRanges.forEach(([a], i) => { if (saved[i]) this.mem.set(saved[i], a); });
+  }
+
+  /** Run from the beginning, or rewind the captured stack and carry on. */
+  run(exec?: ExecState, sameInstance = false): void {
+    if (exec) {
+      if (!sameInstance) this.restoreExec(exec);
+      const len = exec.asyncify.length;
+      if (sameInstance) {
+        // The unwound frames are still in place: the asyncify stack is a stack, never reset it.
+      } else this.mem.set(exec.asyncify, ASYNCIFY_STACK);
+      this.setAsyncifyData(ASYNCIFY_STACK + len);
+      Atomics.store(this.i32, STOP_FLAG >>> 2, 1); // the poll must fire again to reach the safe point
+      this.mode = 'rewinding';
+      this.exports.asyncify_start_rewind(ASYNCIFY_DATA);
+    } else if (this.msg.meta.hasStartFunction) this.exports[EXPORT_START_FN]();
+    post({ type: 'running' });
+    let exitCode = 0;
+    try {
+      this.exports._start();
+    } catch (e) {
+      if (e instanceof WasiExit) exitCode = e.code;
+      else throw e;
+    }
+    if (this.mode === 'unwinding') {
+      this.exports.asyncify_stop_unwind();
+      this.mode = 'normal';
+      const exec = this.captureExec();
+      this.lastExec = exec;
+      post({ type: 'stopped', exec, wasi: this.wasi.snapshot() });
+      return;
+    }
+    post({ type: 'exited', code: exitCode, wasi: this.wasi.snapshot() });
+  }
+
+  private setAsyncifyData(current: number): void {
+    this.i32[ASYNCIFY_DATA >>> 2] = current | 0;
+    this.i32[(ASYNCIFY_DATA >>> 2) + 1] = ASYNCIFY_STACK_END | 0;
+  }
+
+  private startUnwind(): void {
+    this.setAsyncifyData(ASYNCIFY_STACK);
+    this.mode = 'unwinding';
+    this.exports.asyncify_start_unwind(ASYNCIFY_DATA);
+  }
+
+  /** Called by the poll at loop headers and function entries when the stop flag is set. */
+  private safepoint(): void {
+    if (this.mode === 'rewinding') {
+      this.exports.asyncify_stop_rewind();
+      this.mode = 'normal';
+      this.clearStop();
+      return;
+    }
+    if (Atomics.load(this.ctl, CTL_STOP)) this.startUnwind();
+    else this.clearStop(); // a stale flag (stop withdrawn): carry on
+  }
+
+  private clearStop(): void {
+    if (!Atomics.load(this.ctl, CTL_STOP)) Atomics.store(this.i32, STOP_FLAG >>> 2, 0);
+  }
+
+  /** A blocking WASI import: re-entered during rewind, may ask to unwind. */
+  private suspendable(impl: (...a: any[]) => any, args: unknown[]): number {
+    if (this.mode === 'rewinding') {
+      this.exports.asyncify_stop_rewind();
+      this.mode = 'normal';
+      this.clearStop();
+    }
+    const r = impl(...args);
+    if (r === SUSPEND) { this.startUnwind(); return 0; }
+    return r;
+  }
+
+  private captureExec(): ExecState {
+    const current = this.i32[ASYNCIFY_DATA >>> 2] >>> 0;
+    const asyncify = this.mem.slice(ASYNCIFY_STACK, current);
+    const globals = this.msg.meta.globals.map((g) => ({ name: g.name, type: g.type, value: encodeGlobal(g.type, (this.exports[g.export] as WebAssembly.Global).value) }));
+    const logicalPages = (this.exports[EXPORT_LOGICAL_PAGES] as WebAssembly.Global).value as number;
+    return { logicalPages, asyncify, globals };
+  }
+
+  private restoreExec(exec: ExecState): void {
+    const byName = new Map(exec.globals.map((g) => [g.name, g]));
+    for (const g of this.msg.meta.globals) {
+      const saved = byName.get(g.name);
+      if (!saved) throw new Error(`image has no value for global ${g.name}`);
+      (this.exports[g.export] as WebAssembly.Global).value = decodeGlobal(g.type, saved.value);
+    }
+    (this.exports[EXPORT_LOGICAL_PAGES] as WebAssembly.Global).value = exec.logicalPages;
+  }
+
+  private markDirty(addr: number, len: number): void {
+    if (len === 0) return;
+    const first = addr >>> TRACK_SHIFT, last = (addr + len - 1) >>> TRACK_SHIFT;
+    this.mem.fill(1, DIRTY_MAP + first, DIRTY_MAP + last + 1);
+  }
+
+  private ensurePresent(addr: number, len: number): void {
+    if (len === 0) return;
+    const first = addr >>> TRACK_SHIFT, last = (addr + len - 1) >>> TRACK_SHIFT;
+    for (let p = first; p <= last; p++) {
+      if (Atomics.load(this.mem, ABSENT_MAP + p) === 0) continue;
+      // Ask the owner for the range, then wait until it bumps the fault word.
+      const seq = Atomics.load(this.ctl, CTL_FAULT);
+      post({ type: 'fault', addr, len });
+      while (Atomics.load(this.ctl, CTL_FAULT) === seq) Atomics.wait(this.ctl, CTL_FAULT, seq, 1000);
+      return;
+    }
+  }
+
+  private io(): WasiIo {
+    const stdio = this.msg.stdio;
+    let askedStdin = false;
+    return {
+      write: (fd, data) => {
+        if (stdio === 'message') post({ type: fd === 1 ? 'stdout' : 'stderr', data: data.slice() });
+        else writeAllSync(fd, data);
+      },
+      takeStdin: (max) => {
+        const w = Atomics.load(this.ctl, CTL_STDIN_WRITE), r = Atomics.load(this.ctl, CTL_STDIN_READ);
+        const avail = (w - r) | 0;
+        if (avail <= 0) {
+          if (Atomics.load(this.ctl, CTL_STDIN_EOF)) return new Uint8Array(0);
+          if (!askedStdin) { askedStdin = true; post({ type: 'want-stdin' }); }
+          return null;
+        }
+        const n = Math.min(avail, max);
+        const out = new Uint8Array(n);
+        for (let i = 0; i < n; i++) out[i] = this.ctlBytes[CTL_HEADER_BYTES + ((r + i) >>> 0) % STDIN_RING_BYTES];
+        Atomics.store(this.ctl, CTL_STDIN_READ, (r + n) | 0);
+        post({ type: 'want-stdin' }); // room in the ring again
+        return out;
+      },
+      wait: (deadline, wantStdin): WaitResult => {
+        for (;;) {
+          const seen = Atomics.load(this.ctl, CTL_WAKE);
+          if (Atomics.load(this.ctl, CTL_STOP)) return 'stop';
+          if (wantStdin) {
+            const avail = (Atomics.load(this.ctl, CTL_STDIN_WRITE) - Atomics.load(this.ctl, CTL_STDIN_READ)) | 0;
+            if (avail > 0 || Atomics.load(this.ctl, CTL_STDIN_EOF)) return 'ready';
+            if (!askedStdin) { askedStdin = true; post({ type: 'want-stdin' }); }
+          }
+          let timeout = Infinity;
+          if (deadline !== null) {
+            timeout = deadline - performance.now();
+            if (timeout <= 0) return 'timeout';
+          }
+          Atomics.wait(this.ctl, CTL_WAKE, seen, timeout);
+        }
+      },
+    };
+  }
+}
+
+/** fs.writeSync on a non-blocking pipe can write part or throw EAGAIN: finish the job. */
+function writeAllSync(fd: number, data: Uint8Array): void {
+  let off = 0;
+  const nap = new Int32Array(new SharedArrayBuffer(4));
+  while (off < data.length) {
+    try {
+      off += writeSync(fd, data, off, data.length - off);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') throw e;
+      Atomics.wait(nap, 0, 0, 1);
+    }
+  }
+}
