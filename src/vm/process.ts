@@ -39,6 +39,26 @@ export function newGuestMemory(): WebAssembly.Memory {
   return new WebAssembly.Memory({ initial: PHYSICAL_PAGES, maximum: PHYSICAL_PAGES, shared: true });
 }
 
+/** Loading the worker's code takes a few hundred ms: keep one worker warm, so a
+ *  resume (or a hop) does not pay for it while the process runs nowhere. */
+class WarmWorkers {
+  private spare: Worker | null = null;
+  take(): Worker {
+    const w = this.spare ?? new Worker(WORKER_URL);
+    this.spare = null;
+    w.ref();
+    return w;
+  }
+  /** Start one in the background, ready for the next take(). */
+  prewarm(): void {
+    if (this.spare) return;
+    this.spare = new Worker(WORKER_URL);
+    this.spare.unref();
+    this.spare.on('error', () => { this.spare = null; });
+  }
+}
+export const warmWorkers = new WarmWorkers();
+
 export class WasmProcess extends EventEmitter {
   state: ProcessState = 'starting';
   readonly bytes: Uint8Array;
@@ -48,6 +68,7 @@ export class WasmProcess extends EventEmitter {
   private worker: Worker;
   private stdinPending: Buffer[] = [];
   private stdinStarted = false;
+  private stdinWanted = false;
   private stdinEnded = false;
   private pendingStop: { t0: number; resolve: (c: Captured) => void; reject: (e: Error) => void } | null = null;
   /** Resolves with the exit code when the program ends; rejects if it fails. */
@@ -72,7 +93,7 @@ export class WasmProcess extends EventEmitter {
     // Unconsumed stdin travels with the process.
     if (wasi.stdinBuffered) this.stdinPending.push(Buffer.from(wasi.stdinBuffered, 'base64'));
     this.stdinEnded = wasi.stdinEof;
-    this.worker = new Worker(WORKER_URL);
+    this.worker = warmWorkers.take();
     this.worker.on('message', (m: FromWorker) => this.onMessage(m));
     this.worker.on('error', (e) => this.fail(e));
     this.worker.on('exit', (code) => { if (this.state === 'running' || this.state === 'starting' || this.state === 'stopping') this.fail(new FerryError('runtime', `worker thread exited unexpectedly (code ${code})`)); });
@@ -110,6 +131,7 @@ export class WasmProcess extends EventEmitter {
     Atomics.store(this.ctl, CTL_STOP, 0);
     this.state = 'running';
     this.worker.postMessage({ type: 'continue' } satisfies ToWorker);
+    if (this.stdinWanted) this.pumpStdin();
   }
 
   /** End the worker. A frozen process that moved elsewhere is released this way. */
@@ -140,6 +162,7 @@ export class WasmProcess extends EventEmitter {
       case 'stopped': {
         this.state = 'frozen';
         this.lastWasi = m.wasi;
+        this.stopStdin(); // input arriving from now on stays in the stream for whoever runs next
         const stop = this.pendingStop!;
         this.pendingStop = null;
         // Stdin the process has not consumed yet goes with it.
@@ -165,6 +188,7 @@ export class WasmProcess extends EventEmitter {
         this.emit(m.type, m.data);
         break;
       case 'want-stdin':
+        this.stdinWanted = true;
         this.pumpStdin();
         break;
       case 'fault':
@@ -248,6 +272,7 @@ export class WasmProcess extends EventEmitter {
       src.off('data', this.onStdinData);
       src.off('end', this.onStdinEnd);
       (src as NodeJS.ReadableStream).pause();
+      this.stdinStarted = false;
     }
   }
 }

@@ -14,7 +14,7 @@ import { WASI_MODULE } from './module-meta.ts';
 import { SUSPEND, SUSPENDABLE_IMPORTS, WasiExit, type GuestMemory, type WasiIo, type WaitResult } from '../wasi/types.ts';
 import { WasiHost } from '../wasi/host.ts';
 import { serializeError } from '../errors.ts';
-import { decodeGlobal, encodeGlobal } from './globals.ts';
+import { globalValueToString, parseGlobalValue } from '../image/globals.ts';
 
 if (!parentPort) throw new Error('src/vm/worker.ts must run in a worker thread');
 const port = parentPort;
@@ -151,7 +151,7 @@ class Session {
   private captureExec(): ExecState {
     const current = this.i32[ASYNCIFY_DATA >>> 2] >>> 0;
     const asyncify = this.mem.slice(ASYNCIFY_STACK, current);
-    const globals = this.msg.meta.globals.map((g) => ({ name: g.name, type: g.type, value: encodeGlobal(g.type, (this.exports[g.export] as WebAssembly.Global).value) }));
+    const globals = this.msg.meta.globals.map((g) => ({ name: g.name, type: g.type, value: globalValueToString(g.type, (this.exports[g.export] as WebAssembly.Global).value) }));
     const logicalPages = (this.exports[EXPORT_LOGICAL_PAGES] as WebAssembly.Global).value as number;
     return { logicalPages, asyncify, globals };
   }
@@ -161,7 +161,7 @@ class Session {
     for (const g of this.msg.meta.globals) {
       const saved = byName.get(g.name);
       if (!saved) throw new Error(`image has no value for global ${g.name}`);
-      (this.exports[g.export] as WebAssembly.Global).value = decodeGlobal(g.type, saved.value);
+      (this.exports[g.export] as WebAssembly.Global).value = parseGlobalValue(saved);
     }
     (this.exports[EXPORT_LOGICAL_PAGES] as WebAssembly.Global).value = exec.logicalPages;
   }
