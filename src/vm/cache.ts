@@ -5,7 +5,7 @@ import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { sha256, TRANSFORM_VERSION, type PreparedMeta, type PreparedModule, type Variant } from './module-meta.ts';
-import { deserializeError, type SerializedError } from '../errors.ts';
+import { deserializeError, FerryError, type SerializedError } from '../errors.ts';
 
 export function cacheDir(): string {
   return process.env.FERRY_CACHE_DIR ?? join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'ferry', 'modules');
@@ -36,6 +36,11 @@ export async function preparedBytes(original: Uint8Array, variant: Variant = 'tr
       if (meta.transformVersion === TRANSFORM_VERSION && meta.originalHash === hash)
         return { bytes: readFileSync(`${base}.wasm`), meta, cached: true };
     } catch { /* a damaged entry: rebuild it */ }
+  }
+  try {
+    await WebAssembly.compile(original as Uint8Array<ArrayBuffer>); // V8 names what is wrong; binaryen does not
+  } catch (e) {
+    throw new FerryError('invalid-module', `not a valid WebAssembly module: ${(e as Error).message.replace(/^WebAssembly\.\w+\(\): /, '')}`);
   }
   const prepared = await transformInThread(original, variant);
   try {

@@ -309,7 +309,8 @@ export function prepareModule(original: Uint8Array, variant: Variant = 'tracked'
 
 function describe(e: unknown): string {
   if (e instanceof Error) return e.message;
-  return typeof e === 'object' ? JSON.stringify(e) ?? String(e) : String(e);
+  const message = (e as { message?: unknown } | null)?.message; // binaryen throws plain objects
+  return typeof message === 'string' ? message : String(e);
 }
 
 function transform(m: binaryen.Module, original: Uint8Array, variant: Variant): PreparedModule {

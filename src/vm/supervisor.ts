@@ -46,9 +46,13 @@ export class Supervisor {
     this.proc = proc;
     this.finishedPromise = new Promise((res, rej) => { this.done = res; this.failed = rej; });
     this.watch(proc);
-    if (opts.vacateAfterMs !== undefined) this.after(opts.vacateAfterMs, () => this.vacate());
-    if (opts.checkpointEverySec) this.every(opts.checkpointEverySec * 1000, () => this.checkpoint());
-    if (opts.hopEveryMs) { warmWorkers.prewarm(); this.every(opts.hopEveryMs, () => this.hop()); }
+    // Times count from when the program runs, not from when ferry started.
+    proc.once('running', () => {
+      if (this.finished) return;
+      if (opts.vacateAfterMs !== undefined) this.after(opts.vacateAfterMs, () => this.vacate());
+      if (opts.checkpointEverySec) this.every(opts.checkpointEverySec * 1000, () => this.checkpoint());
+      if (opts.hopEveryMs) { warmWorkers.prewarm(); this.every(opts.hopEveryMs, () => this.hop()); }
+    });
   }
 
   private after(ms: number, fn: () => void): void {

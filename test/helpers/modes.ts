@@ -1,0 +1,62 @@
+// Running one workload in each mode, in a fresh directory, and collecting what it did.
+import { mkdirSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { join } from 'node:path';
+import { runNodeWasi } from './oracle.ts';
+import { ferry, tempDir } from './ferry.ts';
+import { readOutputs, type Workload } from './workloads.ts';
+
+export interface Outcome { stdout: string; exitCode: number; files: Record<string, string>; stderr: string; runs: number }
+
+function prepareDir(w: Workload): { dir: string; cleanup: () => void } {
+  const t = tempDir(`ferry-${w.name}-`);
+  for (const d of w.dirs ?? []) mkdirSync(join(t.path, d.host), { recursive: true });
+  w.setup?.(t.path);
+  return { dir: t.path, cleanup: t.cleanup };
+}
+
+/** Files compared by length and hash (a 3 MB diff helps nobody). */
+const hashFiles = (files: Record<string, Buffer>) =>
+  Object.fromEntries(Object.entries(files).map(([k, v]) => [k, `${v.length} bytes, sha256 ${createHash('sha256').update(v).digest('hex')}`]));
+
+const dirFlags = (w: Workload, dir: string) => (w.dirs ?? []).flatMap((d) => ['--dir', `${join(dir, d.host)}::${d.guest}`]);
+
+/** The oracle: node:wasi, in its own process. */
+export async function oracle(w: Workload): Promise<Outcome> {
+  const { dir, cleanup } = prepareDir(w);
+  try {
+    const r = await runNodeWasi({ wasm: w.wasm, args: [w.wasm, ...w.args], preopens: (w.dirs ?? []).map((d) => ({ host: join(dir, d.host), guest: d.guest })), stdin: w.stdin });
+    return { stdout: r.stdout.toString('latin1'), stderr: r.stderr.toString(), exitCode: r.exitCode, files: hashFiles(readOutputs(w, dir)), runs: 1 };
+  } finally { cleanup(); }
+}
+
+/** `ferry run` with extra flags (e.g. --hop-every N). */
+export async function ferryRun(w: Workload, flags: string[] = []): Promise<Outcome> {
+  const { dir, cleanup } = prepareDir(w);
+  try {
+    const r = await ferry(['run', ...flags, ...dirFlags(w, dir), w.wasm, ...w.args], { stdin: w.stdin });
+    return { stdout: r.stdout.toString('latin1'), stderr: r.stderr.toString(), exitCode: r.exitCode, files: hashFiles(readOutputs(w, dir)), runs: 1 };
+  } finally { cleanup(); }
+}
+
+/** Checkpoint after `delays[0]` ms, restore in a new OS process (checkpointing again
+ *  after delays[1] ms, ...), until the program ends. Output is the concatenation. */
+export async function checkpointChain(w: Workload, delays: number[]): Promise<Outcome> {
+  const { dir, cleanup } = prepareDir(w);
+  const image = join(dir, 'process.img');
+  try {
+    const stdout: Buffer[] = [];
+    const stderr: string[] = [];
+    let r = await ferry(['run', '--checkpoint', image, '--vacate-after', String(delays[0]), ...dirFlags(w, dir), w.wasm, ...w.args], { stdin: w.stdin });
+    let runs = 1;
+    stdout.push(r.stdout); stderr.push(r.stderr.toString());
+    while (r.exitCode === 85) {
+      const d = delays[runs];
+      r = await ferry(['restore', ...(d === undefined ? [] : ['--checkpoint', image, '--vacate-after', String(d)]), image]);
+      runs++;
+      stdout.push(r.stdout); stderr.push(r.stderr.toString());
+      if (runs > delays.length + 1) throw new Error('checkpoint chain did not end');
+    }
+    return { stdout: Buffer.concat(stdout).toString('latin1'), stderr: stderr.join(''), exitCode: r.exitCode, files: hashFiles(readOutputs(w, dir)), runs };
+  } finally { cleanup(); }
+}
