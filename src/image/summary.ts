@@ -28,7 +28,7 @@ export interface ImageSummary {
       preopen: string | null; offset: number; read: boolean; write: boolean; fdflags: number;
     }[];
     monotonicNs: string | null; pendingDeadlineNs: string | null;
-    stdinBufferedBytes: number; stdinEof: boolean; exitCode: number | null;
+    stdinBufferedBytes: number; stdinTakenBytes: number; stdinEof: boolean; exitCode: number | null;
   };
   sections: SectionInfo[];
   extraSections: { type: number; version: number; required: boolean; length: number }[];
@@ -82,6 +82,7 @@ export function summarizeImage(img: ProcessImage): ImageSummary {
       monotonicNs: typeof w.monotonicNs === 'string' ? w.monotonicNs : null,
       pendingDeadlineNs: typeof w.pendingDeadlineNs === 'string' ? w.pendingDeadlineNs : null,
       stdinBufferedBytes: stdin,
+      stdinTakenBytes: typeof w.stdinTakenBytes === 'number' ? w.stdinTakenBytes : 0,
       stdinEof: w.stdinEof === true,
       exitCode: typeof w.exitCode === 'number' ? w.exitCode : null,
     },
@@ -139,7 +140,7 @@ export function formatSummary(s: ImageSummary): string {
     L.push(`  fd ${String(f.fd).padEnd(7)} ${f.kind} ${mode}${where ? ' ' + where : ''}${host}${offset}`);
   }
   if (w.monotonicNs !== null) L.push(`  clock      ${w.monotonicNs} ns${w.pendingDeadlineNs !== null ? `, blocked until ${w.pendingDeadlineNs} ns` : ''}`);
-  if (w.stdinBufferedBytes > 0 || w.stdinEof) L.push(`  stdin      ${w.stdinBufferedBytes} bytes buffered${w.stdinEof ? ', at EOF' : ''}`);
+  if (w.stdinBufferedBytes > 0 || w.stdinEof || w.stdinTakenBytes > 0) L.push(`  stdin      ${w.stdinTakenBytes} bytes read, ${w.stdinBufferedBytes} of them not consumed yet${w.stdinEof ? ', at EOF' : ''}`);
   if (w.exitCode !== null) L.push(`  exited     ${w.exitCode}`);
   L.push(`sections`);
   for (const sec of s.sections) {

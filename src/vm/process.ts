@@ -69,6 +69,8 @@ export class WasmProcess extends EventEmitter {
   private stdinPending: Buffer[] = [];
   private stdinStarted = false;
   private stdinWanted = false;
+  /** Total bytes taken from the stdin source, carried in the WASI state. */
+  private stdinTaken: number;
   private stdinEnded = false;
   private pendingStop: { t0: number; resolve: (c: Captured) => void; reject: (e: Error) => void } | null = null;
   /** Resolves with the exit code when the program ends; rejects if it fails. */
@@ -93,6 +95,7 @@ export class WasmProcess extends EventEmitter {
     // Unconsumed stdin travels with the process.
     if (wasi.stdinBuffered) this.stdinPending.push(Buffer.from(wasi.stdinBuffered, 'base64'));
     this.stdinEnded = wasi.stdinEof;
+    this.stdinTaken = wasi.stdinTakenBytes ?? 0;
     this.worker = warmWorkers.take();
     this.worker.on('message', (m: FromWorker) => this.onMessage(m));
     this.worker.on('error', (e) => this.fail(e));
@@ -168,6 +171,7 @@ export class WasmProcess extends EventEmitter {
         // Stdin the process has not consumed yet goes with it.
         m.wasi.stdinBuffered = Buffer.concat([this.ringContents(), ...this.stdinPending]).toString('base64');
         m.wasi.stdinEof = this.stdinEnded;
+        m.wasi.stdinTakenBytes = this.stdinTaken;
         stop.resolve({ exec: m.exec, wasi: m.wasi, memory: this.bytes, logicalBytes: m.exec.logicalPages * WASM_PAGE, stopMs: performance.now() - stop.t0 });
         break;
       }
@@ -233,7 +237,7 @@ export class WasmProcess extends EventEmitter {
     return out;
   }
 
-  private readonly onStdinData = (chunk: Buffer) => { this.stdinPending.push(chunk); this.pumpStdin(); };
+  private readonly onStdinData = (chunk: Buffer) => { this.stdinTaken += chunk.length; this.stdinPending.push(chunk); this.pumpStdin(); };
   private readonly onStdinEnd = () => { this.stdinEnded = true; this.pumpStdin(); };
 
   private pumpStdin(): void {

@@ -79,6 +79,9 @@ export interface WasiState {
   /** Stdin bytes read from the source but not yet consumed by the guest (base64). */
   stdinBuffered: string;
   stdinEof: boolean;
+  /** Bytes taken from the process's stdin source so far, across every run and resume:
+   *  whoever restores it can feed input from this offset on. */
+  stdinTakenBytes?: number;
   /** Set once proc_exit ran. */
   exitCode: number | null;
 }

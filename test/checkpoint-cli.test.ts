@@ -1,0 +1,112 @@
+// The checkpoint entry points of `ferry run`: SIGTERM, periodic checkpoints, and a
+// freeze while the program is blocked reading stdin.
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { ferry, tempDir, FERRY_BIN, ROOT, TEST_CACHE } from './helpers/ferry.ts';
+import { runNodeWasi } from './helpers/oracle.ts';
+
+const sleeper = join(ROOT, 'workloads', 'bin', 'sleeper.wasm');
+const reference = join(ROOT, 'workloads', 'bin', 'reference.wasm');
+
+/** Start ferry with stdin left open; resolves when it exits. */
+function startFerry(args: string[]) {
+  const child = spawn(process.execPath, [FERRY_BIN, ...args], { env: { ...process.env, FERRY_CACHE_DIR: TEST_CACHE }, stdio: ['pipe', 'pipe', 'pipe'] });
+  const out: Buffer[] = [], err: Buffer[] = [];
+  child.stdout.on('data', (d) => out.push(d));
+  child.stderr.on('data', (d) => err.push(d));
+  const done = new Promise<{ code: number | null; stdout: Buffer; stderr: string }>((res) =>
+    child.on('close', (code) => res({ code, stdout: Buffer.concat(out), stderr: Buffer.concat(err).toString() })));
+  const firstOutput = new Promise<void>((res) => child.stdout.once('data', () => res()));
+  return { child, done, firstOutput };
+}
+
+describe('checkpoint entry points', () => {
+  it('SIGTERM with --checkpoint writes an image and exits 85; restore finishes the run', async () => {
+    const t = tempDir();
+    try {
+      const image = join(t.path, 'term.img');
+      const args = ['30', '40'];
+      const expected = await runNodeWasi({ wasm: sleeper, args: [sleeper, ...args] });
+      const run = startFerry(['run', '--checkpoint', image, sleeper, ...args]);
+      await run.firstOutput;
+      await new Promise((r) => setTimeout(r, 300));
+      run.child.kill('SIGTERM');
+      const a = await run.done;
+      assert.equal(a.code, 85, a.stderr);
+      const b = await ferry(['restore', image]);
+      assert.equal(b.exitCode, 0, b.stderr.toString());
+      assert.equal(Buffer.concat([a.stdout, b.stdout]).toString(), expected.stdout.toString());
+    } finally { t.cleanup(); }
+  });
+
+  it('SIGTERM without --checkpoint ends the process (143)', async () => {
+    const run = startFerry(['run', sleeper, '100', '50']);
+    await run.firstOutput;
+    run.child.kill('SIGTERM');
+    assert.equal((await run.done).code, 143);
+  });
+
+  it('--checkpoint-every writes restorable images while the program keeps running', async () => {
+    const t = tempDir();
+    try {
+      const image = join(t.path, 'periodic.img');
+      const args = ['8000'];
+      const expected = (await runNodeWasi({ wasm: reference, args: [reference, ...args] })).stdout.toString();
+      const r = await ferry(['run', '--verbose', '--checkpoint', image, '--checkpoint-every', '0.25', reference, ...args]);
+      assert.equal(r.exitCode, 0, r.stderr.toString());
+      assert.equal(r.stdout.toString(), expected, 'periodic checkpoints do not disturb the run');
+      const taken = (r.stderr.toString().match(/checkpoint written/g) ?? []).length;
+      assert.ok(taken >= 1, `at least one periodic checkpoint (stderr: ${r.stderr})`);
+      assert.ok(existsSync(image));
+      // The last checkpoint replays the tail of the run: its output is a suffix of the whole.
+      const tail = await ferry(['restore', image]);
+      assert.equal(tail.exitCode, 0, tail.stderr.toString());
+      assert.ok(tail.stdout.length > 0 && expected.endsWith(tail.stdout.toString()), `restore printed a suffix: ${tail.stdout}`);
+    } finally { t.cleanup(); }
+  });
+
+  it('freezes a program blocked reading stdin, and the restored one reads on', async () => {
+    const t = tempDir();
+    try {
+      const image = join(t.path, 'blocked.img');
+      const input = Buffer.from('hello\nferry\nworld\n');
+      const expected = await runNodeWasi({ wasm: sleeper, args: [sleeper, '--echo'], stdin: input });
+      const run = startFerry(['run', '--checkpoint', image, '--vacate-after', '300', sleeper, '--echo']);
+      // stdin stays open and empty: the program blocks in fd_read until the vacate.
+      const a = await run.done;
+      run.child.stdin.destroy();
+      assert.equal(a.code, 85, a.stderr);
+      assert.equal(a.stdout.length, 0);
+      const b = await ferry(['restore', image], { stdin: input });
+      assert.equal(b.exitCode, 0, b.stderr.toString());
+      assert.equal(b.stdout.toString(), expected.stdout.toString());
+    } finally { t.cleanup(); }
+  });
+
+  it('stdin read by ferry before a checkpoint is neither lost nor duplicated (unread bytes travel in the image)', async () => {
+    const t = tempDir();
+    try {
+      const input = Buffer.from(Array.from({ length: 3000 }, (_, i) => `line ${i} ${'y'.repeat(i % 97)}\n`).join(''));
+      const expected = await runNodeWasi({ wasm: sleeper, args: [sleeper, '--echo'], stdin: input });
+      for (const delay of [1, 5, 40]) {
+        const image = join(t.path, `stdin-${delay}.img`);
+        // Input arrives at once but stdin stays open: the checkpoint lands while it is being consumed.
+        const run = startFerry(['run', '--checkpoint', image, '--vacate-after', String(delay), sleeper, '--echo']);
+        run.child.stdin.write(input);
+        const a = await run.done;
+        run.child.stdin.destroy();
+        assert.equal(a.code, 85, a.stderr);
+        // What ferry had read travels in the image; the rest is fed from where it stopped.
+        const summary = JSON.parse((await ferry(['inspect', '--json', image])).stdout.toString());
+        const taken = summary.wasi.stdinTakenBytes as number;
+        assert.ok(taken >= summary.wasi.stdinBufferedBytes);
+        const b = await ferry(['restore', image], { stdin: input.subarray(taken) });
+        assert.equal(b.exitCode, 0, b.stderr.toString());
+        assert.equal(Buffer.concat([a.stdout, b.stdout]).toString(), expected.stdout.toString(), `vacate after ${delay} ms`);
+      }
+    } finally { t.cleanup(); }
+  });
+});
