@@ -1,7 +1,7 @@
 // One child process of the speed section: every workload under node:wasi and under ferry,
 // interleaved, with the V8 flags given on the command line (set before anything compiles,
 // so both runtimes' worker threads share them). Prints one "@@RESULT {json}" line.
-// usage: node --import tsx bench/speed-child.ts '{"flags":["--no-liftoff"],"reps":3,"only":[...]}'
+// usage: node [V8 flags] --import tsx bench/speed-child.ts '{"reps":3,"only":["rma"]}'
 import v8 from 'node:v8';
 
 const cfg = JSON.parse(process.argv[2] ?? '{}') as { flags?: string[]; reps?: number; only?: string[] };

@@ -18,7 +18,8 @@ export function serializeError(e: unknown): SerializedError {
   if (e instanceof FerryError) return { name: e.name, code: e.code, message: e.message, stack: e.stack, cause: e.cause === undefined ? undefined : serializeError(e.cause) };
   if (e instanceof WebAssembly.RuntimeError) return { name: 'FerryError', code: 'trap', message: `wasm trap: ${e.message}`, stack: e.stack };
   if (e instanceof Error) return { name: e.name, code: (e as any).code ?? 'internal', message: e.message, stack: e.stack };
-  return { name: 'Error', code: 'internal', message: String(e) };
+  const message = (e as { message?: unknown } | null)?.message; // binaryen throws plain objects
+  return { name: 'Error', code: 'internal', message: typeof message === 'string' ? message : String(e) };
 }
 
 export function deserializeError(s: SerializedError): FerryError {

@@ -104,13 +104,14 @@ export class Supervisor {
 
   /** Freeze; null if the program ended first. */
   private async freeze(): Promise<Captured | null> {
-    if (this.proc.state !== 'running' && this.proc.state !== 'starting') return null;
+    const proc = this.proc;
+    if (proc.state !== 'running' && proc.state !== 'starting') return null;
     try {
-      const cap = await this.proc.freeze();
+      const cap = await proc.freeze();
       this.result.stopLatenciesMs.push(cap.stopMs);
       return cap;
     } catch (e) {
-      if (this.proc.state === 'exited') return null; // it ended before reaching a safe point
+      if ((proc.state as string) === 'exited') return null; // it ended before reaching a safe point
       throw e;
     }
   }
