@@ -16,7 +16,7 @@ import { ROOT, TEST_CACHE } from './helpers/ferry.ts';
 process.env.FERRY_CACHE_DIR = TEST_CACHE;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-for (const [name, args] of [['pageinc', ['8', '2000']], ['rma', ['4', '40']]] as const) {
+for (const [name, args] of [['pageinc', ['8', '10000']], ['rma', ['4', '150']]] as const) {
   describe(`${name}: faulting -> faulting with every page absent -> tracked`, () => {
     it('runs on, faulting pages in from a page source, with output identical to node:wasi', async () => {
       const wasm = join(ROOT, 'workloads', 'bin', `${name}.wasm`);

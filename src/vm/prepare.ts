@@ -97,6 +97,7 @@ interface Ctx {
   m: binaryen.Module;
   variant: Variant;
   tmp: number; a: number; c: number; d: number; // i32 scratch locals of the current function
+  labels: number; // counter for unique block/loop names
   stats: PreparedMeta['stats'];
   growFn: string; markRangeFn: string; checkRangeFn: string; logicalGlobal: string;
 }
@@ -104,13 +105,15 @@ interface Ctx {
 /** ptr -> (block (result i32) (local.set $t ptr) marks/checks... (local.get $t)) */
 function wrapAccess(ctx: Ctx, ptr: number, offset: number, bytes: number, write: boolean): number {
   const { m, tmp } = ctx;
+  // A read needs nothing unless pages can be absent (no calls: asyncify frames are unaffected).
+  if (!write && ctx.variant === 'tracked') { ctx.stats.reads++; return ptr; }
   const at = (delta: number) => {
     const d = (offset + delta) >>> 0;
     const base = m.local.get(tmp, binaryen.i32);
     return m.i32.shr_u(d === 0 ? base : m.i32.add(base, m.i32.const(d | 0)), m.i32.const(TRACK_SHIFT));
   };
   const body: number[] = [m.local.set(tmp, ptr)];
-  if (write && !process.env.FERRY_NO_DIRTY) {
+  if (write) {
     ctx.stats.writes++;
     body.push(m.i32.store8(DIRTY_MAP, 1, at(0), m.i32.const(1)));
     if (bytes > 1) body.push(m.i32.store8(DIRTY_MAP, 1, at(bytes - 1), m.i32.const(1)));
@@ -151,6 +154,42 @@ function pollStop(m: binaryen.Module): number {
   return m.if(m.i32.atomic.load(STOP_FLAG, m.i32.const(0)), m.call(IMPORT_SAFEPOINT, [], binaryen.none));
 }
 
+/**
+ * The loop's safe point, kept out of its body: the header only tests the stop flag and
+ * leaves the loop when it is set; the call to ferry.safepoint sits in a wrapper loop
+ * that then re-enters the original loop at its header (what the header's next iteration
+ * would have done). The original body thus holds no call that can unwind, so asyncify
+ * leaves it uninstrumented (no state checks in every iteration) and the optimizer sees
+ * a plain loop; the stop flag is still read on every iteration.
+ *
+ *   (block $exit                 ;; type of the original loop
+ *     (loop $again
+ *       (block $restart
+ *         (br $exit (loop $L (br_if $restart (stop flag)) body)))
+ *       (call ferry.safepoint)
+ *       (br $again)))
+ */
+function pollLoop(ctx: Ctx, loop: number): number {
+  const { m } = ctx;
+  const n = ctx.labels++;
+  const exit = `ferry$exit${n}`, again = `ferry$again${n}`, restart = `ferry$restart${n}`;
+  const body = b.Loop.getBody(loop);
+  b.Loop.setBody(loop, m.block(null, [
+    m.br(restart, m.i32.atomic.load(STOP_FLAG, m.i32.const(0))), body,
+  ], binaryen.getExpressionType(body)));
+  b.Loop.finalize?.(loop);
+  const type = binaryen.getExpressionType(loop);
+  const leave = type === binaryen.none ? m.block(null, [loop, m.br(exit)])
+    : type === binaryen.unreachable ? loop : m.br(exit, 0, loop);
+  return m.block(exit, [
+    m.loop(again, m.block(null, [
+      m.block(restart, [leave]),
+      m.call(IMPORT_SAFEPOINT, [], binaryen.none),
+      m.br(again),
+    ])),
+  ]);
+}
+
 /** Post-order walk (iterative: real binaries nest deeper than the JS stack allows). */
 function instrumentBody(ctx: Ctx, body: number, setBody: Slot): void {
   const { m } = ctx;
@@ -169,10 +208,8 @@ function instrumentBody(ctx: Ctx, body: number, setBody: Slot): void {
     }
     switch (cls) {
       case 'Loop': {
-        if (process.env.FERRY_NO_POLL) break;
         ctx.stats.loopPolls++;
-        const inner = b.Loop.getBody(e);
-        b.Loop.setBody(e, m.block(null, [pollStop(m), inner], binaryen.getExpressionType(inner)));
+        item.set(pollLoop(ctx, e));
         break;
       }
       case 'Store': b.Store.setPtr(e, wrapAccess(ctx, b.Store.getPtr(e), b.Store.getOffset(e), b.Store.getBytes(e), true)); break;
@@ -383,7 +420,7 @@ function transform(m: binaryen.Module, original: Uint8Array, variant: Variant): 
   m.addFunctionImport(IMPORT_FAULT, FERRY_MODULE, IMPORT_FAULT, binaryen.createType([binaryen.i32, binaryen.i32]), binaryen.none);
 
   const stats: PreparedMeta['stats'] = { functions: funcNames.length, loopPolls: 0, entryPolls: 0, writes: 0, reads: 0, bulk: 0 };
-  const ctx: Ctx = { m, variant, tmp: 0, a: 0, c: 0, d: 0, stats, logicalGlobal,
+  const ctx: Ctx = { m, variant, tmp: 0, a: 0, c: 0, d: 0, labels: 0, stats, logicalGlobal,
     growFn: 'ferry$grow', markRangeFn: 'ferry$mark_range', checkRangeFn: 'ferry$check_range' };
   const recursive = recursiveFunctions(m, funcNames);
   for (const name of funcNames) {
@@ -412,10 +449,8 @@ function transform(m: binaryen.Module, original: Uint8Array, variant: Variant): 
   binaryen.setPassArgument('asyncify-imports', null);
   // Optimize after asyncify, not inside it: asyncify's frame layout then depends only
   // on the locals and call sites, which both variants share.
-  if (process.env.FERRY_OPT !== '0') {
-    binaryen.setOptimizeLevel(Number(process.env.FERRY_OPT ?? 2));
-    m.optimize();
-  }
+  binaryen.setOptimizeLevel(2);
+  m.optimize();
   const bytes = m.emitBinary();
   return {
     bytes,

@@ -169,7 +169,8 @@ class Session {
   private markDirty(addr: number, len: number): void {
     if (len === 0) return;
     const first = addr >>> TRACK_SHIFT, last = (addr + len - 1) >>> TRACK_SHIFT;
-    this.mem.fill(1, DIRTY_MAP + first, DIRTY_MAP + last + 1);
+    // A loop: fill() on a 4 GiB shared array costs ~50 ns a call, this ~3 ns a page.
+    for (let p = first; p <= last; p++) this.mem[DIRTY_MAP + p] = 1;
   }
 
   private ensurePresent(addr: number, len: number): void {

@@ -279,16 +279,25 @@ export class WasiHost {
   imports(): Record<string, ImportFn> {
     const raw = this.functions();
     const out: Record<string, ImportFn> = {};
-    for (const [name, fn] of Object.entries(raw)) {
-      out[name] = (...args: any[]) => {
-        try {
-          return fn(...args);
-        } catch (err) {
-          return this.errnoOf(err);
-        }
-      };
-    }
+    for (const [name, fn] of Object.entries(raw)) out[name] = this.guard(fn);
     return out;
+  }
+
+  /** Wraps an implementation so a thrown Errno (or Node error) becomes its errno. The
+   *  wrapper has the implementation's arity: V8 calls a JS import from wasm faster when
+   *  the argument count matches (no rest parameters, no spread). */
+  private guard(fn: (...a: any[]) => number | Suspend): ImportFn {
+    const onError = (err: unknown) => this.errnoOf(err);
+    switch (fn.length) {
+      case 0: return () => { try { return fn(); } catch (e) { return onError(e); } };
+      case 1: return (a: any) => { try { return fn(a); } catch (e) { return onError(e); } };
+      case 2: return (a: any, b: any) => { try { return fn(a, b); } catch (e) { return onError(e); } };
+      case 3: return (a: any, b: any, c: any) => { try { return fn(a, b, c); } catch (e) { return onError(e); } };
+      case 4: return (a: any, b: any, c: any, d: any) => { try { return fn(a, b, c, d); } catch (e) { return onError(e); } };
+      case 5: return (a: any, b: any, c: any, d: any, e1: any) => { try { return fn(a, b, c, d, e1); } catch (e) { return onError(e); } };
+      case 6: return (a: any, b: any, c: any, d: any, e1: any, f: any) => { try { return fn(a, b, c, d, e1, f); } catch (e) { return onError(e); } };
+      default: return (...args: any[]) => { try { return fn(...args); } catch (e) { return onError(e); } };
+    }
   }
 
   private errnoOf(err: unknown): number {
@@ -312,8 +321,12 @@ export class WasiHost {
 
       // ---- clocks / random / process
       clock_res_get: (id: number, out: number) => {
-        if (u(id) > 3) return E.INVAL;
-        this.setU64(u(out), u(id) === CLOCK.REALTIME ? 1000n : 1n);
+        id = u(id); out = u(out);
+        if (id > 3) return E.INVAL;
+        this.dirty(out, 8);
+        const v = this.mem.view();
+        v.setUint32(out, id === CLOCK.REALTIME ? 1000 : 1, true);
+        v.setUint32(out + 4, 0, true);
         return E.SUCCESS;
       },
       clock_time_get: (id: number, _precision: bigint, out: number) => {
@@ -372,7 +385,8 @@ export class WasiHost {
       },
       fd_fdstat_get: (fd: number, buf: number) => {
         fd = u(fd); buf = u(buf);
-        const e = this.entry(fd);
+        const e = this.state.fds[fd];
+        if (!e) return E.BADF; // no exception: EBADF probes are common
         const ft = e.kind === 'file' ? this.fdStat(fd, e).filetype
           : e.kind === 'directory' ? FILETYPE.DIRECTORY : FILETYPE.CHARACTER_DEVICE;
         this.dirty(buf, 24);
@@ -381,8 +395,8 @@ export class WasiHost {
         v.setUint8(buf + 1, 0);
         v.setUint16(buf + 2, e.fdflags, true);
         v.setUint32(buf + 4, 0, true);
-        v.setBigUint64(buf + 8, BigInt(e.rightsBase), true);
-        v.setBigUint64(buf + 16, BigInt(e.rightsInheriting), true);
+        this.setRights(v, buf + 8, e.rightsBase);
+        this.setRights(v, buf + 16, e.rightsInheriting);
         return E.SUCCESS;
       },
       fd_fdstat_set_flags: (fd: number, flags: number) => {
@@ -648,11 +662,43 @@ export class WasiHost {
   }
 
   private putSizes(list: string[], countPtr: number, sizePtr: number): number {
-    let size = 0;
-    for (const s of list) size += Buffer.byteLength(s) + 1;
+    const size = this.sizeOf(list);
     this.setU32(countPtr, list.length);
     this.setU32(sizePtr, size);
     return E.SUCCESS;
+  }
+
+  /** Encoded size of a string list (args, env), NUL terminators included. The lists are
+   *  fixed for a process's life but may be replaced: the cache checks identity and content. */
+  private sizeCache: { list: string[]; copy: string[]; size: number } | null = null;
+  private sizeCache2: { list: string[]; copy: string[]; size: number } | null = null;
+  private sizeOf(list: string[]): number {
+    for (const c of [this.sizeCache, this.sizeCache2]) {
+      if (c && c.list === list && c.copy.length === list.length) {
+        let same = true;
+        for (let i = 0; i < list.length; i++) if (c.copy[i] !== list[i]) { same = false; break; }
+        if (same) return c.size;
+      }
+    }
+    let size = 0;
+    for (const s of list) size += Buffer.byteLength(s) + 1;
+    this.sizeCache2 = this.sizeCache;
+    this.sizeCache = { list, copy: [...list], size };
+    return size;
+  }
+
+  /** Rights (a decimal u64 string) written as two u32 halves, parsed once per value. */
+  private readonly rightsCache = new Map<string, [number, number]>();
+  private setRights(v: DataView, at: number, rights: string): void {
+    let r = this.rightsCache.get(rights);
+    if (r === undefined) {
+      const n = BigInt.asUintN(64, BigInt(rights));
+      r = [Number(n & 0xffffffffn), Number(n >> 32n)];
+      if (this.rightsCache.size >= 64) this.rightsCache.clear();
+      this.rightsCache.set(rights, r);
+    }
+    v.setUint32(at, r[0], true);
+    v.setUint32(at + 4, r[1], true);
   }
 
   private clockNow(id: number): bigint | null {

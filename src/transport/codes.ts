@@ -1,0 +1,72 @@
+// The message-code table: every frame code the transport knows, in one place.
+//
+// Adding a message is one line in CODES below: a u16 code number (unique), its
+// priority class by default, and whether its frames carry a JSON header and/or
+// a binary body. The frame decoder refuses codes not in this table, and frames
+// with a header or body the code does not allow.
+//
+// Number ranges (a convention, so that concurrent additions do not collide):
+//   0x0001-0x000f  connection (handshake, errors, liveness)
+//   0x0010-0x001f  generic RPC
+//   0x0020-0x002f  bulk streams
+//   0x0030-0x003f  pages (urgent)
+//   0x0100-...     node / migration / ipc messages, added by their owners
+
+/** Priority classes. An urgent frame is never queued behind a bulk frame. */
+export type Priority = 'urgent' | 'bulk';
+
+export interface CodeSpec {
+  /** u16 wire number, unique. */
+  readonly code: number;
+  /** Default priority class (send options may override it per frame). */
+  readonly priority: Priority;
+  /** Frames of this code may carry a JSON header (an object). */
+  readonly header: boolean;
+  /** Frames of this code may carry a binary body. */
+  readonly body: boolean;
+}
+
+export const CODES = {
+  HELLO:        { code: 0x0001, priority: 'urgent', header: true, body: false }, // handshake, client -> server
+  HELLO_ACK:    { code: 0x0002, priority: 'urgent', header: true, body: false }, // handshake, server -> client
+  ERROR:        { code: 0x0003, priority: 'urgent', header: true, body: false }, // {code, message, re?}: refusal or failed request
+  PING:         { code: 0x0004, priority: 'urgent', header: true, body: false }, // {id}; answered by PONG {re}
+  PONG:         { code: 0x0005, priority: 'urgent', header: true, body: false },
+  REQUEST:      { code: 0x0010, priority: 'bulk',   header: true, body: true  }, // JSON RPC: {id, method, ...}
+  RESPONSE:     { code: 0x0011, priority: 'bulk',   header: true, body: true  }, // {re, ...}
+  STREAM_DATA:  { code: 0x0020, priority: 'bulk',   header: true, body: true  }, // {stream, meta? (first frame)} + bytes
+  STREAM_END:   { code: 0x0021, priority: 'bulk',   header: true, body: false }, // {stream, meta?, error?}
+  PAGE_REQUEST: { code: 0x0030, priority: 'urgent', header: true, body: false }, // a page fault: {id, ...}
+  PAGE_DATA:    { code: 0x0031, priority: 'urgent', header: true, body: true  }, // {re, ...} + page bytes
+} as const satisfies Record<string, CodeSpec>;
+
+export type CodeName = keyof typeof CODES;
+
+/** Code numbers by name: `Code.REQUEST === 0x0010`. */
+export const Code = Object.fromEntries(Object.entries(CODES).map(([n, s]) => [n, s.code])) as { readonly [K in CodeName]: (typeof CODES)[K]['code'] };
+
+export interface CodeInfo extends CodeSpec { readonly name: CodeName }
+
+const byNumber = new Map<number, CodeInfo>();
+for (const [name, spec] of Object.entries(CODES) as [CodeName, CodeSpec][]) {
+  if (!Number.isInteger(spec.code) || spec.code <= 0 || spec.code > 0xffff) throw new Error(`transport code table: ${name} has an invalid number ${spec.code}`);
+  const clash = byNumber.get(spec.code);
+  if (clash) throw new Error(`transport code table: ${name} and ${clash.name} share number 0x${spec.code.toString(16)}`);
+  byNumber.set(spec.code, Object.freeze({ name, ...spec }));
+}
+
+/** The table entry for a wire number, or undefined when the code is unknown. */
+export function codeInfo(code: number): CodeInfo | undefined {
+  return byNumber.get(code);
+}
+
+/** Resolve a code given by name or number; throws on an unknown one. */
+export function resolveCode(code: CodeName | number): CodeInfo {
+  const info = typeof code === 'number' ? byNumber.get(code) : (Object.hasOwn(CODES, code) ? byNumber.get(CODES[code].code) : undefined);
+  if (!info) throw new TypeError(`unknown transport message code ${typeof code === 'number' ? '0x' + code.toString(16) : code}`);
+  return info;
+}
+
+export function codeName(code: number): string {
+  return byNumber.get(code)?.name ?? `0x${code.toString(16).padStart(4, '0')}`;
+}
