@@ -27,7 +27,7 @@ export function transformInThread(original: Uint8Array, variant: Variant): Promi
 }
 
 /** The prepared module for these original bytes, from the cache or freshly transformed. */
-export async function preparedBytes(original: Uint8Array, variant: Variant = 'tracked', hash = sha256(original)): Promise<PreparedModule & { cached: boolean }> {
+export async function preparedBytes(original: Uint8Array, variant: Variant = 'tracked', hash = sha256(original), onTransform?: () => void): Promise<PreparedModule & { cached: boolean }> {
   const dir = cacheDir();
   const base = join(dir, `${hash}-t${TRANSFORM_VERSION}-${variant}`);
   if (existsSync(`${base}.json`) && existsSync(`${base}.wasm`)) {
@@ -42,6 +42,7 @@ export async function preparedBytes(original: Uint8Array, variant: Variant = 'tr
   } catch (e) {
     throw new FerryError('invalid-module', `not a valid WebAssembly module: ${(e as Error).message.replace(/^WebAssembly\.\w+\(\): /, '')}`);
   }
+  onTransform?.();
   const prepared = await transformInThread(original, variant);
   try {
     mkdirSync(dir, { recursive: true });
@@ -54,7 +55,7 @@ export async function preparedBytes(original: Uint8Array, variant: Variant = 'tr
   return { ...prepared, cached: false };
 }
 
-export async function loadPrepared(original: Uint8Array, variant: Variant = 'tracked', hash?: string): Promise<LoadedModule> {
-  const p = await preparedBytes(original, variant, hash);
+export async function loadPrepared(original: Uint8Array, variant: Variant = 'tracked', hash?: string, onTransform?: () => void): Promise<LoadedModule> {
+  const p = await preparedBytes(original, variant, hash, onTransform);
   return { module: await WebAssembly.compile(p.bytes as Uint8Array<ArrayBuffer>), meta: p.meta, cached: p.cached };
 }

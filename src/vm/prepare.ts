@@ -181,13 +181,14 @@ function pollLoop(ctx: Ctx, loop: number): number {
   const type = binaryen.getExpressionType(loop);
   const leave = type === binaryen.none ? m.block(null, [loop, m.br(exit)])
     : type === binaryen.unreachable ? loop : m.br(exit, 0, loop);
+  // binaryen.js does not infer a block's type from the branches to it: give it.
   return m.block(exit, [
     m.loop(again, m.block(null, [
-      m.block(restart, [leave]),
+      m.block(restart, [leave], binaryen.none),
       m.call(IMPORT_SAFEPOINT, [], binaryen.none),
       m.br(again),
-    ])),
-  ]);
+    ], binaryen.unreachable)),
+  ], type === binaryen.unreachable ? binaryen.none : type);
 }
 
 /** Post-order walk (iterative: real binaries nest deeper than the JS stack allows). */

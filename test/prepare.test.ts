@@ -1,0 +1,75 @@
+// The transform on the shapes real compilers emit: loops that yield values, branches
+// out of loops carrying values, nested loops, recursion without loops, memory.size
+// and memory.grow. Each program computes a number, exits with it (mod 256), and must
+// exit identically under node:wasi, under ferry, and under ferry hopping every few ms.
+import { describe, it, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import binaryen from 'binaryen';
+import { ferry, tempDir } from './helpers/ferry.ts';
+import { runNodeWasi } from './helpers/oracle.ts';
+
+const PROGRAMS: Record<string, string> = {
+  'loops yielding values, nested': `
+    (func $f (param i32) (result i32) (local $acc i32)
+      (loop $l (result i32)
+        (local.set 0 (i32.sub (local.get 0) (i32.const 1)))
+        (local.set $acc (i32.add (local.get $acc)
+          (loop $m (result i32) (local.set $acc (i32.add (local.get $acc) (i32.const 3)))
+            (br_if $m (i32.and (local.get $acc) (i32.const 7))) (i32.const 1))))
+        (br_if $l (i32.gt_s (local.get 0) (i32.const 0)))
+        (local.get $acc)))
+    (func $main (result i32) (call $f (i32.const 30000000)))`,
+  'branches out of a loop with a value': `
+    (func $g (param i32) (result i32) (local $x i32)
+      (block $out (result i32)
+        (loop $l (result i32)
+          (local.set $x (i32.add (i32.mul (local.get $x) (i32.const 1103515245)) (i32.const 12345)))
+          (br_if $out (local.get $x) (i32.eqz (local.get 0)))
+          (local.set 0 (i32.sub (local.get 0) (i32.const 1)))
+          (br $l))))
+    (func $main (result i32) (i32.shr_u (call $g (i32.const 40000000)) (i32.const 24)))`,
+  'recursion without loops': `
+    (func $fib (param i32) (result i32)
+      (if (result i32) (i32.lt_u (local.get 0) (i32.const 2)) (then (local.get 0))
+        (else (i32.add (call $fib (i32.sub (local.get 0) (i32.const 1))) (call $fib (i32.sub (local.get 0) (i32.const 2)))))))
+    (func $main (result i32) (call $fib (i32.const 32)))`,
+  'memory.grow and memory.size are virtual': `
+    (func $main (result i32) (local $i i32) (local $s i32)
+      (local.set $s (memory.size))
+      (drop (memory.grow (i32.const 3)))
+      (if (i32.ne (memory.grow (i32.const 100000)) (i32.const -1)) (then (unreachable)))
+      (loop $l
+        (i32.store (i32.mul (i32.and (local.get $i) (i32.const 0xffff)) (i32.const 4)) (local.get $i))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br_if $l (i32.lt_u (local.get $i) (i32.const 20000000))))
+      (i32.add (i32.mul (memory.size) (i32.const 10)) (local.get $s)))`,
+};
+
+function command(body: string): Uint8Array {
+  const m = binaryen.parseText(`(module
+    (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+    (memory (export "memory") 1 8)
+    ${body}
+    (func (export "_start") (call $exit (i32.and (call $main) (i32.const 255)))))`);
+  m.setFeatures(binaryen.Features.All & ~binaryen.Features.GC);
+  try { if (!m.validate()) throw new Error('test module does not validate'); return m.emitBinary(); } finally { m.dispose(); }
+}
+
+describe('transform on compiler shapes', () => {
+  const t = tempDir();
+  after(() => t.cleanup());
+  for (const [name, body] of Object.entries(PROGRAMS)) {
+    it(name, async () => {
+      const file = join(t.path, `${name.replace(/\W+/g, '-')}.wasm`);
+      writeFileSync(file, command(body));
+      const expected = await runNodeWasi({ wasm: file, args: [file] });
+      const plain = await ferry(['run', file]);
+      assert.equal(plain.exitCode, expected.exitCode, plain.stderr.toString());
+      const hopped = await ferry(['run', '--verbose', '--hop-every', '5', file]);
+      assert.equal(hopped.exitCode, expected.exitCode, hopped.stderr.toString());
+      assert.match(hopped.stderr.toString(), /hop 1:/, 'it hopped at least once');
+    });
+  }
+});
