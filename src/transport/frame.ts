@@ -92,26 +92,37 @@ export class FrameDecoder {
   /** True when a frame has been started but not completed (a truncated stream ends here). */
   get midFrame(): boolean { return this.buffered > 0; }
 
+  /** Add bytes and return every frame they complete. Throws FerryError('bad-frame') on malformed input. */
   push(chunk: Uint8Array): Frame[] {
+    this.feed(chunk);
+    const out: Frame[] = [];
+    for (;;) {
+      const f = this.read();
+      if (!f) return out;
+      out.push(f);
+    }
+  }
+
+  /** Add bytes without decoding them. */
+  feed(chunk: Uint8Array): void {
     if (this.failed) throw this.failed;
     if (chunk.length > 0) {
       this.chunks.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.length));
       this.buffered += chunk.length;
     }
-    const out: Frame[] = [];
+  }
+
+  /** The next complete frame, or undefined if more bytes are needed. Throws FerryError('bad-frame') on malformed input. */
+  read(): Frame | undefined {
+    if (this.failed) throw this.failed;
     try {
-      for (;;) {
-        const f = this.next();
-        if (!f) break;
-        out.push(f);
-      }
+      return this.next();
     } catch (e) {
       this.failed = e instanceof FerryError ? e : new FerryError('bad-frame', `malformed frame: ${(e as Error).message}`, { cause: e });
       this.chunks = [];
       this.buffered = 0;
       throw this.failed;
     }
-    return out;
   }
 
   /** Take exactly n bytes from the front of the buffered chunks. */
@@ -188,7 +199,6 @@ export class FrameDecoder {
       header = parsed as Header;
     }
     const bodyLength = payload - headerLength;
-    // Copy small bodies out of the (possibly large, shared) socket chunk so they do not pin it.
     const body = bodyLength === 0 ? EMPTY : this.take(bodyLength);
     return { code: info.code, name: info.name, priority: urgent ? 'urgent' : 'bulk', header, body };
   }

@@ -1,0 +1,55 @@
+// connect(): open a connection to a ferry node (plain TCP, or TLS-PSK with a
+// key), run the handshake, return the Connection.
+
+import net from 'node:net';
+import tls from 'node:tls';
+import { FerryError } from '../errors.ts';
+import { Connection } from './connection.ts';
+import { clientHandshake, DEFAULT_HANDSHAKE_TIMEOUT_MS } from './handshake.ts';
+import type { EndpointOptions } from './server.ts';
+import { Shaper } from './shaper.ts';
+import { clientTlsOptions, tlsError, toKey } from './tls.ts';
+
+export type ConnectOptions = EndpointOptions;
+
+export async function connect(host: string, port: number, opts: ConnectOptions = {}): Promise<Connection> {
+  const key = opts.key === undefined ? undefined : toKey(opts.key);
+  const shaper = Shaper.from(opts.shaping);
+  const where = `${host.includes(':') ? `[${host}]` : host}:${port}`;
+  const timeoutMs = opts.timeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
+
+  const socket: net.Socket = await new Promise((resolve, reject) => {
+    const s = key
+      ? tls.connect({ host, port, ...clientTlsOptions(key), allowHalfOpen: false } as tls.ConnectionOptions)
+      : net.connect({ host, port, allowHalfOpen: true });
+    const ready = key ? 'secureConnect' : 'connect';
+    const timer = setTimeout(() => { s.destroy(); reject(new FerryError('connect-timeout', `cannot connect to ${where}: no answer within ${timeoutMs} ms`)); }, timeoutMs);
+    const fail = (e: Error) => {
+      clearTimeout(timer);
+      s.destroy();
+      const code = (e as NodeJS.ErrnoException).code;
+      if (key && !(code === 'ECONNREFUSED' || code === 'EHOSTUNREACH' || code === 'ENOTFOUND')) reject(tlsError(where, e));
+      else reject(new FerryError('connect-failed', `cannot connect to ${where}: ${e.message}`, { cause: e }));
+    };
+    s.once('error', fail);
+    s.once('close', () => fail(new Error('the connection closed before it was established')));
+    s.once(ready, () => { clearTimeout(timer); s.removeAllListeners('error'); s.removeAllListeners('close'); resolve(s); });
+  });
+  socket.setNoDelay(true);
+  socket.on('error', () => { /* reported through the handshake or the connection */ });
+  try {
+    const { peer, decoder } = await clientHandshake(socket, where, { ...opts, role: opts.role ?? 'node', timeoutMs });
+    return new Connection(socket, { label: `${peer.node}@${where}`, peer, decoder, shaper, requestTimeoutMs: opts.requestTimeoutMs, limits: opts.limits });
+  } catch (e) {
+    socket.destroy();
+    if (key && e instanceof FerryError && (e.code === 'connection-failed' || e.code === 'connection-closed' || e.code === 'handshake-incomplete')) {
+      // A keyed server that does not know our key cuts the TLS session right after it starts.
+      throw new FerryError('auth-failed', `${where} closed the connection during the handshake (wrong key?): ${e.message}`, { cause: e });
+    }
+    if (!key && e instanceof FerryError && (e.code === 'connection-failed' || e.code === 'connection-closed' || e.code === 'handshake-incomplete')) {
+      // A keyed (TLS) server drops a plain client as soon as its bytes are not TLS.
+      throw new FerryError('refused', `${where} closed the connection during the handshake (does it require a key?): ${e.message}`, { cause: e });
+    }
+    throw e;
+  }
+}
