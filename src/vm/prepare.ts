@@ -351,7 +351,13 @@ function describe(e: unknown): string {
   return typeof message === 'string' ? message : String(e);
 }
 
+/** FERRY_TRANSFORM_LOG=1: each stage's time and the process's RSS on stderr (big modules). */
+function stage(name: string, t0: number): void {
+  if (process.env.FERRY_TRANSFORM_LOG) process.stderr.write(`ferry transform: ${name} done at ${((performance.now() - t0) / 1000).toFixed(1)} s, rss ${(process.memoryUsage.rss() / 1048576).toFixed(0)} MiB\n`);
+}
+
 function transform(m: binaryen.Module, original: Uint8Array, variant: Variant): PreparedModule {
+  const t0 = performance.now();
   m.setFeatures(FEATURES);
   const features = m.getFeatures();
   void features;
@@ -440,6 +446,7 @@ function transform(m: binaryen.Module, original: Uint8Array, variant: Variant): 
     }
   }
   addHelpers(m, ctx, maxPages);
+  stage('instrument', t0);
 
   if (!m.validate()) throw new FerryError('transform-failed', 'the prepared module does not validate (a bug in ferry\'s transform)');
   const asyncImports = [`${FERRY_MODULE}.${IMPORT_SAFEPOINT}`, ...SUSPENDABLE_IMPORTS.map((n) => `${WASI_MODULE}.${n}`)];
@@ -447,11 +454,13 @@ function transform(m: binaryen.Module, original: Uint8Array, variant: Variant): 
   binaryen.setOptimizeLevel(0);
   binaryen.setShrinkLevel(0);
   m.runPasses(['asyncify']);
+  stage('asyncify', t0);
   binaryen.setPassArgument('asyncify-imports', null);
   // Optimize after asyncify, not inside it: asyncify's frame layout then depends only
   // on the locals and call sites, which both variants share.
   binaryen.setOptimizeLevel(2);
   m.optimize();
+  stage('optimize', t0);
   const bytes = m.emitBinary();
   return {
     bytes,
