@@ -1,5 +1,6 @@
 // Section 2: stop latency. A process runs; repeatedly, after a random 5-50 ms, it is
-// frozen (stopMs: from the request to the worker reporting it stopped) and continued.
+// frozen (stopMs: from the request until its stack was unwound, measured on one
+// clock across threads) and continued.
 import { f3, median, percentile, sleep, startFerry, table } from './util.ts';
 
 /** Long-running arguments: each process outlives its freezes (it is killed after). */

@@ -21,8 +21,10 @@ export interface Captured {
   wasi: WasiState;
   memory: Uint8Array;
   logicalBytes: number;
-  /** Stop latency: from the request to the worker reporting it stopped. */
+  /** Stop latency: from the request until the process stood still (its stack unwound). */
   stopMs: number;
+  /** From the request until the capture reached the owner (adds thread hand-off). */
+  captureMs: number;
 }
 
 export type ProcessState = 'starting' | 'running' | 'stopping' | 'frozen' | 'exited' | 'failed' | 'killed';
@@ -121,7 +123,7 @@ export class WasmProcess extends EventEmitter {
       return Promise.reject(new FerryError('runtime', `cannot freeze a process that is ${this.state}`));
     this.state = 'stopping';
     return new Promise((resolve, reject) => {
-      this.pendingStop = { t0: performance.now(), resolve, reject };
+      this.pendingStop = { t0: performance.timeOrigin + performance.now(), resolve, reject };
       Atomics.store(this.ctl, CTL_STOP, 1);
       Atomics.store(this.memI32, STOP_FLAG >>> 2, 1);
       this.wake();
@@ -172,7 +174,8 @@ export class WasmProcess extends EventEmitter {
         m.wasi.stdinBuffered = Buffer.concat([this.ringContents(), ...this.stdinPending]).toString('base64');
         m.wasi.stdinEof = this.stdinEnded;
         m.wasi.stdinTakenBytes = this.stdinTaken;
-        stop.resolve({ exec: m.exec, wasi: m.wasi, memory: this.bytes, logicalBytes: m.exec.logicalPages * WASM_PAGE, stopMs: performance.now() - stop.t0 });
+        stop.resolve({ exec: m.exec, wasi: m.wasi, memory: this.bytes, logicalBytes: m.exec.logicalPages * WASM_PAGE,
+          stopMs: Math.max(0, m.stoppedAt - stop.t0), captureMs: performance.timeOrigin + performance.now() - stop.t0 });
         break;
       }
       case 'exited':

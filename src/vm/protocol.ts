@@ -31,7 +31,8 @@ export type ToWorker =
 
 export type FromWorker =
   | { type: 'running' }
-  | { type: 'stopped'; exec: ExecState; wasi: WasiState }
+  /** stoppedAt: when the stack was unwound (epoch ms, high resolution: timeOrigin + now). */
+  | { type: 'stopped'; exec: ExecState; wasi: WasiState; stoppedAt: number }
   | { type: 'exited'; code: number; wasi: WasiState }
   | { type: 'failed'; error: SerializedError }
   | { type: 'stdout' | 'stderr'; data: Uint8Array }

@@ -99,11 +99,12 @@ class Session {
       else throw e;
     }
     if (this.mode === 'unwinding') {
+      const stoppedAt = performance.timeOrigin + performance.now();
       this.exports.asyncify_stop_unwind();
       this.mode = 'normal';
       const exec = this.captureExec();
       this.lastExec = exec;
-      post({ type: 'stopped', exec, wasi: this.wasi.snapshot() });
+      post({ type: 'stopped', exec, wasi: this.wasi.snapshot(), stoppedAt });
       return;
     }
     post({ type: 'exited', code: exitCode, wasi: this.wasi.snapshot() });
