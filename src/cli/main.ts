@@ -10,6 +10,7 @@ import { Supervisor, type SuperviseOptions } from '../vm/supervisor.ts';
 import { initialWasiState } from '../wasi/host.ts';
 import { readImageFile, summarizeImage, formatSummary, ImageError } from '../image/index.ts';
 import { FerryError } from '../errors.ts';
+import { addRunOnNodeOptions, registerClusterCommands, runOnNode, type RunOnNodeFlags } from './cluster.ts';
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 
@@ -77,15 +78,16 @@ export function buildCli(): Command {
     .enablePositionalOptions()
     .showHelpAfterError();
 
-  addCheckpointOptions(program.command('run')
+  addRunOnNodeOptions(addCheckpointOptions(program.command('run')
     .description('run a wasm32-wasi program (its stdio passes through, its exit code propagates)')
     .argument('<program.wasm>', 'the program')
     .argument('[args...]', 'its arguments')
     .passThroughOptions()
     .option('--dir <HOST::GUEST>', 'preopen a host directory under a guest path (repeatable)', collect, [])
     .option('--argv0 <name>', 'the program\'s argv[0] (default: the path as given)')
-    .addOption(new Option('--env <K=V>', 'set an environment variable (repeatable)').argParser(collect).default([])))
-    .action(async (prog: string, args: string[], flags: CheckpointFlags & { dir: string[]; env: string[]; argv0?: string }) => {
+    .addOption(new Option('--env <K=V>', 'set an environment variable (repeatable)').argParser(collect).default([]))))
+    .action(async (prog: string, args: string[], flags: CheckpointFlags & { dir: string[]; env: string[]; argv0?: string; node?: string }) => {
+      if (flags.node !== undefined) return runOnNode(prog, args, flags as RunOnNodeFlags);
       const preopens = flags.dir.map(parseDir);
       const env = flags.env.map(parseEnv);
       const sopts = superviseOptions(flags, 'local/1');
@@ -117,6 +119,7 @@ export function buildCli(): Command {
       process.stdout.write(flags.json ? JSON.stringify(s, null, 2) + '\n' : formatSummary(s) + '\n');
     });
 
+  registerClusterCommands(program);
   return program;
 }
 

@@ -38,6 +38,10 @@ export const CODES = {
   STREAM_END:   { code: 0x0021, priority: 'bulk',   header: true, body: false }, // {stream, meta?, error?}
   PAGE_REQUEST: { code: 0x0030, priority: 'urgent', header: true, body: false }, // a page fault: {id, ...}
   PAGE_DATA:    { code: 0x0031, priority: 'urgent', header: true, body: true  }, // {re, ...} + page bytes
+  PROC_OUTPUT:  { code: 0x0100, priority: 'bulk',   header: true, body: true  }, // node: {session, pid, fd} + a process's stdout/stderr bytes
+  PROC_INPUT:   { code: 0x0101, priority: 'bulk',   header: true, body: true  }, // node: {session, eof?} + stdin bytes for a process
+  PROC_EXIT:    { code: 0x0102, priority: 'bulk',   header: true, body: false }, // node: {session, pid, code, error?}: the process ended
+  HEARTBEAT:    { code: 0x0103, priority: 'urgent', header: true, body: false }, // node: {node, addr, members, leaving?}: liveness + gossip
 } as const satisfies Record<string, CodeSpec>;
 
 export type CodeName = keyof typeof CODES;

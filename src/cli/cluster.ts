@@ -1,0 +1,181 @@
+// Cluster commands: `ferry node start`, `ferry nodes`, `ferry ps`, `ferry kill`,
+// `ferry keygen`, and `ferry run --node NAME` (added to the run command).
+// Every command but `node start` and `keygen` reaches the cluster through any
+// node: --cluster HOST:PORT or FERRY_CLUSTER, key from --key-file or
+// FERRY_KEY_FILE.
+import { type Command, InvalidArgumentError } from 'commander';
+import { existsSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { FerryError } from '../errors.ts';
+import { loadKey, parseBandwidth, parseLatency, writeKey } from '../transport/index.ts';
+import { loadProgram } from '../vm/snapshot.ts';
+import { call, clusterTarget, connectCluster, remoteRun, type ClusterFlags } from '../node/client.ts';
+import { NodeDaemon } from '../node/daemon.ts';
+import { parseAddress } from '../node/fields.ts';
+import type { MemberInfo } from '../node/membership.ts';
+import type { ProcessInfo } from '../node/process-table.ts';
+
+const collect = (v: string, prev: string[]) => [...prev, v];
+
+function address(v: string): string {
+  try { parseAddress(v); } catch (e) { throw new InvalidArgumentError((e as Error).message); }
+  return v;
+}
+
+function addClusterOptions(cmd: Command): Command {
+  return cmd
+    .option('--cluster <HOST:PORT>', 'any node of the cluster (default: $FERRY_CLUSTER)', address)
+    .option('--key-file <file>', 'the cluster key (default: $FERRY_KEY_FILE)');
+}
+
+async function withCluster<T>(flags: ClusterFlags, fn: (conn: Awaited<ReturnType<typeof connectCluster>>) => Promise<T>): Promise<T> {
+  const conn = await connectCluster(clusterTarget(flags));
+  try { return await fn(conn); } finally { conn.destroy(); }
+}
+
+function table(rows: string[][]): string {
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
+  return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]))).join('  ')).join('\n') + '\n';
+}
+
+function mib(n: number): string { return `${(n / 1048576).toFixed(1)} MiB`; }
+
+/** Write to stdout and wait until it is flushed (before process.exit). */
+function flush(stream: NodeJS.WriteStream): Promise<void> {
+  return new Promise((r) => { if (!stream.write('', () => r())) stream.once('drain', () => r()); });
+}
+
+export function registerClusterCommands(program: Command): void {
+  const node = program.command('node').description('run a ferry node (daemon)');
+  node.command('start')
+    .description('start a node in the foreground (until SIGTERM/SIGINT); prints "listening on HOST:PORT"')
+    .requiredOption('--name <name>', 'this node\'s name (unique in the cluster)')
+    .requiredOption('--listen <HOST:PORT>', 'address to listen on (port 0: any free port)', address)
+    .option('--join <HOST:PORT>', 'join the cluster through this member (repeatable: the first that answers)', (v: string, prev: string[]) => [...prev, address(v)], [])
+    .option('--key-file <file>', 'the cluster key (default: $FERRY_KEY_FILE; none: plain TCP, no authentication)')
+    .option('--data-dir <dir>', 'where the node keeps its files (default: $TMPDIR/ferry-node-NAME)')
+    .option('--link-bandwidth <rate>', 'shape outgoing traffic to this bandwidth (e.g. 100mbit)')
+    .option('--link-latency <time>', 'add this one-way latency to outgoing traffic (e.g. 1ms)')
+    .action(async (flags: { name: string; listen: string; join: string[]; keyFile?: string; dataDir?: string; linkBandwidth?: string; linkLatency?: string }) => {
+      if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(flags.name)) throw new FerryError('bad-argument', `--name ${flags.name}: use letters, digits, '.', '_' and '-' (no '/')`);
+      if (flags.linkBandwidth) parseBandwidth(flags.linkBandwidth);
+      if (flags.linkLatency) parseLatency(flags.linkLatency);
+      const keyFile = flags.keyFile ?? process.env.FERRY_KEY_FILE;
+      const key = keyFile ? loadKey(keyFile) : undefined;
+      const log = (m: string) => process.stderr.write(`${new Date().toISOString()} ${flags.name}: ${m}\n`);
+      if (!key) log('no key: connections are plain TCP and anyone who can reach this port controls the node');
+      process.on('unhandledRejection', (e) => log(`internal error (unhandled rejection): ${(e as Error)?.stack ?? String(e)}`));
+      process.on('uncaughtException', (e) => log(`internal error: ${e.stack ?? e.message}`));
+      const { host, port } = parseAddress(flags.listen);
+      const d = await NodeDaemon.start({
+        name: flags.name, host, port, join: flags.join, key, dataDir: flags.dataDir ? resolve(flags.dataDir) : undefined,
+        shaping: flags.linkBandwidth || flags.linkLatency ? { bandwidth: flags.linkBandwidth, latency: flags.linkLatency } : undefined,
+        log,
+      });
+      process.stdout.write(`listening on ${d.addr}\n`);
+      log(`node ${d.name} listening on ${d.addr}, data in ${d.dataDir}`);
+      await new Promise<void>((done) => {
+        const stop = (sig: string) => {
+          log(`${sig}: stopping`);
+          const hard = setTimeout(() => { log('stop took too long; exiting'); process.exit(1); }, 10_000);
+          hard.unref();
+          d.stop().then(() => { log('stopped'); done(); }, (e) => { log(`stop failed: ${(e as Error).message}`); done(); });
+        };
+        process.once('SIGTERM', () => stop('SIGTERM'));
+        process.once('SIGINT', () => stop('SIGINT'));
+      });
+      process.exit(0);
+    });
+
+  program.command('keygen')
+    .description('write a new random cluster key to FILE (mode 0600)')
+    .argument('<file>', 'the key file')
+    .option('--force', 'overwrite an existing file')
+    .action((file: string, flags: { force?: boolean }) => {
+      if (existsSync(file) && !flags.force) throw new FerryError('bad-argument', `${file} exists (use --force to overwrite)`);
+      writeKey(file);
+      process.stdout.write(`wrote a new key to ${file}\n`);
+    });
+
+  addClusterOptions(program.command('nodes')
+    .description('list the cluster\'s nodes and whether they are up')
+    .option('--json', 'print JSON'))
+    .action(async (flags: ClusterFlags & { json?: boolean }) => {
+      const r = await withCluster(flags, (c) => call(c, 'nodes'));
+      const members = (r.members ?? []) as MemberInfo[];
+      if (flags.json) { process.stdout.write(JSON.stringify(members, null, 2) + '\n'); return; }
+      process.stdout.write(table([['NAME', 'ADDRESS', 'STATE', 'LAST SEEN'], ...members.map((m) => [
+        m.name + (m.self ? ' *' : ''), m.addr, m.state, m.self ? '-' : `${(m.lastSeenMsAgo / 1000).toFixed(1)} s ago`,
+      ])]));
+    });
+
+  addClusterOptions(program.command('ps')
+    .description('list the processes of the whole cluster')
+    .option('--json', 'print JSON'))
+    .action(async (flags: ClusterFlags & { json?: boolean }) => {
+      const r = await withCluster(flags, (c) => call(c, 'ps'));
+      const procs = (r.processes ?? []) as ProcessInfo[];
+      const unreachable = (r.unreachable ?? []) as { node: string; error: string }[];
+      for (const u of unreachable) process.stderr.write(`ferry: node ${u.node} did not answer: ${u.error}\n`);
+      if (flags.json) { process.stdout.write(JSON.stringify(procs, null, 2) + '\n'); return; }
+      process.stdout.write(table([['PID', 'NODE', 'HOME', 'STATE', 'MEMORY', 'MIGRATIONS', 'STARTED', 'PROGRAM'], ...procs.map((p) => [
+        p.pid, p.node, p.home, p.state, mib(p.memoryBytes), String(p.migrations), p.startedAt, [p.program, ...p.args].join(' '),
+      ])]));
+    });
+
+  addClusterOptions(program.command('kill')
+    .description('kill a process wherever it runs')
+    .argument('<pid>', 'its pid (NODE/N)'))
+    .action(async (pid: string, flags: ClusterFlags) => {
+      const r = await withCluster(flags, (c) => call(c, 'kill', { pid }));
+      process.stderr.write(`ferry: killed ${String(r.pid)} on ${String(r.node)}\n`);
+    });
+}
+
+export type RunOnNodeFlags = ClusterFlags & { node: string; dir: string[]; env: string[]; argv0?: string; checkpoint?: string; vacateAfter?: number; checkpointEvery?: number; hopEvery?: number };
+
+/** The options `ferry run` gains for the cluster. */
+export function addRunOnNodeOptions(run: Command): Command {
+  return addClusterOptions(run.option('--node <name>', 'run on this node of the cluster (it becomes the home node); stdio and exit code come back here'));
+}
+
+/** `ferry run --node NAME ...`: run on a node of the cluster, stdio and exit code relayed here. */
+export async function runOnNode(prog: string, args: string[], flags: RunOnNodeFlags): Promise<void> {
+  for (const [opt, v] of [['--checkpoint', flags.checkpoint], ['--vacate-after', flags.vacateAfter], ['--checkpoint-every', flags.checkpointEvery], ['--hop-every', flags.hopEvery]] as const)
+    if (v !== undefined) throw new FerryError('bad-argument', `${opt} is not supported with --node yet`);
+  for (const e of flags.env) if (!e.includes('=')) throw new FerryError('bad-argument', `--env ${e}: expected KEY=VALUE`);
+  // Directories are paths on the node that runs the process (shared file systems): make them absolute here.
+  const dirs = flags.dir.map((d) => {
+    const [host, guest] = d.includes('::') ? d.split('::', 2) : [d, d];
+    if (!host || !guest) throw new FerryError('bad-argument', `--dir ${d}: expected HOST::GUEST`);
+    return `${resolve(host)}::${guest}`;
+  });
+  const p = loadProgram(prog);
+  const target = clusterTarget(flags);
+  const conn = await connectCluster(target);
+  let pid: string | undefined;
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (!pid) { process.exit(sig === 'SIGINT' ? 130 : 143); }
+    call(conn, 'kill', { pid }).catch(() => {}).finally(() => process.exit(sig === 'SIGINT' ? 130 : 143));
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  let r;
+  try {
+    r = await remoteRun(conn, { node: flags.node, program: p, args, env: flags.env, dirs, argv0: flags.argv0 }, {
+      stdout: (b) => process.stdout.write(b),
+      stderr: (b) => process.stderr.write(b),
+      stdin: process.stdin,
+      started: (id) => { pid = id; },
+    });
+  } catch (e) {
+    conn.destroy();
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    throw e;
+  }
+  if (r.error) process.stderr.write(`ferry: ${r.error.message}\n`);
+  conn.destroy();
+  await Promise.all([flush(process.stdout), flush(process.stderr)]);
+  process.exit(r.exitCode);
+}

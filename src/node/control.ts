@@ -1,0 +1,153 @@
+// The control API: what the CLI (and other nodes) ask a node, as JSON REQUEST
+// frames {id, method, ...} answered by RESPONSE {re, ...} or ERROR {re, code,
+// message}. Any node answers for the whole cluster: it asks the others, or
+// forwards the request to the node concerned and relays the answer.
+//
+//   join   {name, addr}                       -> {members}             (nodes only)
+//   nodes  {}                                 -> {members}
+//   ps     {scope?: 'cluster'|'local'}        -> {processes, unreachable}
+//   run    {node?, program, args, env, dirs, argv0?, session, sha256} + module bytes
+//                                             -> {pid, node}; then PROC_OUTPUT / PROC_EXIT frames (stdio.ts)
+//   kill   {pid, scope?}                      -> {pid, node}
+//   status {}                                 -> {name, addr, processes}
+import { FerryError } from '../errors.ts';
+import type { Connection, Message, Reply } from '../transport/index.ts';
+import { sha256 } from '../vm/module-meta.ts';
+import { badRequest, optStr, str, strList } from './fields.ts';
+import type { Membership } from './membership.ts';
+import type { ProcessInfo, ProcessTable } from './process-table.ts';
+import type { ProgramStore } from './programs.ts';
+import type { StdioRouter } from './stdio.ts';
+
+export const RUN_TIMEOUT_MS = 15 * 60_000; // a large module's first preparation takes minutes
+const PEER_QUERY_TIMEOUT_MS = 5_000;
+
+export interface ControlContext {
+  name: string;
+  addr: string;
+  membership: Membership;
+  table: ProcessTable;
+  stdio: StdioRouter;
+  programs: ProgramStore;
+}
+
+export type Method = 'join' | 'nodes' | 'ps' | 'run' | 'kill' | 'status';
+
+export class ControlApi {
+  constructor(private readonly ctx: ControlContext) {}
+
+  /** The REQUEST handler for every connection (clients and peers). */
+  handle = async (msg: Message, conn: Connection): Promise<Reply> => {
+    const method = str(msg.header, 'method', 'a control request');
+    switch (method) {
+      case 'join':
+        if (conn.peer.role !== 'node') throw new FerryError('refused', 'only nodes may join');
+        return { header: { ...this.ctx.membership.onJoin(msg, conn) } };
+      case 'nodes':
+        return { header: { members: this.ctx.membership.list() } };
+      case 'status':
+        return { header: { name: this.ctx.name, addr: this.ctx.addr, processes: this.ctx.table.size } };
+      case 'ps':
+        return { header: { ...(await this.ps(msg.header.scope === 'local')) } };
+      case 'run':
+        return { header: { ...(await this.run(msg, conn)) } };
+      case 'kill':
+        return { header: { ...(await this.kill(str(msg.header, 'pid', 'kill'), msg.header.scope === 'local')) } };
+      default:
+        throw badRequest(`unknown method '${method}' (known: join, nodes, status, ps, run, kill)`);
+    }
+  };
+
+  private async ps(localOnly: boolean): Promise<{ processes: ProcessInfo[]; unreachable: { node: string; error: string }[] }> {
+    const processes = this.ctx.table.list();
+    const unreachable: { node: string; error: string }[] = [];
+    if (!localOnly) {
+      const answers = await Promise.all(this.ctx.membership.upMembers().map(async (node) => {
+        try {
+          const conn = await this.ctx.membership.peer(node);
+          const r = await conn.request('REQUEST', { method: 'ps', scope: 'local' }, undefined, { timeoutMs: PEER_QUERY_TIMEOUT_MS });
+          return Array.isArray(r.header.processes) ? (r.header.processes as ProcessInfo[]) : [];
+        } catch (e) {
+          unreachable.push({ node, error: (e as Error).message });
+          return [];
+        }
+      }));
+      for (const a of answers) processes.push(...a);
+    }
+    processes.sort((a, b) => a.startedAt.localeCompare(b.startedAt) || a.pid.localeCompare(b.pid));
+    return { processes, unreachable };
+  }
+
+  private async run(msg: Message, conn: Connection): Promise<{ pid: string; node: string }> {
+    const h = msg.header;
+    const session = str(h, 'session', 'run');
+    if (session.length > 128) throw badRequest('run: session id too long');
+    const target = optStr(h, 'node', 'run') ?? this.ctx.name;
+    const path = str(h, 'program', 'run');
+    const args = strList(h, 'args', 'run');
+    const env = strList(h, 'env', 'run');
+    const dirs = strList(h, 'dirs', 'run');
+    const argv0 = optStr(h, 'argv0', 'run');
+    const hash = str(h, 'sha256', 'run');
+    if (!/^[0-9a-f]{64}$/.test(hash)) throw badRequest('run: sha256 must be 64 lowercase hex digits');
+
+    if (target !== this.ctx.name) {
+      const peer = await this.ctx.membership.peer(target);
+      this.ctx.stdio.addRelay(session, conn, peer);
+      try {
+        const { id: _id, ...fwd } = h;
+        void _id;
+        const r = await peer.request('REQUEST', fwd, msg.body, { timeoutMs: RUN_TIMEOUT_MS });
+        return { pid: String(r.header.pid), node: String(r.header.node) };
+      } catch (e) {
+        this.ctx.stdio.dropRelay(session);
+        throw e;
+      }
+    }
+
+    let bytes: Uint8Array = msg.body;
+    if (bytes.length === 0) {
+      const cached = this.ctx.programs.get(hash);
+      if (!cached) throw new FerryError('need-module', `node ${this.ctx.name} does not have module ${hash.slice(0, 12)}...: send its bytes`);
+      bytes = cached;
+    } else {
+      if (sha256(bytes) !== hash) throw badRequest('run: the module bytes do not match their sha256');
+      this.ctx.programs.put(hash, bytes);
+    }
+    const info = await this.ctx.table.start({
+      program: { path, bytes, hash }, args, env, dirs, argv0,
+      sink: this.ctx.stdio.sinkFor(conn, session),
+    });
+    this.ctx.stdio.bindLocal(conn, session, info.pid);
+    return { pid: info.pid, node: this.ctx.name };
+  }
+
+  private async kill(pid: string, localOnly: boolean): Promise<{ pid: string; node: string }> {
+    if (this.ctx.table.get(pid)) {
+      await this.ctx.table.kill(pid);
+      return { pid, node: this.ctx.name };
+    }
+    if (localOnly) return this.ctx.table.kill(pid).then(() => ({ pid, node: this.ctx.name })); // throws no-such-process
+    // Ask the origin node first (processes start there), then every other member.
+    const origin = pid.includes('/') ? pid.slice(0, pid.lastIndexOf('/')) : '';
+    const up = this.ctx.membership.upMembers();
+    const order = [...up.filter((n) => n === origin), ...up.filter((n) => n !== origin)];
+    const reasons: string[] = [];
+    const localEnd = this.ctx.table.ended(pid);
+    if (localEnd) reasons.push(`it has already ${localEnd}`);
+    for (const node of order) {
+      try {
+        const conn = await this.ctx.membership.peer(node);
+        const r = await conn.request('REQUEST', { method: 'kill', pid, scope: 'local' }, undefined, { timeoutMs: PEER_QUERY_TIMEOUT_MS });
+        return { pid, node: String(r.header.node) };
+      } catch (e) {
+        if (e instanceof FerryError && e.code === 'no-such-process') {
+          const m = /has already (.*)$/.exec(e.message);
+          if (m) reasons.push(`it has already ${m[1]}`);
+        } else reasons.push(`${node}: ${(e as Error).message}`);
+      }
+    }
+    if (!/^[^/\s]+\/\d+$/.test(pid)) throw new FerryError('no-such-process', `no process ${pid}: a pid looks like NODE/N`);
+    throw new FerryError('no-such-process', `no process ${pid} in the cluster${reasons.length ? ` (${reasons.join('; ')})` : ''}`);
+  }
+}

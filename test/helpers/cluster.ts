@@ -1,0 +1,121 @@
+// Start real ferry node daemons (separate OS processes) on 127.0.0.1, port 0,
+// with a fresh key and temporary data directories; talk to them through the
+// real `ferry` command; stop them all.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { join } from 'node:path';
+import { writeKey } from '../../src/transport/index.ts';
+import { FERRY_BIN, ROOT, TEST_CACHE, ferry, tempDir, type RunResult } from './ferry.ts';
+
+export interface ClusterNode {
+  name: string;
+  addr: string;
+  dataDir: string;
+  child: ChildProcess;
+  /** What the daemon has logged so far. */
+  log(): string;
+  /** Resolves with the exit code when the daemon's process ends. */
+  exited: Promise<number | null>;
+}
+
+export interface Cluster {
+  nodes: ClusterNode[];
+  keyFile: string;
+  dir: string;
+  /** Run `ferry ARGS` against the cluster through node `via` (index, default 0). */
+  ferry(args: string[], opts?: Parameters<typeof ferry>[1] & { via?: number }): Promise<RunResult>;
+  /** Start one more node (joining through node 0 unless join is given). */
+  addNode(name: string, opts?: { join?: string[]; keyFile?: string; extraArgs?: string[] }): Promise<ClusterNode>;
+  /** SIGKILL a node's process. */
+  kill9(i: number): Promise<void>;
+  /** SIGTERM every daemon still running (SIGKILL after 5 s), remove the temp dir. */
+  stop(): Promise<void>;
+}
+
+export interface StartNodeOptions {
+  name: string;
+  keyFile?: string;
+  dataDir: string;
+  join?: string[];
+  extraArgs?: string[];
+  timeoutMs?: number;
+}
+
+/** Start one daemon and wait for its "listening on HOST:PORT" line. */
+export function startNode(o: StartNodeOptions): Promise<ClusterNode> {
+  const args = [FERRY_BIN, 'node', 'start', '--name', o.name, '--listen', '127.0.0.1:0', '--data-dir', o.dataDir,
+    ...(o.keyFile ? ['--key-file', o.keyFile] : []), ...(o.join ?? []).flatMap((j) => ['--join', j]), ...(o.extraArgs ?? [])];
+  const child = spawn(process.execPath, args, { cwd: ROOT, env: { ...process.env, FERRY_CACHE_DIR: TEST_CACHE, FERRY_KEY_FILE: '' }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '', err = '';
+  const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+  child.stderr!.on('data', (d) => { err += d; });
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`node ${o.name} did not start within ${o.timeoutMs ?? 30_000} ms: ${err}`)); }, o.timeoutMs ?? 30_000);
+    child.stdout!.on('data', (d) => {
+      out += d;
+      const m = /listening on (\S+)/.exec(out);
+      if (m) {
+        clearTimeout(timer);
+        resolve({ name: o.name, addr: m[1], dataDir: o.dataDir, child, log: () => err, exited });
+      }
+    });
+    void exited.then((code) => { clearTimeout(timer); reject(new Error(`node ${o.name} exited (code ${code}) before listening: ${err}`)); });
+  });
+}
+
+/** Start n nodes (n0, n1, ...): the first alone, the others joining through it. */
+export async function startCluster(n: number, opts: { names?: string[]; extraArgs?: string[] } = {}): Promise<Cluster> {
+  const tmp = tempDir('ferry-cluster-');
+  const keyFile = join(tmp.path, 'cluster.key');
+  writeKey(keyFile);
+  const names = opts.names ?? Array.from({ length: n }, (_, i) => `n${i}`);
+  const nodes: ClusterNode[] = [];
+  const cluster: Cluster = {
+    nodes, keyFile, dir: tmp.path,
+    ferry: (args, o = {}) => {
+      const { via = 0, ...rest } = o;
+      return ferry(args, { ...rest, env: { FERRY_CLUSTER: nodes[via].addr, FERRY_KEY_FILE: keyFile, ...rest.env } });
+    },
+    addNode: async (name, o = {}) => {
+      const node = await startNode({ name, keyFile: o.keyFile ?? keyFile, dataDir: join(tmp.path, name), join: o.join ?? (nodes[0] ? [nodes[0].addr] : []), extraArgs: o.extraArgs ?? opts.extraArgs });
+      nodes.push(node);
+      return node;
+    },
+    kill9: async (i) => {
+      nodes[i].child.kill('SIGKILL');
+      await nodes[i].exited;
+    },
+    stop: async () => {
+      await Promise.all(nodes.map(async (nd) => {
+        if (nd.child.exitCode !== null || nd.child.signalCode !== null) return;
+        nd.child.kill('SIGTERM');
+        const t = setTimeout(() => nd.child.kill('SIGKILL'), 5000);
+        await nd.exited;
+        clearTimeout(t);
+      }));
+      tmp.cleanup();
+    },
+  };
+  try {
+    await cluster.addNode(names[0], { join: [] });
+    await Promise.all(names.slice(1).map((name) => cluster.addNode(name)));
+    nodes.sort((a, b) => names.indexOf(a.name) - names.indexOf(b.name));
+  } catch (e) {
+    await cluster.stop();
+    throw e;
+  }
+  return cluster;
+}
+
+/** Poll until fn returns a truthy value (or throw after timeoutMs). */
+export async function eventually<T>(fn: () => Promise<T | undefined | false>, timeoutMs = 8000, what = 'condition'): Promise<T> {
+  const t0 = Date.now();
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v) return v;
+    } catch (e) { last = e; }
+    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}

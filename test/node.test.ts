@@ -1,0 +1,198 @@
+// The node daemon: membership and liveness, remote run with stdio and exit code
+// through another node, the cluster-wide process table, kill, bad input, keys.
+// Real daemons as separate OS processes on 127.0.0.1, port 0, with a key.
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { connect, loadKey, writeKey } from '../src/transport/index.ts';
+import { FerryError } from '../src/errors.ts';
+import { ferry, ROOT } from './helpers/ferry.ts';
+import { eventually, startCluster, startNode, type Cluster } from './helpers/cluster.ts';
+
+const bin = (name: string) => join(ROOT, 'workloads', 'bin', `${name}.wasm`);
+
+interface Member { name: string; addr: string; state: string; self: boolean }
+interface Proc { pid: string; program: string; node: string; home: string; state: string; startedAt: string; memoryBytes: number; migrations: number }
+
+describe('node cluster', { timeout: 300_000 }, () => {
+  let c: Cluster;
+  before(async () => { c = await startCluster(3, { names: ['a', 'b', 'c'] }); });
+  after(async () => { await c?.stop(); });
+
+  async function members(via: number): Promise<Member[]> {
+    const r = await c.ferry(['nodes', '--json'], { via });
+    assert.equal(r.exitCode, 0, r.stderr.toString());
+    return JSON.parse(r.stdout.toString()) as Member[];
+  }
+
+  async function ps(via = 0): Promise<Proc[]> {
+    const r = await c.ferry(['ps', '--json'], { via });
+    assert.equal(r.exitCode, 0, r.stderr.toString());
+    return JSON.parse(r.stdout.toString()) as Proc[];
+  }
+
+  it('three nodes joining through one member all see each other up', async () => {
+    for (let via = 0; via < 3; via++) {
+      await eventually(async () => {
+        const m = await members(via);
+        return m.length === 3 && m.every((x) => x.state === 'up') && m.map((x) => x.name).sort().join() === 'a,b,c';
+      }, 8000, `node ${c.nodes[via].name} to list a, b, c up`);
+    }
+    const m = await members(1);
+    assert.equal(m.find((x) => x.self)?.name, 'b');
+    const text = await c.ferry(['nodes'], { via: 2 });
+    assert.match(text.stdout.toString(), /^NAME\s+ADDRESS\s+STATE/);
+  });
+
+  it('runs a program on another node: stdout and exit code as a local run', async () => {
+    const local = await ferry(['run', bin('getpid'), '200000']);
+    assert.equal(local.exitCode, 0);
+    const remote = await c.ferry(['run', '--node', 'b', bin('getpid'), '200000'], { via: 0 });
+    assert.equal(remote.exitCode, 0, remote.stderr.toString());
+    assert.ok(remote.stdout.equals(local.stdout), 'remote stdout is byte-identical to the local run');
+    assert.equal(remote.stderr.toString(), local.stderr.toString());
+  });
+
+  it('propagates a non-zero exit code and stderr', async () => {
+    const local = await ferry(['run', bin('pageinc'), '0']);
+    assert.equal(local.exitCode, 2);
+    const remote = await c.ferry(['run', '--node', 'c', bin('pageinc'), '0'], { via: 0 });
+    assert.equal(remote.exitCode, 2);
+    assert.equal(remote.stderr.toString(), local.stderr.toString());
+    assert.ok(remote.stdout.equals(local.stdout));
+  });
+
+  it('forwards stdin to the remote process', async () => {
+    const input = Buffer.from(Array.from({ length: 200 }, (_, i) => `line ${i} hello ${'y'.repeat(i % 50)}\n`).join(''));
+    const local = await ferry(['run', bin('sleeper'), '--echo'], { stdin: input });
+    const remote = await c.ferry(['run', '--node', 'b', bin('sleeper'), '--echo'], { stdin: input, via: 2 });
+    assert.equal(remote.exitCode, 0, remote.stderr.toString());
+    assert.equal(remote.stdout.toString(), local.stdout.toString());
+    assert.match(remote.stdout.toString(), /eof after 200 lines/);
+  });
+
+  it('runs on the contacted node itself when --node names it', async () => {
+    const r = await c.ferry(['run', '--node', 'a', bin('sleeper'), '2', '10'], { via: 0 });
+    assert.equal(r.exitCode, 0, r.stderr.toString());
+    assert.match(r.stdout.toString(), /tick 2/);
+  });
+
+  it('ps lists processes on two nodes with the required fields; kill ends them', async () => {
+    const runB = c.ferry(['run', '--node', 'b', bin('sleeper'), '100000', '50'], { via: 0 });
+    const runC = c.ferry(['run', '--node', 'c', bin('sleeper'), '100000', '50'], { via: 1 });
+    const procs = await eventually(async () => {
+      const p = await ps(2);
+      return p.filter((x) => x.state === 'running').length >= 2 ? p : undefined;
+    }, 20_000, 'two running processes');
+    const onB = procs.find((p) => p.node === 'b')!, onC = procs.find((p) => p.node === 'c')!;
+    assert.ok(onB && onC, JSON.stringify(procs));
+    for (const p of [onB, onC]) {
+      assert.match(p.pid, new RegExp(`^${p.node}/\\d+$`));
+      assert.equal(p.program, bin('sleeper'));
+      assert.equal(p.home, p.node);
+      assert.equal(p.migrations, 0);
+      assert.ok(p.memoryBytes > 0);
+      assert.ok(!Number.isNaN(Date.parse(p.startedAt)));
+    }
+    const text = await c.ferry(['ps'], { via: 1 });
+    assert.match(text.stdout.toString(), new RegExp(onB.pid.replace('/', '\\/')));
+
+    const k1 = await c.ferry(['kill', onB.pid], { via: 0 });
+    assert.equal(k1.exitCode, 0, k1.stderr.toString());
+    const k2 = await c.ferry(['kill', onC.pid], { via: 0 });
+    assert.equal(k2.exitCode, 0, k2.stderr.toString());
+    const [rb, rc] = await Promise.all([runB, runC]);
+    assert.equal(rb.exitCode, 137);
+    assert.equal(rc.exitCode, 137);
+    assert.match(rb.stderr.toString(), /killed/);
+    assert.match(rb.stdout.toString(), /^sleeper: 100000 rounds/);
+    const after = await ps(0);
+    assert.ok(!after.some((p) => p.pid === onB.pid || p.pid === onC.pid), JSON.stringify(after));
+
+    const again = await c.ferry(['kill', onB.pid]);
+    assert.equal(again.exitCode, 1);
+    assert.match(again.stderr.toString(), /no process .* already been killed/);
+  });
+
+  it('unknown pid, unknown node, missing cluster: clear errors, non-zero exit', async () => {
+    const k = await c.ferry(['kill', 'b/99999']);
+    assert.equal(k.exitCode, 1);
+    assert.match(k.stderr.toString(), /no process b\/99999/);
+    const k2 = await c.ferry(['kill', 'nonsense']);
+    assert.equal(k2.exitCode, 1);
+    assert.match(k2.stderr.toString(), /no process nonsense/);
+    const r = await c.ferry(['run', '--node', 'zz', bin('getpid'), '10'], { timeoutMs: 20_000 });
+    assert.equal(r.exitCode, 1);
+    assert.match(r.stderr.toString(), /no node named zz/);
+    const none = await ferry(['ps'], { env: { FERRY_CLUSTER: '', FERRY_KEY_FILE: '' } });
+    assert.equal(none.exitCode, 1);
+    assert.match(none.stderr.toString(), /--cluster/);
+  });
+
+  it('a node survives malformed requests', async () => {
+    const addr = c.nodes[1].addr;
+    const [host, port] = [addr.slice(0, addr.lastIndexOf(':')), Number(addr.slice(addr.lastIndexOf(':') + 1))];
+    const conn = await connect(host, port, { key: loadKey(c.keyFile), node: 'fuzzer', role: 'cli' });
+    try {
+      const bad = [
+        {}, { method: 42 }, { method: 'nope' }, { method: 'run' }, { method: 'run', session: 's', program: 'x', sha256: 'zz' },
+        { method: 'run', session: 's', program: 'x', sha256: 'a'.repeat(64), args: 'not-a-list' },
+        { method: 'run', session: 's', program: 'x', sha256: 'a'.repeat(64) }, // no bytes, unknown module
+        { method: 'kill' }, { method: 'join', name: 'x', addr: 'y' },
+      ];
+      for (const h of bad) {
+        await assert.rejects(conn.request('REQUEST', h), (e: unknown) => e instanceof FerryError && e.message.length > 0, JSON.stringify(h));
+      }
+      // Bytes that are not a module: a clear error.
+      const junk = Buffer.from('not wasm at all');
+      const { sha256 } = await import('../src/vm/module-meta.ts');
+      await assert.rejects(conn.request('REQUEST', { method: 'run', session: 's2', program: 'junk.wasm', sha256: sha256(junk) }, junk), /not a valid WebAssembly module/);
+      await conn.send('PROC_INPUT', { session: 'nobody' }, Buffer.from('x'));
+      await conn.send('PROC_OUTPUT', { session: 7 }, Buffer.from('x'));
+      await conn.send('HEARTBEAT', { node: 42 });
+      const ok = await conn.request('REQUEST', { method: 'nodes' });
+      assert.equal((ok.header.members as unknown[]).length, 3);
+    } finally { conn.destroy(); }
+  });
+
+  it('a client or a node with the wrong key is refused', async () => {
+    const wrong = join(c.dir, 'wrong.key');
+    writeKey(wrong);
+    const r = await ferry(['nodes'], { env: { FERRY_CLUSTER: c.nodes[0].addr, FERRY_KEY_FILE: wrong } });
+    assert.equal(r.exitCode, 1);
+    assert.match(r.stderr.toString(), /key/);
+    const nokey = await ferry(['nodes'], { env: { FERRY_CLUSTER: c.nodes[0].addr, FERRY_KEY_FILE: '' } });
+    assert.equal(nokey.exitCode, 1);
+    await assert.rejects(startNode({ name: 'intruder', keyFile: wrong, dataDir: join(c.dir, 'intruder'), join: [c.nodes[0].addr] }), /cannot join/);
+    const m = await members(0);
+    assert.ok(!m.some((x) => x.name === 'intruder'));
+  });
+
+  it('a killed node is marked down by the others within a few seconds', async () => {
+    await c.kill9(2);
+    for (const via of [0, 1]) {
+      await eventually(async () => {
+        const m = await members(via);
+        return m.find((x) => x.name === 'c')?.state === 'down' && m.filter((x) => x.state === 'up').length === 2;
+      }, 6000, `node ${c.nodes[via].name} to mark c down`);
+    }
+    const p = await ps(0);
+    assert.ok(Array.isArray(p));
+  });
+
+  it('a node that stops is marked left, and its daemon exits 0', async () => {
+    c.nodes[1].child.kill('SIGTERM');
+    assert.equal(await c.nodes[1].exited, 0);
+    const m = await eventually(async () => { const m = await members(0); return m.find((x) => x.name === 'b')?.state === 'left' ? m : undefined; }, 5000, 'b to be left');
+    assert.ok(m);
+  });
+
+  it('a node with a shaped link (--link-bandwidth, --link-latency) joins and runs programs', async () => {
+    await c.addNode('d', { extraArgs: ['--link-bandwidth', '100mbit', '--link-latency', '1ms'] });
+    await eventually(async () => (await members(0)).find((x) => x.name === 'd')?.state === 'up', 5000, 'd up');
+    const local = await ferry(['run', bin('getpid'), '50000']);
+    const r = await c.ferry(['run', '--node', 'd', bin('getpid'), '50000'], { via: 0 });
+    assert.equal(r.exitCode, 0, r.stderr.toString());
+    assert.ok(r.stdout.equals(local.stdout));
+  });
+});
