@@ -29,7 +29,8 @@ export function transformInThread(original: Uint8Array, variant: Variant): Promi
 /** The prepared module for these original bytes, from the cache or freshly transformed. */
 export async function preparedBytes(original: Uint8Array, variant: Variant = 'tracked', hash = sha256(original), onTransform?: () => void): Promise<PreparedModule & { cached: boolean }> {
   const dir = cacheDir();
-  const base = join(dir, `${hash}-t${TRANSFORM_VERSION}-${variant}`);
+  // A native wasm-opt produces different (equally valid) bytes: its own cache entries.
+  const base = join(dir, `${hash}-t${TRANSFORM_VERSION}-${variant}${process.env.FERRY_WASM_OPT ? '-native' : ''}`);
   if (existsSync(`${base}.json`) && existsSync(`${base}.wasm`)) {
     try {
       const meta = JSON.parse(readFileSync(`${base}.json`, 'utf8')) as PreparedMeta;

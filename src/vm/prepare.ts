@@ -17,6 +17,10 @@
 //  5. every mutable global is exported so the execution state can be captured;
 //  6. asyncify, with only the safe-point and blocking imports able to unwind.
 import binaryen from 'binaryen';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import {
   ABSENT_MAP, DIRTY_MAP, EXPORT_GLOBAL_PREFIX, EXPORT_LOGICAL_PAGES, EXPORT_START_FN,
   FERRY_MODULE, IMPORT_FAULT, IMPORT_MEMORY, IMPORT_SAFEPOINT, MAX_LOGICAL_PAGES,
@@ -450,6 +454,17 @@ function transform(m: binaryen.Module, original: Uint8Array, variant: Variant): 
 
   if (!m.validate()) throw new FerryError('transform-failed', 'the prepared module does not validate (a bug in ferry\'s transform)');
   const asyncImports = [`${FERRY_MODULE}.${IMPORT_SAFEPOINT}`, ...SUSPENDABLE_IMPORTS.map((n) => `${WASI_MODULE}.${n}`)];
+  const native = nativeWasmOpt();
+  if (native) {
+    // binaryen.js lives in a 4 GB wasm heap that asyncify on a very large program
+    // (yosys: 34k functions) outgrows; a native wasm-opt, when given, does these steps.
+    const instrumented = m.emitBinary();
+    stage('emit for native wasm-opt', t0);
+    const bytes = runNativeAsyncify(native, instrumented, asyncImports);
+    stage('native asyncify + optimize', t0);
+    return { bytes, meta: { transformVersion: TRANSFORM_VERSION, originalHash: sha256(original), variant,
+      initialPages: mem.initial, maxPages, dataRanges, globals, hasStartFunction, stats } };
+  }
   binaryen.setPassArgument('asyncify-imports', asyncImports.join(','));
   binaryen.setOptimizeLevel(0);
   binaryen.setShrinkLevel(0);
@@ -469,4 +484,28 @@ function transform(m: binaryen.Module, original: Uint8Array, variant: Variant): 
       initialPages: mem.initial, maxPages, dataRanges, globals, hasStartFunction, stats,
     },
   };
+}
+
+/** FERRY_WASM_OPT: path of a native wasm-opt (e.g. Debian's binaryen) for the asyncify
+ *  and optimize steps. Optional: without it everything runs in binaryen.js. */
+export function nativeWasmOpt(): string | null {
+  return process.env.FERRY_WASM_OPT || null;
+}
+
+const NATIVE_FEATURES = ['--enable-threads', '--enable-bulk-memory', '--enable-simd', '--enable-sign-ext',
+  '--enable-mutable-globals', '--enable-nontrapping-float-to-int', '--enable-reference-types',
+  '--enable-multivalue', '--enable-extended-const', '--enable-exception-handling'];
+
+function runNativeAsyncify(wasmOpt: string, input: Uint8Array, asyncImports: string[]): Uint8Array {
+  const dir = mkdtempSync(join(tmpdir(), 'ferry-wasm-opt-'));
+  try {
+    writeFileSync(join(dir, 'in.wasm'), input);
+    const r = spawnSync(wasmOpt, [join(dir, 'in.wasm'), '-o', join(dir, 'out.wasm'), ...NATIVE_FEATURES,
+      '--asyncify', `--pass-arg=asyncify-imports@${asyncImports.join(',')}`, '-O2'], { encoding: 'utf8', maxBuffer: 64 << 20 });
+    if (r.error) throw new FerryError('transform-failed', `cannot run ${wasmOpt}: ${r.error.message}`);
+    if (r.status !== 0) throw new FerryError('transform-failed', `${wasmOpt} failed: ${(r.stderr || '').trim().split('\n').slice(-3).join(' ')}`);
+    return readFileSync(join(dir, 'out.wasm'));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 }
