@@ -25,6 +25,7 @@ const opt = (name: string, dflt: string): string => {
 const FLAG_SETS: Record<string, string[]> = {
   turbofan: ['--no-liftoff', '--no-wasm-lazy-compilation'],
   'no-liftoff': ['--no-liftoff'],
+  inlining: ['--no-liftoff', '--no-wasm-lazy-compilation', '--wasm-inlining'],
   default: [],
 };
 const flagSets = opt('flags', 'turbofan').split(',');
