@@ -1,6 +1,7 @@
 // Fuzzed frames and handshakes never crash a node: it answers with an ERROR
 // frame (or, for a TLS node, drops the connection) and keeps accepting valid
 // connections. Bounded runs, all on 127.0.0.1 port 0.
+import { rawExchange as rawExchangeAt } from './helpers/raw-socket.ts';
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
@@ -28,18 +29,7 @@ const VALID_FRAMES = [
   frame('ERROR', { re: 98, code: 'x', message: 'y' }),
 ];
 
-/** Send bytes on a fresh socket, half-close, collect the reply until the server closes. */
-function exchange(port: number, bytes: Uint8Array, timeoutMs = 5000): Promise<{ data: Buffer; closed: boolean }> {
-  return new Promise((resolve) => {
-    const chunks: Buffer[] = [];
-    const s = net.connect({ host: HOST, port, allowHalfOpen: true });
-    const timer = setTimeout(() => { s.destroy(); resolve({ data: Buffer.concat(chunks), closed: false }); }, timeoutMs);
-    s.on('data', (c) => chunks.push(c));
-    s.on('error', () => {});
-    s.on('close', () => { clearTimeout(timer); resolve({ data: Buffer.concat(chunks), closed: true }); });
-    s.on('connect', () => { s.write(bytes, () => s.end()); });
-  });
-}
+const exchange = (port: number, bytes: Uint8Array, timeoutMs?: number) => rawExchangeAt(HOST, port, bytes, timeoutMs);
 
 type Op = { kind: 'flip'; at: number; mask: number } | { kind: 'cut'; at: number } | { kind: 'insert'; at: number; bytes: Uint8Array } | { kind: 'u32'; at: number; value: number };
 const opArb: fc.Arbitrary<Op> = fc.oneof(

@@ -1,5 +1,6 @@
 // The transport: frames, handshake, RPC, streams, priority, shaping, TLS-PSK.
 // Everything runs on 127.0.0.1, port 0.
+import { rawExchange as rawExchangeAt } from './helpers/raw-socket.ts';
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
@@ -21,18 +22,7 @@ function frameBytes(name: keyof typeof CODES, header?: Record<string, unknown>, 
   return encodeFrame(resolveCode(name), header, body);
 }
 
-/** Open a raw socket, send bytes, half-close, return everything the server sent until it closed. */
-function rawExchange(port: number, bytes: Uint8Array, timeoutMs = 5000): Promise<{ data: Buffer; closed: boolean }> {
-  return new Promise((resolve) => {
-    const chunks: Buffer[] = [];
-    const s = net.connect({ host: HOST, port, allowHalfOpen: true });
-    const timer = setTimeout(() => { s.destroy(); resolve({ data: Buffer.concat(chunks), closed: false }); }, timeoutMs);
-    s.on('data', (c) => chunks.push(c));
-    s.on('error', () => {});
-    s.on('close', () => { clearTimeout(timer); resolve({ data: Buffer.concat(chunks), closed: true }); });
-    s.on('connect', () => { s.write(bytes); s.end(); });
-  });
-}
+const rawExchange = (port: number, bytes: Uint8Array, timeoutMs?: number) => rawExchangeAt(HOST, port, bytes, timeoutMs);
 
 /** Parse a server's reply: preamble then frames. */
 function parseReply(data: Buffer): { version: number; frames: Frame[] } {
