@@ -36,9 +36,9 @@ for (const w of thirdPartyWorkloads) {
       for (const delay of [300, 900]) {
         const got = await outcome(w, async (dir, dirs) => {
           const image = join(dir, 'ck.img');
-          const a = await ferry(['run', '--checkpoint', image, '--vacate-after', String(delay), ...dirs, '--argv0', w.args[0], w.wasmPath, ...w.args.slice(1)]);
+          const a = await ferry(['run', '--checkpoint', image, '--vacate-after', String(delay), ...dirs, '--argv0', w.args[0], w.wasmPath, ...w.args.slice(1)], { timeoutMs: 3_600_000 });
           assert.equal(a.exitCode, 85, `expected a checkpoint after ${delay} ms: ${a.stderr}`);
-          const b = await ferry(['restore', image]);
+          const b = await ferry(['restore', image], { timeoutMs: 3_600_000 });
           return { stdout: Buffer.concat([a.stdout, b.stdout]), exitCode: b.exitCode, stderr: b.stderr };
         });
         assert.deepEqual(got, { ...expected, stderr: got.stderr }, `checkpoint after ${delay} ms`);
