@@ -38,10 +38,14 @@ export async function preparedBytes(original: Uint8Array, variant: Variant = 'tr
         return { bytes: readFileSync(`${base}.wasm`), meta, cached: true };
     } catch { /* a damaged entry: rebuild it */ }
   }
-  try {
-    await WebAssembly.compile(original as Uint8Array<ArrayBuffer>); // V8 names what is wrong; binaryen does not
-  } catch (e) {
-    throw new FerryError('invalid-module', `not a valid WebAssembly module: ${(e as Error).message.replace(/^WebAssembly\.\w+\(\): /, '')}`);
+  // Validate without generating code (ferry compiles eagerly); only an invalid module
+  // is compiled, because V8 then names what is wrong and binaryen does not.
+  if (!WebAssembly.validate(original as Uint8Array<ArrayBuffer>)) {
+    try {
+      await WebAssembly.compile(original as Uint8Array<ArrayBuffer>);
+    } catch (e) {
+      throw new FerryError('invalid-module', `not a valid WebAssembly module: ${(e as Error).message.replace(/^WebAssembly\.\w+\(\): /, '')}`);
+    }
   }
   onTransform?.();
   const prepared = await transformInThread(original, variant);
