@@ -42,6 +42,9 @@ export const CODES = {
   PROC_INPUT:   { code: 0x0101, priority: 'bulk',   header: true, body: true  }, // node: {session, eof?} + stdin bytes for a process
   PROC_EXIT:    { code: 0x0102, priority: 'bulk',   header: true, body: false }, // node: {session, pid, code, error?}: the process ended
   HEARTBEAT:    { code: 0x0103, priority: 'urgent', header: true, body: false }, // node: {node, addr, members, leaving?}: liveness + gossip
+  // Remote files (Sprite's home-node file policy, src/wasi/file-ops.ts): the running node asks the home node to do each file-system call.
+  FILE_OP:      { code: 0x0110, priority: 'urgent', header: true, body: true  }, // request {pid, op, args...} (encodeFileOp) + write data: the guest blocks until answered
+  FILE_REPLY:   { code: 0x0111, priority: 'urgent', header: true, body: true  }, // {re, ok, n?|stat?|entries?|code+message} (encodeFileReply) + read/readlink bytes
 } as const satisfies Record<string, CodeSpec>;
 
 export type CodeName = keyof typeof CODES;

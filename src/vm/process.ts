@@ -1,17 +1,18 @@
 // A running process as its owner sees it: the guest memory (shared, owned here), a
 // worker thread that runs it, and the calls to freeze, capture, continue and kill it.
-import { Worker } from 'node:worker_threads';
+import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
 import { EventEmitter } from 'node:events';
 import {
   ABSENT_MAP, PHYSICAL_PAGES, STOP_FLAG, TRACK_SHIFT, WASM_PAGE,
 } from './layout.ts';
 import {
-  CONTROL_BYTES, CTL_FAULT, CTL_HEADER_BYTES, CTL_STDIN_EOF, CTL_STDIN_READ, CTL_STDIN_WRITE,
+  CONTROL_BYTES, CTL_FAULT, CTL_FILE, CTL_HEADER_BYTES, CTL_STDIN_EOF, CTL_STDIN_READ, CTL_STDIN_WRITE,
   CTL_STOP, CTL_WAKE, STDIN_RING_BYTES, type ExecState, type FromWorker, type StdioMode, type ToWorker,
 } from './protocol.ts';
 import type { LoadedModule } from './cache.ts';
 import type { WasiState } from '../wasi/types.ts';
 import { deserializeError, FerryError } from '../errors.ts';
+import { DEFAULT_FILE_TIMEOUT_MS, errorReply, type FileOpReply, type FileOpRequest, type FileReplyMessage } from '../wasi/remote-fs.ts';
 
 const WORKER_URL = new URL('./worker-entry.mjs', import.meta.url);
 
@@ -35,6 +36,12 @@ export interface ProcessOptions {
   stdin?: NodeJS.ReadableStream | null;
   /** Serve a page fault: make [addr, addr+len) present (clear its absent bits). */
   onFault?: (addr: number, len: number) => Promise<void>;
+  /** Files served elsewhere (the home node): the worker's WASI host sends every file-system
+   *  call here instead of using the local disk. A rejection becomes EIO in the guest. */
+  fileOps?: (req: FileOpRequest) => Promise<FileOpReply>;
+  /** How long the worker waits for one file reply before failing the call with EIO
+   *  (default 60 s): a dead peer ends as an error, not a hang. */
+  fileTimeoutMs?: number;
 }
 
 export function newGuestMemory(): WebAssembly.Memory {
@@ -74,6 +81,8 @@ export class WasmProcess extends EventEmitter {
   /** Total bytes taken from the stdin source, carried in the WASI state. */
   private stdinTaken: number;
   private stdinEnded = false;
+  /** The owner's end of the file reply port (only with opts.fileOps). */
+  private readonly filePort: MessagePort | null = null;
   private pendingStop: { t0: number; resolve: (c: Captured) => void; reject: (e: Error) => void } | null = null;
   /** Resolves with the exit code when the program ends; rejects if it fails. */
   readonly exited: Promise<number>;
@@ -103,7 +112,13 @@ export class WasmProcess extends EventEmitter {
     this.worker.on('error', (e) => this.fail(e));
     this.worker.on('exit', (code) => { if (this.state === 'running' || this.state === 'starting' || this.state === 'stopping') this.fail(new FerryError('runtime', `worker thread exited unexpectedly (code ${code})`)); });
     const start: ToWorker = { type: 'start', module: loaded.module, meta: loaded.meta, memory, control: this.control, wasi, stdio: opts.stdio ?? 'inherit', exec };
-    this.worker.postMessage(start);
+    if (opts.fileOps) {
+      const ch = new MessageChannel();
+      this.filePort = ch.port1;
+      this.filePort.unref(); // the worker keeps the process alive, not its file port
+      start.files = { port: ch.port2, timeoutMs: opts.fileTimeoutMs ?? DEFAULT_FILE_TIMEOUT_MS };
+      this.worker.postMessage(start, [ch.port2]);
+    } else this.worker.postMessage(start);
     if (this.stdinPending.length || this.stdinEnded) this.pumpStdin();
   }
 
@@ -144,6 +159,7 @@ export class WasmProcess extends EventEmitter {
     if (this.state === 'exited' || this.state === 'failed' || this.state === 'killed') return;
     this.state = 'killed';
     this.stopStdin();
+    this.filePort?.close();
     await this.worker.terminate();
     this.settle.reject(new FerryError('runtime', 'process killed'));
   }
@@ -182,6 +198,7 @@ export class WasmProcess extends EventEmitter {
         this.state = 'exited';
         this.lastWasi = m.wasi;
         this.stopStdin();
+        this.filePort?.close();
         void this.worker.terminate();
         this.pendingStop?.reject(new FerryError('runtime', 'the process exited before it could be frozen'));
         this.pendingStop = null;
@@ -201,6 +218,9 @@ export class WasmProcess extends EventEmitter {
       case 'fault':
         void this.serveFault(m.addr, m.len);
         break;
+      case 'file-op':
+        void this.serveFileOp(m.id, m.req);
+        break;
     }
   }
 
@@ -218,10 +238,26 @@ export class WasmProcess extends EventEmitter {
     Atomics.notify(this.ctl, CTL_FAULT);
   }
 
+  /** Answers one file call. Replies may complete out of order; the worker waits for one
+   *  call at a time and matches by id. */
+  private async serveFileOp(id: number, req: FileOpRequest): Promise<void> {
+    let reply: FileOpReply;
+    try {
+      if (!this.opts.fileOps) throw new FerryError('runtime', 'file request with no file service');
+      reply = await this.opts.fileOps(req);
+    } catch (e) {
+      reply = errorReply(e);
+    }
+    this.filePort?.postMessage({ id, reply } satisfies FileReplyMessage);
+    Atomics.add(this.ctl, CTL_FILE, 1); // after the post: the worker drains the port on waking
+    Atomics.notify(this.ctl, CTL_FILE);
+  }
+
   private fail(e: Error): void {
     if (this.state === 'exited' || this.state === 'failed' || this.state === 'killed') return;
     this.state = 'failed';
     this.stopStdin();
+    this.filePort?.close();
     void this.worker.terminate();
     this.pendingStop?.reject(e);
     this.pendingStop = null;

@@ -4,6 +4,8 @@
 import type { PreparedMeta, ValType } from './module-meta.ts';
 import type { WasiState } from '../wasi/types.ts';
 import type { SerializedError } from '../errors.ts';
+import type { MessagePort } from 'node:worker_threads';
+import type { FileOpRequest } from '../wasi/file-ops.ts';
 
 /** Execution state beyond memory: what asyncify saved, plus the mutable globals. */
 export interface ExecState {
@@ -26,6 +28,9 @@ export type ToWorker =
       stdio: StdioMode;
       /** Absent on a fresh start; present to rewind a captured call stack. */
       exec?: ExecState;
+      /** Files served by the owner (home node): the worker's end of the reply port
+       *  (FileReplyMessage from src/wasi/remote-fs.ts) and the per-call timeout. */
+      files?: { port: MessagePort; timeoutMs: number };
     }
   | { type: 'continue' }; // after a capture that keeps running here (periodic checkpoint)
 
@@ -37,7 +42,9 @@ export type FromWorker =
   | { type: 'failed'; error: SerializedError }
   | { type: 'stdout' | 'stderr'; data: Uint8Array }
   | { type: 'want-stdin' }
-  | { type: 'fault'; addr: number; len: number };
+  | { type: 'fault'; addr: number; len: number }
+  /** A file-system call to perform; answered on the file port, then CTL_FILE is bumped. */
+  | { type: 'file-op'; id: number; req: FileOpRequest };
 
 // Control block (Int32Array over a SharedArrayBuffer), apart from the guest memory.
 export const CTL_WAKE = 0;          // bumped + notified on every event the worker may wait for
@@ -46,6 +53,7 @@ export const CTL_STDIN_READ = 2;    // total stdin bytes taken from the ring
 export const CTL_STDIN_EOF = 3;     // 1 once stdin has ended (after the ring drains)
 export const CTL_FAULT = 4;         // fault sequence: worker waits until the owner bumps it
 export const CTL_STOP = 5;          // mirror of the stop flag, for waits
+export const CTL_FILE = 6;          // bumped + notified after each file reply posted to the worker
 export const CTL_HEADER_BYTES = 64;
 export const STDIN_RING_BYTES = 64 * 1024;
 export const CONTROL_BYTES = CTL_HEADER_BYTES + STDIN_RING_BYTES;

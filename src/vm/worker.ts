@@ -7,12 +7,13 @@ import {
   EXPORT_START_FN, FERRY_MODULE, IMPORT_FAULT, IMPORT_MEMORY, IMPORT_SAFEPOINT, STOP_FLAG, TRACK_SHIFT,
 } from './layout.ts';
 import {
-  CTL_FAULT, CTL_HEADER_BYTES, CTL_STDIN_EOF, CTL_STDIN_READ, CTL_STDIN_WRITE, CTL_STOP, CTL_WAKE,
+  CTL_FAULT, CTL_FILE, CTL_HEADER_BYTES, CTL_STDIN_EOF, CTL_STDIN_READ, CTL_STDIN_WRITE, CTL_STOP, CTL_WAKE,
   STDIN_RING_BYTES, type ExecState, type FromWorker, type ToWorker,
 } from './protocol.ts';
 import { WASI_MODULE } from './module-meta.ts';
 import { SUSPEND, SUSPENDABLE_IMPORTS, WasiExit, type GuestMemory, type WasiIo, type WaitResult } from '../wasi/types.ts';
-import { WasiHost } from '../wasi/host.ts';
+import { WasiHost, nodeFs } from '../wasi/host.ts';
+import { RemoteFs, atomicsFileCall } from '../wasi/remote-fs.ts';
 import { serializeError } from '../errors.ts';
 import { globalValueToString, parseGlobalValue } from '../image/globals.ts';
 
@@ -56,7 +57,14 @@ class Session {
       markDirty: (addr, len) => this.markDirty(addr >>> 0, len >>> 0),
       ensurePresent: (addr, len) => this.ensurePresent(addr >>> 0, len >>> 0),
     };
-    this.wasi = new WasiHost(msg.wasi, memory, this.io());
+    // Files served by the owner (home node's file policy): every call blocks on it.
+    const files = msg.files;
+    const fs = files ? new RemoteFs(atomicsFileCall({
+      signal: this.ctl, index: CTL_FILE, port: files.port, timeoutMs: files.timeoutMs,
+      // A write's data is a fresh copy (RemoteFs slices it): move it, do not copy it again.
+      send: (id, req) => post({ type: 'file-op', id, req }, req.op === 'write' ? [req.data.buffer as ArrayBuffer] : undefined),
+    })) : nodeFs;
+    this.wasi = new WasiHost(msg.wasi, memory, this.io(), fs);
     const wasiImports = this.wasi.imports();
     for (const name of SUSPENDABLE_IMPORTS) {
       const impl = wasiImports[name];
