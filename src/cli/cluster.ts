@@ -132,11 +132,12 @@ export function registerClusterCommands(program: Command): void {
     });
 }
 
-export type RunOnNodeFlags = ClusterFlags & { node: string; dir: string[]; env: string[]; argv0?: string; checkpoint?: string; vacateAfter?: number; checkpointEvery?: number; hopEvery?: number };
+export type RunOnNodeFlags = ClusterFlags & { node: string; files: string; dir: string[]; env: string[]; argv0?: string; checkpoint?: string; vacateAfter?: number; checkpointEvery?: number; hopEvery?: number };
 
 /** The options `ferry run` gains for the cluster. */
 export function addRunOnNodeOptions(run: Command): Command {
-  return addClusterOptions(run.option('--node <name>', 'run on this node of the cluster (it becomes the home node); stdio and exit code come back here'));
+  return addClusterOptions(run.option('--node <name>', 'run on this node of the cluster (it becomes the home node); stdio and exit code come back here')
+    .option('--files <policy>', 'with --node: after a migration, reopen the same paths (reopen: shared file systems) or have the home node serve them (home)', 'reopen'));
 }
 
 /** `ferry run --node NAME ...`: run on a node of the cluster, stdio and exit code relayed here. */
@@ -144,6 +145,7 @@ export async function runOnNode(prog: string, args: string[], flags: RunOnNodeFl
   for (const [opt, v] of [['--checkpoint', flags.checkpoint], ['--vacate-after', flags.vacateAfter], ['--checkpoint-every', flags.checkpointEvery], ['--hop-every', flags.hopEvery]] as const)
     if (v !== undefined) throw new FerryError('bad-argument', `${opt} is not supported with --node yet`);
   for (const e of flags.env) if (!e.includes('=')) throw new FerryError('bad-argument', `--env ${e}: expected KEY=VALUE`);
+  if (flags.files !== 'reopen' && flags.files !== 'home') throw new FerryError('bad-argument', `--files ${flags.files}: use reopen or home`);
   // Directories are paths on the node that runs the process (shared file systems): make them absolute here.
   const dirs = flags.dir.map((d) => {
     const [host, guest] = d.includes('::') ? d.split('::', 2) : [d, d];
@@ -162,7 +164,7 @@ export async function runOnNode(prog: string, args: string[], flags: RunOnNodeFl
   process.on('SIGTERM', onSignal);
   let r;
   try {
-    r = await remoteRun(conn, { node: flags.node, program: p, args, env: flags.env, dirs, argv0: flags.argv0 }, {
+    r = await remoteRun(conn, { node: flags.node, program: p, args, env: flags.env, dirs, argv0: flags.argv0, files: flags.files as 'reopen' | 'home' }, {
       stdout: (b) => process.stdout.write(b),
       stderr: (b) => process.stderr.write(b),
       stdin: process.stdin,

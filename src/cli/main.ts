@@ -11,6 +11,7 @@ import { initialWasiState } from '../wasi/host.ts';
 import { readImageFile, summarizeImage, formatSummary, ImageError } from '../image/index.ts';
 import { FerryError } from '../errors.ts';
 import { addRunOnNodeOptions, registerClusterCommands, runOnNode, type RunOnNodeFlags } from './cluster.ts';
+import { registerMigrationCommands, restoreOnNode } from './migrate.ts';
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 
@@ -86,7 +87,7 @@ export function buildCli(): Command {
     .option('--dir <HOST::GUEST>', 'preopen a host directory under a guest path (repeatable)', collect, [])
     .option('--argv0 <name>', 'the program\'s argv[0] (default: the path as given)')
     .addOption(new Option('--env <K=V>', 'set an environment variable (repeatable)').argParser(collect).default([]))))
-    .action(async (prog: string, args: string[], flags: CheckpointFlags & { dir: string[]; env: string[]; argv0?: string; node?: string }) => {
+    .action(async (prog: string, args: string[], flags: CheckpointFlags & { dir: string[]; env: string[]; argv0?: string; node?: string; files: string }) => {
       if (flags.node !== undefined) return runOnNode(prog, args, flags as RunOnNodeFlags);
       const preopens = flags.dir.map(parseDir);
       const env = flags.env.map(parseEnv);
@@ -102,8 +103,12 @@ export function buildCli(): Command {
   addCheckpointOptions(program.command('restore')
     .description('continue a process from its image')
     .argument('<image>', 'the image file')
-    .option('--program <wasm>', 'the module, if the image does not carry it'))
-    .action(async (file: string, flags: CheckpointFlags & { program?: string }) => {
+    .option('--program <wasm>', 'the module, if the image does not carry it')
+    .option('--node <name>', 'restore on this node of the cluster as a new process (stdio and exit code come back here)')
+    .option('--cluster <HOST:PORT>', 'any node of the cluster (default: $FERRY_CLUSTER)')
+    .option('--key-file <file>', 'the cluster key (default: $FERRY_KEY_FILE)'))
+    .action(async (file: string, flags: CheckpointFlags & { program?: string; node?: string; cluster?: string; keyFile?: string }) => {
+      if (flags.node !== undefined) return restoreOnNode(file, { node: flags.node, cluster: flags.cluster, keyFile: flags.keyFile });
       const img = await readImageFile(file);
       const sopts = superviseOptions(flags, img.meta.pid);
       const { proc, loaded, program: p } = await resumeFromImage(img, { program: flags.program });
@@ -120,6 +125,7 @@ export function buildCli(): Command {
     });
 
   registerClusterCommands(program);
+  registerMigrationCommands(program);
   return program;
 }
 

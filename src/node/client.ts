@@ -41,6 +41,7 @@ export interface RemoteRunSpec {
   env: string[];
   dirs: string[];
   argv0?: string;
+  files?: 'reopen' | 'home';
 }
 
 export interface RemoteRunIO {
@@ -58,6 +59,22 @@ export interface RemoteRunResult { pid: string; node: string; exitCode: number; 
 export async function remoteRun(conn: Connection, spec: RemoteRunSpec, io: RemoteRunIO): Promise<RemoteRunResult> {
   if (spec.program.bytes.length > MAX_INLINE_MODULE)
     throw new FerryError('unsupported', `${spec.program.path} is ${(spec.program.bytes.length / 1048576).toFixed(1)} MiB: remote run carries modules up to 16 MiB for now`);
+  return attach(conn, io, (session) => call(conn, 'run', {
+    ...(spec.node ? { node: spec.node } : {}),
+    program: spec.program.path, sha256: spec.program.hash, args: spec.args, env: spec.env, dirs: spec.dirs,
+    ...(spec.argv0 !== undefined ? { argv0: spec.argv0 } : {}), ...(spec.files ? { files: spec.files } : {}), session,
+  }, spec.program.bytes, RUN_TIMEOUT_MS));
+}
+
+/** Restore an image as a new process of the node at the other end of conn, attached like a run. */
+export async function remoteRestore(conn: Connection, image: Uint8Array, io: RemoteRunIO): Promise<RemoteRunResult> {
+  const upload = randomUUID();
+  await conn.sendStream(image, { kind: 'upload', upload });
+  return attach(conn, io, (session) => call(conn, 'restore', { session, upload }, undefined, RUN_TIMEOUT_MS));
+}
+
+/** Open a stdio session, start the process with `start`, relay stdio until it ends. */
+async function attach(conn: Connection, io: RemoteRunIO, start: (session: string) => Promise<Header>): Promise<RemoteRunResult> {
   const session = randomUUID();
   let exited!: (r: { code: number; error?: { code: string; message: string } }) => void;
   const exit = new Promise<{ code: number; error?: { code: string; message: string } }>((r) => (exited = r));
@@ -74,11 +91,7 @@ export async function remoteRun(conn: Connection, spec: RemoteRunSpec, io: Remot
     });
   });
   const off = conn.onClose((err) => exited({ code: 1, error: { code: 'connection-lost', message: `lost the connection to the cluster${err ? `: ${err.message}` : ''}` } }));
-  const r = await call(conn, 'run', {
-    ...(spec.node ? { node: spec.node } : {}),
-    program: spec.program.path, sha256: spec.program.hash, args: spec.args, env: spec.env, dirs: spec.dirs,
-    ...(spec.argv0 !== undefined ? { argv0: spec.argv0 } : {}), session,
-  }, spec.program.bytes, RUN_TIMEOUT_MS);
+  const r = await start(session);
   const pid = String(r.pid), node = String(r.node);
   io.started?.(pid, node);
   let stopInput = false;
@@ -100,4 +113,27 @@ export async function remoteRun(conn: Connection, spec: RemoteRunSpec, io: Remot
   stopInput = true;
   off();
   return { pid, node, exitCode: result.code, error: result.error };
+}
+
+/** A connection straight to the node running pid (located through any node). */
+export async function connectToProcess(t: ClusterTarget, pid: string): Promise<{ conn: Connection; node: string }> {
+  const first = await connectCluster(t);
+  let r: Header;
+  try { r = await call(first, 'locate', { pid }); } catch (e) { first.destroy(); throw e; }
+  if (String(r.addr) === t.addr) return { conn: first, node: String(r.node) };
+  first.destroy();
+  return { conn: await connectCluster({ ...t, addr: String(r.addr) }), node: String(r.node) };
+}
+
+/** A connection straight to a named node. */
+export async function connectToNode(t: ClusterTarget, name: string): Promise<Connection> {
+  const first = await connectCluster(t);
+  let members: { name: string; addr: string; state: string }[];
+  try { members = (await call(first, 'nodes')).members as never; } catch (e) { first.destroy(); throw e; }
+  const m = members.find((x) => x.name === name);
+  if (!m) { first.destroy(); throw new FerryError('no-such-node', `no node named ${name} in the cluster (known: ${members.map((x) => x.name).join(', ')})`); }
+  if (m.state !== 'up') { first.destroy(); throw new FerryError('node-down', `node ${name} is ${m.state}`); }
+  if (m.addr === t.addr) return first;
+  first.destroy();
+  return connectCluster({ ...t, addr: m.addr });
 }

@@ -10,6 +10,15 @@
 //                                             -> {pid, node}; then PROC_OUTPUT / PROC_EXIT frames (stdio.ts)
 //   kill   {pid, scope?}                      -> {pid, node}
 //   status {}                                 -> {name, addr, processes}
+//   locate {pid}                              -> {pid, node, addr}    (who runs it now)
+//   migrate {pid, to, algorithm?, progress?}  -> {metrics}; MIG_PROGRESS {token, progress} frames meanwhile
+//                                                (only on the node running pid: the CLI locates it first)
+//   migrate-cancel {pid}                      -> {id}                 (node running pid)
+//   migrations {scope?}                       -> {migrations, unreachable}
+//   checkpoint {pid}                          -> {bytes}; the image follows as a stream {kind: 'image', token}
+//                                                (node running pid)
+//   restore {session, stream}                 -> {pid, node}; stdio as for run (the image came first as an
+//                                                upload stream {kind: 'upload', upload})
 import { FerryError } from '../errors.ts';
 import type { Connection, Message, Reply } from '../transport/index.ts';
 import { sha256 } from '../vm/module-meta.ts';
@@ -18,6 +27,13 @@ import type { Membership } from './membership.ts';
 import type { ProcessInfo, ProcessTable } from './process-table.ts';
 import type { ProgramStore } from './programs.ts';
 import type { StdioRouter } from './stdio.ts';
+import type { HomeRouter } from './home.ts';
+import type { Migrator } from './migrator.ts';
+import type { Uploads } from './uploads.ts';
+import type { MigrationMetrics } from '../migration/index.ts';
+import { decodeImage } from '../image/index.ts';
+import { programOfImage } from '../vm/snapshot.ts';
+import type { FilePolicy } from './process-table.ts';
 
 export const RUN_TIMEOUT_MS = 15 * 60_000; // a large module's first preparation takes minutes
 const PEER_QUERY_TIMEOUT_MS = 5_000;
@@ -29,9 +45,13 @@ export interface ControlContext {
   table: ProcessTable;
   stdio: StdioRouter;
   programs: ProgramStore;
+  home: HomeRouter;
+  migrator: Migrator;
+  uploads: Uploads;
 }
 
-export type Method = 'join' | 'nodes' | 'ps' | 'run' | 'kill' | 'status';
+export type Method = 'join' | 'nodes' | 'ps' | 'run' | 'kill' | 'status' | 'locate' | 'migrate' | 'migrate-cancel' | 'migrations' | 'checkpoint' | 'restore';
+const METHODS = 'join, nodes, status, ps, run, kill, locate, migrate, migrate-cancel, migrations, checkpoint, restore';
 
 export class ControlApi {
   constructor(private readonly ctx: ControlContext) {}
@@ -53,8 +73,20 @@ export class ControlApi {
         return { header: { ...(await this.run(msg, conn)) } };
       case 'kill':
         return { header: { ...(await this.kill(str(msg.header, 'pid', 'kill'), msg.header.scope === 'local')) } };
+      case 'locate':
+        return { header: { ...(await this.locate(str(msg.header, 'pid', 'locate'))) } };
+      case 'migrate':
+        return { header: { metrics: await this.migrate(msg, conn) } as never };
+      case 'migrate-cancel':
+        return { header: this.ctx.migrator.cancel(str(msg.header, 'pid', 'migrate-cancel')) };
+      case 'migrations':
+        return { header: { ...(await this.migrations(msg.header.scope === 'local')) } as never };
+      case 'checkpoint':
+        return { header: await this.checkpoint(msg, conn) };
+      case 'restore':
+        return { header: { ...(await this.restore(msg, conn)) } };
       default:
-        throw badRequest(`unknown method '${method}' (known: join, nodes, status, ps, run, kill)`);
+        throw badRequest(`unknown method '${method}' (known: ${METHODS})`);
     }
   };
 
@@ -105,6 +137,8 @@ export class ControlApi {
       }
     }
 
+    const files = optStr(h, 'files', 'run') ?? 'reopen';
+    if (files !== 'reopen' && files !== 'home') throw badRequest(`run: files must be 'reopen' or 'home', not '${files}'`);
     let bytes: Uint8Array = msg.body;
     if (bytes.length === 0) {
       const cached = this.ctx.programs.get(hash);
@@ -114,12 +148,113 @@ export class ControlApi {
       if (sha256(bytes) !== hash) throw badRequest('run: the module bytes do not match their sha256');
       this.ctx.programs.put(hash, bytes);
     }
-    const info = await this.ctx.table.start({
-      program: { path, bytes, hash }, args, env, dirs, argv0,
-      sink: this.ctx.stdio.sinkFor(conn, session),
+    const pid = this.ctx.table.allocatePid();
+    this.ctx.home.open(pid, this.ctx.stdio.sinkFor(conn, session, pid));
+    try {
+      await this.ctx.table.start({
+        pid, program: { path, bytes, hash }, args, env, dirs, argv0, files: files as FilePolicy,
+        sink: this.ctx.home.routeFor(pid, this.ctx.name),
+      });
+    } catch (e) {
+      this.ctx.home.close(pid);
+      throw e;
+    }
+    this.ctx.stdio.bindLocal(conn, session, pid);
+    return { pid, node: this.ctx.name };
+  }
+
+  /** Which node runs pid now: this one, or the first member that has it. */
+  private async locate(pid: string): Promise<{ pid: string; node: string; addr: string }> {
+    if (this.ctx.table.get(pid)) return { pid, node: this.ctx.name, addr: this.ctx.addr };
+    const members = this.ctx.membership.list();
+    const found = await Promise.all(this.ctx.membership.upMembers().map(async (node) => {
+      try {
+        const c = await this.ctx.membership.peer(node);
+        const r = await c.request('REQUEST', { method: 'ps', scope: 'local' }, undefined, { timeoutMs: PEER_QUERY_TIMEOUT_MS });
+        return Array.isArray(r.header.processes) && (r.header.processes as ProcessInfo[]).some((p) => p.pid === pid) ? node : undefined;
+      } catch { return undefined; }
+    }));
+    const node = found.find((n) => n !== undefined);
+    if (!node) {
+      const how = this.ctx.table.ended(pid);
+      throw new FerryError('no-such-process', `no process ${pid} in the cluster${how ? ` (it has ${how.startsWith('moved') ? '' : 'already '}${how})` : ''}`);
+    }
+    return { pid, node, addr: members.find((m) => m.name === node)!.addr };
+  }
+
+  private async migrate(msg: Message, conn: Connection): Promise<MigrationMetrics> {
+    const h = msg.header;
+    const pid = str(h, 'pid', 'migrate');
+    const to = str(h, 'to', 'migrate');
+    const algorithm = optStr(h, 'algorithm', 'migrate');
+    const token = h.progress === true ? msg.id : undefined;
+    if (!this.ctx.table.get(pid)) {
+      const where = await this.locate(pid).catch(() => undefined);
+      throw new FerryError('not-here', where ? `process ${pid} runs on ${where.node} (${where.addr}): ask that node` : `no process ${pid} on ${this.ctx.name}`);
+    }
+    const pageSize = typeof h.pageSize === 'number' ? h.pageSize : undefined;
+    return this.ctx.migrator.migrate({ pid, to, algorithm, pageSize }, token === undefined ? undefined : (p) => {
+      if (conn.isOpen) conn.send('MIG_PROGRESS', { token, progress: p as never }).catch(() => {});
     });
-    this.ctx.stdio.bindLocal(conn, session, info.pid);
-    return { pid: info.pid, node: this.ctx.name };
+  }
+
+  private async migrations(localOnly: boolean): Promise<{ migrations: MigrationMetrics[]; unreachable: { node: string; error: string }[] }> {
+    const migrations = this.ctx.migrator.list();
+    const unreachable: { node: string; error: string }[] = [];
+    if (!localOnly) {
+      const answers = await Promise.all(this.ctx.membership.upMembers().map(async (node) => {
+        try {
+          const c = await this.ctx.membership.peer(node);
+          const r = await c.request('REQUEST', { method: 'migrations', scope: 'local' }, undefined, { timeoutMs: PEER_QUERY_TIMEOUT_MS });
+          return Array.isArray(r.header.migrations) ? (r.header.migrations as unknown as MigrationMetrics[]) : [];
+        } catch (e) {
+          unreachable.push({ node, error: (e as Error).message });
+          return [];
+        }
+      }));
+      for (const a of answers) migrations.push(...a);
+    }
+    migrations.sort((a, b) => a.startedAt.localeCompare(b.startedAt));
+    return { migrations, unreachable };
+  }
+
+  /** Freeze for a moment, send the whole image to the client as a stream. */
+  private async checkpoint(msg: Message, conn: Connection): Promise<{ bytes: number; stream: number }> {
+    const pid = str(msg.header, 'pid', 'checkpoint');
+    if (!this.ctx.table.get(pid)) {
+      const where = await this.locate(pid).catch(() => undefined);
+      throw new FerryError('not-here', where ? `process ${pid} runs on ${where.node} (${where.addr}): ask that node` : `no process ${pid} on ${this.ctx.name}`);
+    }
+    const chunks = await this.ctx.table.checkpoint(pid);
+    const bytes = chunks.reduce((n, c) => n + c.length, 0);
+    const stream = await conn.sendStream(chunks, { kind: 'image', token: msg.id ?? 0, bytes });
+    return { bytes, stream };
+  }
+
+  /** Restore an uploaded image here as a new process of this node, attached to the client like run. */
+  private async restore(msg: Message, conn: Connection): Promise<{ pid: string; node: string }> {
+    const h = msg.header;
+    const session = str(h, 'session', 'restore');
+    const upload = str(h, 'upload', 'restore');
+    const bytes = await this.ctx.uploads.take(conn, upload);
+    const img = decodeImage(bytes, { source: 'uploaded' });
+    let program;
+    try { program = programOfImage(img); } catch (e) {
+      const cached = this.ctx.programs.get(img.module.sha256);
+      if (!cached) throw e;
+      program = { path: img.meta.program, bytes: cached, hash: img.module.sha256 };
+    }
+    this.ctx.programs.put(program.hash, program.bytes);
+    const pid = this.ctx.table.allocatePid();
+    this.ctx.home.open(pid, this.ctx.stdio.sinkFor(conn, session, pid));
+    try {
+      await this.ctx.table.restore({ pid, image: img, program, sink: this.ctx.home.routeFor(pid, this.ctx.name) });
+    } catch (e) {
+      this.ctx.home.close(pid);
+      throw e;
+    }
+    this.ctx.stdio.bindLocal(conn, session, pid);
+    return { pid, node: this.ctx.name };
   }
 
   private async kill(pid: string, localOnly: boolean): Promise<{ pid: string; node: string }> {

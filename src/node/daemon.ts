@@ -4,7 +4,8 @@
 //
 // Every connection, accepted or dialled, client or peer, gets the same
 // handlers: REQUEST (control.ts), HEARTBEAT (membership.ts), PROC_OUTPUT /
-// PROC_EXIT / PROC_INPUT (stdio.ts).
+// PROC_EXIT / PROC_INPUT (stdio.ts), HOME_* (home.ts), MIG_* (migrator.ts),
+// and streams by kind (module: migrator.ts; upload: uploads.ts).
 import { mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,6 +16,10 @@ import { Membership } from './membership.ts';
 import { ProcessTable } from './process-table.ts';
 import { ProgramStore } from './programs.ts';
 import { StdioRouter } from './stdio.ts';
+import { HomeRouter } from './home.ts';
+import { Migrator } from './migrator.ts';
+import { Uploads } from './uploads.ts';
+import { FerryError } from '../errors.ts';
 
 export const NODE_CAPABILITY = 'ferry-node/1';
 
@@ -38,6 +43,7 @@ export class NodeDaemon {
   readonly dataDir: string;
   readonly membership: Membership;
   readonly table: ProcessTable;
+  readonly migrator: Migrator;
   private server!: FerryServer;
   private addrValue = '';
   private stopping: Promise<void> | undefined;
@@ -50,26 +56,37 @@ export class NodeDaemon {
     const log = opts.log;
     const shaper = Shaper.from(opts.shaping);
     this.table = new ProcessTable(opts.name, log);
-    const stdio = new StdioRouter(this.table, log);
     const programs = new ProgramStore(this.dataDir);
+    const uploads = new Uploads();
     const self = this;
+    const dial = async (addr: string) => {
+      const { host, port } = parseAddress(addr);
+      const conn = await connect(host, port, { key: opts.key, node: opts.name, role: 'node', shaping: shaper, capabilities: [NODE_CAPABILITY] });
+      this.dialled.add(conn);
+      conn.onClose(() => this.dialled.delete(conn));
+      this.install(conn);
+      return conn;
+    };
     this.membership = new Membership({
       name: opts.name,
       get addr() { return self.addrValue; },
-      dial: async (addr) => {
-        const { host, port } = parseAddress(addr);
-        const conn = await connect(host, port, { key: opts.key, node: opts.name, role: 'node', shaping: shaper, capabilities: [NODE_CAPABILITY] });
-        this.dialled.add(conn);
-        conn.onClose(() => this.dialled.delete(conn));
-        this.install(conn);
-        return conn;
-      },
+      dial,
       log,
+    });
+    const home = new HomeRouter(opts.name, this.membership, (pid, offset, data, eof) => this.table.inputAt(pid, offset, data, eof), log);
+    const stdio = new StdioRouter((pid, data, eof) => home.input(pid, data, eof), log);
+    this.migrator = new Migrator({
+      name: opts.name, membership: this.membership, table: this.table, home, programs, log,
+      dialNode: async (name) => {
+        const m = this.membership.list().find((x) => x.name === name);
+        if (!m) throw new FerryError('no-such-node', `no node named ${name} in the cluster`);
+        return dial(m.addr);
+      },
     });
     const control = new ControlApi({
       name: opts.name,
       get addr() { return self.addrValue; },
-      membership: this.membership, table: this.table, stdio, programs,
+      membership: this.membership, table: this.table, stdio, programs, home, migrator: this.migrator, uploads,
     });
     this.install = (conn: Connection) => {
       conn.handle('REQUEST', control.handle);
@@ -77,6 +94,16 @@ export class NodeDaemon {
       conn.on('PROC_OUTPUT', stdio.onOutput);
       conn.on('PROC_EXIT', stdio.onExit);
       conn.on('PROC_INPUT', stdio.onInput);
+      conn.on('HOME_OUTPUT', home.onOutput);
+      conn.on('HOME_EXIT', home.onExit);
+      conn.on('HOME_INPUT', home.onInput);
+      conn.on('HOME_ATTACH', home.onAttach);
+      this.migrator.install(conn);
+      conn.onStream((s, c) => {
+        if (s.meta.kind === 'module' && c.peer.role === 'node') this.migrator.onModuleStream(s);
+        else if (s.meta.kind === 'upload') uploads.accept(s, c);
+        else void s.collect().catch(() => {}); // unknown: drain and drop
+      });
     };
     this.shaper = shaper;
   }

@@ -1,9 +1,18 @@
 // The node's processes: each a WasmProcess (worker thread over shared memory)
 // with a location-independent pid `<origin-node>/<n>`, its home node, its
-// state, and a sink that carries its stdout/stderr and exit to whoever ran it
-// (see stdio.ts). A process leaves the table when it ends; the table remembers
-// recently ended pids so that `kill` on one says so.
+// state, and a sink that carries its numbered stdout/stderr writes and exit
+// to its home node (home.ts). A process leaves the table when it ends or
+// moves to another node; the table remembers recently gone pids so that
+// `kill` on one says so. It also hands processes to the migration engine
+// (sourceProcess) and takes them in from it (adopt).
 import { statSync } from 'node:fs';
+import { encodeImage, type ProcessImage } from '../image/index.ts';
+import type { Json } from '../image/types.ts';
+import type { SourceProcess } from '../migration/engine.ts';
+import type { LoadedModule } from '../vm/cache.ts';
+import type { Captured } from '../vm/process.ts';
+import { imageFromCapture, resumeFromImage, resumeInMemory } from '../vm/snapshot.ts';
+import { MemoryImage } from '../image/memory.ts';
 import { resolve } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { FerryError } from '../errors.ts';
@@ -13,7 +22,11 @@ import { WasmProcess } from '../vm/process.ts';
 import type { Program } from '../vm/snapshot.ts';
 import { initialWasiState } from '../wasi/host.ts';
 
-export type NodeProcessState = 'preparing' | 'starting' | 'running' | 'stopping' | 'frozen' | 'exited' | 'failed' | 'killed';
+export type NodeProcessState = 'preparing' | 'starting' | 'running' | 'stopping' | 'frozen' | 'migrating' | 'exited' | 'failed' | 'killed';
+
+/** How a process reaches its files after a move: reopen the same paths (shared file
+ *  systems), or have the home node serve them (Sprite). */
+export type FilePolicy = 'reopen' | 'home';
 
 /** What `ferry ps --json` shows for each process. */
 export interface ProcessInfo {
@@ -31,16 +44,22 @@ export interface ProcessInfo {
   memoryBytes: number;
   migrations: number;
   sha256: string;
+  files: FilePolicy;
+  /** Other nodes holding process information it still needs (its home, with --files home). */
+  residualDependencies: string[];
 }
 
-/** Where a process's output and exit go. */
+/** Where a process's output and exit go: writes are numbered from 0 over its whole life. */
 export interface ProcessSink {
-  output(pid: string, fd: 1 | 2, data: Uint8Array): void;
-  exit(pid: string, code: number, error?: { code: string; message: string }): void;
+  output(pid: string, seq: number, fd: 1 | 2, data: Uint8Array): void;
+  /** seq: how many writes came before the exit. */
+  exit(pid: string, seq: number, code: number, error?: { code: string; message: string }): void;
 }
 
 export interface StartSpec {
+  pid: string;
   program: Program;
+  files?: FilePolicy;
   args: string[];
   env: string[];
   /** HOST::GUEST or DIR, paths on this node. */
@@ -51,11 +70,37 @@ export interface StartSpec {
 
 interface Entry {
   info: ProcessInfo;
+  program: Program;
   proc?: WasmProcess;
   stdin: PassThrough;
+  /** Absolute offset of the next stdin byte this node expects (see home.ts). */
+  stdinOffset: number;
   sink: ProcessSink;
+  /** Number of the next output write. */
+  seq: number;
   initialBytes: number;
   ended: boolean;
+  /** A migration holds it (frozen, or moving). */
+  moving: boolean;
+}
+
+/** What travels with a process besides its image's standard sections (meta.extra). */
+export interface ProcessExtra {
+  args: string[];
+  home: string;
+  startedAt: string;
+  migrations: number;
+  outputSeq: number;
+  files: FilePolicy;
+}
+
+/** A process arriving by migration. */
+export interface AdoptSpec {
+  image: ProcessImage;
+  program: Program;
+  loaded: LoadedModule;
+  memory: WebAssembly.Memory;
+  sink: ProcessSink;
 }
 
 const RECENT = 256;
@@ -69,39 +114,30 @@ export class ProcessTable {
 
   get size(): number { return this.entries.size; }
 
-  /** Allocate a pid and start the program (preparing it first if the cache lacks it). Resolves once it is starting. */
+  /** A fresh pid of this (origin) node. */
+  allocatePid(): string { return `${this.node}/${this.next++}`; }
+
+  /** Start the program under a pid from allocatePid (preparing it first if the cache lacks it). Resolves once it is starting. */
   async start(spec: StartSpec): Promise<ProcessInfo> {
     const preopens = spec.dirs.map(parseDir);
     const env = spec.env.map((e) => {
       if (!e.includes('=')) throw new FerryError('bad-argument', `--env ${e}: expected KEY=VALUE`);
       return e;
     });
-    const pid = `${this.node}/${this.next++}`;
+    const pid = spec.pid;
     const info: ProcessInfo = {
       pid, program: spec.program.path, args: spec.args, node: this.node, home: this.node, state: 'preparing',
       startedAt: new Date().toISOString(), memoryBytes: 0, migrations: 0, sha256: spec.program.hash,
+      files: spec.files ?? 'reopen', residualDependencies: [],
     };
-    const entry: Entry = { info, stdin: new PassThrough(), sink: spec.sink, initialBytes: 0, ended: false };
+    const entry = this.newEntry(info, spec.program, spec.sink);
     this.entries.set(pid, entry);
     try {
       const loaded = await loadPrepared(spec.program.bytes, 'tracked', spec.program.hash, () => this.log?.(`preparing ${spec.program.path} (${spec.program.hash.slice(0, 12)}) for ${pid}`));
       if (entry.ended) throw new FerryError('killed', `process ${pid} was killed before it started`);
       entry.initialBytes = loaded.meta.initialPages * WASM_PAGE;
       const wasi = initialWasiState({ args: [spec.argv0 ?? spec.program.path, ...spec.args], env, preopens });
-      const proc = WasmProcess.start(loaded, wasi, { stdio: 'message', stdin: entry.stdin });
-      entry.proc = proc;
-      info.state = 'starting';
-      proc.on('running', () => { if (!entry.ended) info.state = 'running'; });
-      proc.on('stdout', (d: Uint8Array) => entry.sink.output(pid, 1, d));
-      proc.on('stderr', (d: Uint8Array) => entry.sink.output(pid, 2, d));
-      proc.exited.then(
-        (code) => this.finish(entry, 'exited', code),
-        (e: Error) => {
-          if (entry.ended) return; // killed: already reported
-          const fe = e instanceof FerryError ? e : new FerryError('runtime', e.message);
-          this.finish(entry, 'failed', fe.code === 'trap' ? 134 : 1, { code: fe.code, message: fe.message });
-        },
-      );
+      this.attach(entry, WasmProcess.start(loaded, wasi, { stdio: 'message', stdin: entry.stdin }));
       this.log?.(`started ${pid}: ${spec.program.path} ${spec.args.join(' ')}`);
       return this.snapshot(entry);
     } catch (e) {
@@ -109,6 +145,106 @@ export class ProcessTable {
       entry.ended = true;
       throw e;
     }
+  }
+
+  /** Take in a process that migrated here (its pages are in spec.memory). Resolves once it runs. */
+  async adopt(spec: AdoptSpec): Promise<ProcessInfo> {
+    const img = spec.image;
+    const x = img.meta.extra as unknown as ProcessExtra;
+    if (this.entries.has(img.meta.pid)) throw new FerryError('duplicate-process', `process ${img.meta.pid} already runs on ${this.node}`);
+    const info: ProcessInfo = {
+      pid: img.meta.pid, program: img.meta.program, args: x.args, node: this.node, home: x.home, state: 'starting',
+      startedAt: x.startedAt, memoryBytes: 0, migrations: x.migrations + 1, sha256: img.module.sha256,
+      files: x.files, residualDependencies: [],
+    };
+    const entry = this.newEntry(info, spec.program, spec.sink);
+    entry.seq = x.outputSeq;
+    entry.stdinOffset = img.wasi.stdinTakenBytes ?? 0;
+    entry.initialBytes = Math.max(spec.loaded.meta.initialPages * WASM_PAGE, img.memory.logicalBytes);
+    await this.run(entry, async () => resumeInMemory(img, spec.loaded, spec.memory, { stdio: 'message', stdin: entry.stdin }));
+    this.log?.(`${info.pid} arrived (migration ${info.migrations})`);
+    return this.snapshot(entry);
+  }
+
+  /** Restore a checkpoint image as a new process of this node (a new pid, a new stdin). */
+  async restore(spec: { pid: string; image: ProcessImage; program: Program; sink: ProcessSink }): Promise<ProcessInfo> {
+    const img = spec.image;
+    const x = img.meta.extra as Partial<ProcessExtra>;
+    const info: ProcessInfo = {
+      pid: spec.pid, program: img.meta.program, args: Array.isArray(x.args) ? x.args : [], node: this.node, home: this.node, state: 'starting',
+      startedAt: new Date().toISOString(), memoryBytes: 0, migrations: 0, sha256: img.module.sha256,
+      files: x.files === 'home' ? 'home' : 'reopen', residualDependencies: [],
+    };
+    const entry = this.newEntry(info, spec.program, spec.sink);
+    img.wasi.stdinTakenBytes = 0; // stdin starts afresh from the restoring client
+    entry.initialBytes = img.memory.logicalBytes;
+    await this.run(entry, async () => (await resumeFromImage(img, { stdio: 'message', stdin: entry.stdin })).proc);
+    this.log?.(`${info.pid} restored from an image of ${img.meta.pid}`);
+    return this.snapshot(entry);
+  }
+
+  /** Enter a resumed process in the table; resolves once it runs (or has already ended). */
+  private async run(entry: Entry, make: () => Promise<WasmProcess>): Promise<void> {
+    const pid = entry.info.pid;
+    this.entries.set(pid, entry);
+    this.recent.delete(pid);
+    try {
+      const proc = await make();
+      this.attach(entry, proc);
+      await new Promise<void>((res, rej) => { proc.once('running', res); proc.exited.then(() => res(), rej); });
+    } catch (e) {
+      this.entries.delete(pid);
+      entry.ended = true;
+      throw e;
+    }
+  }
+
+  /** The process as the migration engine sees it; marks it moving. */
+  sourceProcess(pid: string, to: string): SourceProcess {
+    const e = this.entries.get(pid);
+    if (!e || e.ended) throw this.missing(pid);
+    if (e.moving) throw new FerryError('busy', `process ${pid} is already moving`);
+    if (!e.proc || (e.proc.state !== 'running' && e.proc.state !== 'starting')) throw new FerryError('busy', `process ${pid} is ${e.info.state}: it can move once it runs`);
+    e.moving = true;
+    const proc = e.proc;
+    return {
+      pid, memory: proc.bytes,
+      freeze: async () => { e.info.state = 'migrating'; return proc.freeze(); },
+      resume: () => {
+        e.moving = false;
+        if (!e.ended && proc.state === 'frozen') { proc.continue(); e.info.state = 'running'; }
+      },
+      release: async () => {
+        e.ended = true;
+        this.entries.delete(pid);
+        this.remember(pid, `moved to ${to}`);
+        e.stdin.destroy();
+        await proc.kill();
+        this.log?.(`${pid} moved to ${to}`);
+      },
+      stateImage: (frozen: Captured, pageSize: number) => this.stateImage(e, frozen, pageSize),
+    };
+  }
+
+  /** Freeze a process for a moment and return its whole image (module embedded). */
+  async checkpoint(pid: string): Promise<Buffer[]> {
+    const e = this.entries.get(pid);
+    if (!e || e.ended) throw this.missing(pid);
+    if (e.moving || !e.proc) throw new FerryError('busy', `process ${pid} is ${e.moving ? 'moving' : e.info.state}; try again`);
+    e.moving = true;
+    try {
+      const cap = await e.proc.freeze();
+      try {
+        return encodeImage(imageFromCapture(cap, e.program, { pid, node: this.node, reason: 'checkpoint', extra: this.extra(e) }));
+      } finally { e.proc.continue(); }
+    } finally { e.moving = false; }
+  }
+
+  /** The original module bytes of a process (a destination without them asks). */
+  programBytes(pid: string): Uint8Array {
+    const e = this.entries.get(pid);
+    if (!e) throw this.missing(pid);
+    return e.program.bytes;
   }
 
   list(): ProcessInfo[] {
@@ -123,21 +259,21 @@ export class ProcessTable {
   /** Why a pid is not in the table, if it was here recently. */
   ended(pid: string): string | undefined { return this.recent.get(pid); }
 
-  /** Stdin for a process (from its client). */
-  input(pid: string, data: Uint8Array | undefined, eof: boolean): void {
+  /** Stdin for a process: `data` starts at absolute offset `offset` (resends overlap). */
+  inputAt(pid: string, offset: number, data: Uint8Array, eof: boolean): void {
     const e = this.entries.get(pid);
-    if (!e || e.ended) return;
-    if (data && data.length) e.stdin.write(data);
+    if (!e || e.ended || e.stdin.writableEnded) return;
+    if (offset > e.stdinOffset) { this.log?.(`stdin for ${pid} skips from ${e.stdinOffset} to ${offset}: dropped`); return; }
+    const fresh = data.subarray(Math.min(data.length, e.stdinOffset - offset));
+    if (fresh.length) { e.stdin.write(fresh); e.stdinOffset += fresh.length; }
     if (eof) e.stdin.end();
   }
 
   /** Kill a process of this table; the client sees exit code 137. */
   async kill(pid: string): Promise<ProcessInfo> {
     const e = this.entries.get(pid);
-    if (!e) {
-      const how = this.recent.get(pid);
-      throw new FerryError('no-such-process', how ? `process ${pid} has already ${how}` : `no process ${pid} on node ${this.node}`);
-    }
+    if (!e) throw this.missing(pid);
+    if (e.moving) throw new FerryError('busy', `process ${pid} is moving; cancel the migration or try again`);
     const info = this.snapshot(e);
     this.finish(e, 'killed', 137, { code: 'killed', message: `process ${pid} was killed` });
     await e.proc?.kill();
@@ -153,19 +289,64 @@ export class ProcessTable {
     e.ended = true;
     e.info.state = state;
     this.entries.delete(e.info.pid);
-    this.recent.set(e.info.pid, state === 'exited' ? `exited (code ${code})` : state === 'killed' ? 'been killed' : `failed (${error?.message ?? 'error'})`);
-    if (this.recent.size > RECENT) this.recent.delete(this.recent.keys().next().value!);
+    this.remember(e.info.pid, state === 'exited' ? `exited (code ${code})` : state === 'killed' ? 'been killed' : `failed (${error?.message ?? 'error'})`);
     this.log?.(`${e.info.pid} ${state} (exit code ${code})`);
-    try { e.sink.exit(e.info.pid, code, error); } catch { /* a sink must not break the table */ }
+    try { e.sink.exit(e.info.pid, e.seq, code, error); } catch { /* a sink must not break the table */ }
+  }
+
+  private remember(pid: string, how: string): void {
+    this.recent.delete(pid);
+    this.recent.set(pid, how);
+    if (this.recent.size > RECENT) this.recent.delete(this.recent.keys().next().value!);
+  }
+
+  private missing(pid: string): FerryError {
+    const how = this.recent.get(pid);
+    return new FerryError('no-such-process', how ? `process ${pid} has already ${how}` : `no process ${pid} on node ${this.node}`);
+  }
+
+  private newEntry(info: ProcessInfo, program: Program, sink: ProcessSink): Entry {
+    return { info, program, stdin: new PassThrough(), stdinOffset: 0, sink, seq: 0, initialBytes: 0, ended: false, moving: false };
+  }
+
+  /** Wire a running WasmProcess to its entry: output numbering, state, exit. */
+  private attach(entry: Entry, proc: WasmProcess): void {
+    const pid = entry.info.pid;
+    entry.proc = proc;
+    proc.on('running', () => { if (!entry.ended && !entry.moving) entry.info.state = 'running'; });
+    proc.on('stdout', (d: Uint8Array) => entry.sink.output(pid, entry.seq++, 1, d));
+    proc.on('stderr', (d: Uint8Array) => entry.sink.output(pid, entry.seq++, 2, d));
+    proc.exited.then(
+      (code) => { if (entry.proc === proc) this.finish(entry, 'exited', code); },
+      (e: Error) => {
+        if (entry.ended || entry.proc !== proc) return; // killed or moved: already accounted for
+        const fe = e instanceof FerryError ? e : new FerryError('runtime', e.message);
+        this.finish(entry, 'failed', fe.code === 'trap' ? 134 : 1, { code: fe.code, message: fe.message });
+      },
+    );
+  }
+
+  private extra(e: Entry): Record<string, Json> {
+    const x: ProcessExtra = { args: e.info.args, home: e.info.home, startedAt: e.info.startedAt, migrations: e.info.migrations, outputSeq: e.seq, files: e.info.files };
+    return x as unknown as Record<string, Json>;
+  }
+
+  /** The state a migration carries: everything but the pages (they travel as batches). */
+  private stateImage(e: Entry, frozen: Captured, pageSize: number): Buffer[] {
+    const input = imageFromCapture(frozen, e.program, { pid: e.info.pid, node: this.node, reason: 'migration', embedModule: false, pageSize, extra: this.extra(e) });
+    const pages = frozen.logicalBytes / pageSize;
+    input.memory = new MemoryImage(pageSize, frozen.logicalBytes, new Uint8Array(Math.ceil(pages / 8)), new Uint8Array(0));
+    return encodeImage(input);
   }
 
   private snapshot(e: Entry): ProcessInfo {
     const info = e.info;
-    if (e.proc && !e.ended) {
+    if (e.proc && !e.ended && !e.moving) {
       info.state = e.proc.state === 'running' || e.proc.state === 'starting' ? info.state : e.proc.state;
       info.memoryBytes = Math.max(info.memoryBytes, e.initialBytes, touchedBytes(e.proc));
     }
-    return { ...info, args: [...info.args] };
+    const residualDependencies = info.files === 'home' && info.home !== this.node ? [info.home] : [];
+    return { ...info, args: [...info.args], residualDependencies };
   }
 }
 

@@ -1,7 +1,8 @@
-// A process's stdio, carried between the node that runs it and the terminal
-// that ran `ferry run` (wherever they are).
+// A process's stdio, carried between its home node and the terminal that ran
+// `ferry run` (wherever they are). Between the home node and the node the
+// process runs on now, home.ts carries it.
 //
-// Each `ferry run` picks a session id. The node running the process sends its
+// Each `ferry run` picks a session id. The home node sends the process's
 // output as PROC_OUTPUT {session, pid, fd} frames, then PROC_EXIT {session,
 // pid, code, error?}, on the connection the run request came in on; the
 // client sends stdin as PROC_INPUT {session, eof?}. All of these are bulk
@@ -14,7 +15,10 @@
 // order, both ways. A relay whose peer connection dies ends the client's run
 // with an error; a client that goes away closes the process's stdin.
 import type { Connection, Message } from '../transport/index.ts';
-import type { ProcessSink, ProcessTable } from './process-table.ts';
+import type { ClientSink } from './home.ts';
+
+/** Where a client's stdin for a process goes (the home router). */
+export type InputTarget = (pid: string, data: Uint8Array | undefined, eof: boolean) => void;
 
 interface Relay { client: Connection; peer: Connection; unsubscribe: (() => void)[] }
 
@@ -24,20 +28,20 @@ export class StdioRouter {
   /** Sessions this node relays: session -> client and peer connections. */
   private readonly relays = new Map<string, Relay>();
 
-  constructor(private readonly table: ProcessTable, private readonly log?: (m: string) => void) {}
+  constructor(private readonly input: InputTarget, private readonly log?: (m: string) => void) {}
 
   /** A sink sending a process's output and exit to the connection that ran it. */
-  sinkFor(conn: Connection, session: string): ProcessSink {
+  sinkFor(conn: Connection, session: string, pid: string): ClientSink {
     let warned = false;
     const lost = (e: unknown) => {
       if (!warned) this.log?.(`output of session ${session} is lost: ${(e as Error).message}`);
       warned = true;
     };
     return {
-      output: (pid, fd, data) => {
+      output: (fd, data) => {
         if (conn.isOpen) conn.send('PROC_OUTPUT', { session, pid, fd }, data).catch(lost);
       },
-      exit: (pid, code, error) => {
+      exit: (code, error) => {
         this.local.delete(session);
         if (conn.isOpen) conn.send('PROC_EXIT', { session, pid, code, ...(error ? { error } : {}) }).catch(lost);
       },
@@ -48,7 +52,7 @@ export class StdioRouter {
   bindLocal(conn: Connection, session: string, pid: string): void {
     this.local.set(session, pid);
     const off = conn.onClose(() => {
-      if (this.local.get(session) === pid) { this.local.delete(session); this.table.input(pid, undefined, true); }
+      if (this.local.get(session) === pid) { this.local.delete(session); this.input(pid, undefined, true); }
     });
     void off;
   }
@@ -97,7 +101,7 @@ export class StdioRouter {
     const eof = msg.header.eof === true;
     const pid = this.local.get(session);
     if (pid !== undefined) {
-      this.table.input(pid, msg.body, eof);
+      this.input(pid, msg.body, eof);
       if (eof) this.local.delete(session);
       return;
     }

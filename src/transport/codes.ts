@@ -42,6 +42,19 @@ export const CODES = {
   PROC_INPUT:   { code: 0x0101, priority: 'bulk',   header: true, body: true  }, // node: {session, eof?} + stdin bytes for a process
   PROC_EXIT:    { code: 0x0102, priority: 'bulk',   header: true, body: false }, // node: {session, pid, code, error?}: the process ended
   HEARTBEAT:    { code: 0x0103, priority: 'urgent', header: true, body: false }, // node: {node, addr, members, leaving?}: liveness + gossip
+  // Home services (Sprite's home node): a process's stdio stays at its home node wherever it runs.
+  HOME_OUTPUT:  { code: 0x0104, priority: 'bulk',   header: true, body: true  }, // running node -> home: {pid, seq, fd} + bytes (home reorders by seq)
+  HOME_EXIT:    { code: 0x0105, priority: 'bulk',   header: true, body: false }, // running node -> home: {pid, seq, code, error?}: ended after seq outputs
+  HOME_INPUT:   { code: 0x0106, priority: 'bulk',   header: true, body: true  }, // home -> running node: {pid, offset, eof?} + stdin bytes from that offset
+  HOME_ATTACH:  { code: 0x0107, priority: 'bulk',   header: true, body: false }, // new running node -> home: {pid, node, stdinOffset}: send stdin here from that offset
+  // Migration (src/migration): one dedicated connection per migration, source -> destination.
+  MIG_SETUP:    { code: 0x0120, priority: 'bulk',   header: true, body: true  }, // request {mid, pid, sha256, pageSize, algorithm} + module bytes if asked
+  MIG_PAGES:    { code: 0x0121, priority: 'bulk',   header: true, body: true  }, // {mid} + a page batch (src/memory/page-batch.ts)
+  MIG_STATE:    { code: 0x0122, priority: 'bulk',   header: true, body: true  }, // request {mid} + state image (pages elided): answered when ready to run
+  MIG_COMMIT:   { code: 0x0123, priority: 'urgent', header: true, body: false }, // request {mid}: run it; answered once it runs (or ERROR: aborted)
+  MIG_QUERY:    { code: 0x0124, priority: 'urgent', header: true, body: false }, // request {mid}: outcome {state}; aborts one still waiting for its commit
+  MIG_ABORT:    { code: 0x0125, priority: 'urgent', header: true, body: false }, // {mid, reason}: drop it
+  MIG_PROGRESS: { code: 0x0126, priority: 'bulk',   header: true, body: false }, // node -> client: {token, progress} while a migration runs
   // Remote files (Sprite's home-node file policy, src/wasi/file-ops.ts): the running node asks the home node to do each file-system call.
   FILE_OP:      { code: 0x0110, priority: 'urgent', header: true, body: true  }, // request {pid, op, args...} (encodeFileOp) + write data: the guest blocks until answered
   FILE_REPLY:   { code: 0x0111, priority: 'urgent', header: true, body: true  }, // {re, ok, n?|stat?|entries?|code+message} (encodeFileReply) + read/readlink bytes

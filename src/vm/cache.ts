@@ -60,7 +60,25 @@ export async function preparedBytes(original: Uint8Array, variant: Variant = 'tr
   return { ...prepared, cached: false };
 }
 
+/** Compiled modules of this OS process, by hash and variant: a node compiles each program once. */
+const compiled = new Map<string, Promise<LoadedModule>>();
+const COMPILED_KEEP = 16;
+
 export async function loadPrepared(original: Uint8Array, variant: Variant = 'tracked', hash?: string, onTransform?: () => void): Promise<LoadedModule> {
-  const p = await preparedBytes(original, variant, hash, onTransform);
-  return { module: await WebAssembly.compile(p.bytes as Uint8Array<ArrayBuffer>), meta: p.meta, cached: p.cached };
+  const h = hash ?? sha256(original);
+  const key = `${h}-${variant}`;
+  let p = compiled.get(key);
+  if (!p) {
+    p = (async () => {
+      const prep = await preparedBytes(original, variant, h, onTransform);
+      return { module: await WebAssembly.compile(prep.bytes as Uint8Array<ArrayBuffer>), meta: prep.meta, cached: prep.cached };
+    })();
+    compiled.set(key, p);
+    p.catch(() => compiled.delete(key));
+    if (compiled.size > COMPILED_KEEP) compiled.delete(compiled.keys().next().value!);
+  } else {
+    compiled.delete(key); // most recently used last
+    compiled.set(key, p);
+  }
+  return p;
 }

@@ -52,18 +52,27 @@ export function newGuestMemory(): WebAssembly.Memory {
  *  resume (or a hop) does not pay for it while the process runs nowhere. */
 class WarmWorkers {
   private spare: Worker | null = null;
+  private loaded: Promise<void> = Promise.resolve();
   take(): Worker {
     const w = this.spare ?? new Worker(WORKER_URL);
     this.spare = null;
     w.ref();
     return w;
   }
-  /** Start one in the background, ready for the next take(). */
-  prewarm(): void {
-    if (this.spare) return;
-    this.spare = new Worker(WORKER_URL);
-    this.spare.unref();
-    this.spare.on('error', () => { this.spare = null; });
+  /** Start one in the background, ready for the next take(); resolves once it has loaded. */
+  prewarm(): Promise<void> {
+    if (this.spare) return this.loaded;
+    const w = new Worker(WORKER_URL);
+    this.spare = w;
+    w.unref();
+    w.on('error', () => { if (this.spare === w) this.spare = null; });
+    this.loaded = new Promise<void>((res) => {
+      const done = () => { w.off('message', onMsg); res(); };
+      const onMsg = (m: { type?: string }) => { if (m?.type === 'loaded') done(); };
+      w.on('message', onMsg);
+      w.once('exit', done);
+    });
+    return this.loaded;
   }
 }
 export const warmWorkers = new WarmWorkers();

@@ -60,22 +60,35 @@ export function programOfImage(img: ProcessImage, override?: string): Program {
 export interface Resumed { proc: WasmProcess; loaded: LoadedModule; program: Program }
 
 export async function resumeFromImage(img: ProcessImage, opts: ProcessOptions & { program?: string; variant?: Variant; loaded?: LoadedModule } = {}): Promise<Resumed> {
+  checkResumable(img);
+  const program = programOfImage(img, opts.program);
+  const loaded = opts.loaded && opts.loaded.meta.originalHash === program.hash ? opts.loaded
+    : await loadPrepared(program.bytes, opts.variant ?? 'tracked', program.hash);
+  const memory = newGuestMemory();
+  img.memory.applyTo(new Uint8Array(memory.buffer), { zeroFill: false });
+  return { proc: resumeInMemory(img, loaded, memory, opts), loaded, program };
+}
+
+/** Refuse an image this runtime cannot resume (before anything is loaded). */
+export function checkResumable(img: ProcessImage): void {
   const tv = img.execution.extra.transformVersion;
   if (tv !== TRANSFORM_VERSION)
     throw new FerryError('bad-image', `image was captured by transform version ${String(tv)}; this ferry resumes version ${TRANSFORM_VERSION}`);
   if (img.execution.asyncifyDataAddr !== ASYNCIFY_DATA)
     throw new FerryError('bad-image', 'image uses a different runtime memory layout');
-  const program = programOfImage(img, opts.program);
-  const loaded = opts.loaded && opts.loaded.meta.originalHash === program.hash ? opts.loaded
-    : await loadPrepared(program.bytes, opts.variant ?? 'tracked', program.hash);
+}
+
+/** Resume an image's execution and WASI state over a memory that already holds its pages
+ *  (a migration writes them as they arrive). */
+export function resumeInMemory(img: ProcessImage, loaded: LoadedModule, memory: WebAssembly.Memory, opts: ProcessOptions = {}): WasmProcess {
+  checkResumable(img);
+  if (img.module.sha256 !== loaded.meta.originalHash)
+    throw new FerryError('bad-image', `image is of module ${img.module.sha256.slice(0, 12)}..., not ${loaded.meta.originalHash.slice(0, 12)}...`);
   if (img.memory.logicalBytes > loaded.meta.maxPages * WASM_PAGE)
     throw new FerryError('bad-image', `image memory (${img.memory.logicalBytes} bytes) exceeds the module's maximum`);
   const names = new Set(img.execution.globals.map((g) => g.name));
   for (const g of loaded.meta.globals)
     if (!names.has(g.name)) throw new FerryError('bad-image', `image lacks global ${g.name} of the module`);
-  const memory = newGuestMemory();
-  img.memory.applyTo(new Uint8Array(memory.buffer), { zeroFill: false });
   const exec = { logicalPages: img.memory.logicalBytes / WASM_PAGE, asyncify: img.execution.asyncify, globals: img.execution.globals };
-  const proc = WasmProcess.resume(loaded, memory, exec, img.wasi, opts);
-  return { proc, loaded, program };
+  return WasmProcess.resume(loaded, memory, exec, img.wasi, opts);
 }

@@ -2,3 +2,6 @@
 import { register } from 'tsx/esm/api';
 register();
 await import('./worker.ts');
+// Tell the owner this worker is loaded (a warm worker is only useful once it is).
+const { parentPort } = await import('node:worker_threads');
+parentPort?.postMessage({ type: 'loaded' });

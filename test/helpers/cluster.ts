@@ -3,7 +3,9 @@
 // real `ferry` command; stop them all.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
-import { writeKey } from '../../src/transport/index.ts';
+import { loadKey, writeKey } from '../../src/transport/index.ts';
+import { call, connectCluster, connectToProcess } from '../../src/node/client.ts';
+import type { MigrationMetrics } from '../../src/migration/index.ts';
 import { FERRY_BIN, ROOT, TEST_CACHE, ferry, tempDir, type RunResult } from './ferry.ts';
 
 export interface ClusterNode {
@@ -117,5 +119,35 @@ export async function eventually<T>(fn: () => Promise<T | undefined | false>, ti
     } catch (e) { last = e; }
     if (Date.now() - t0 > timeoutMs) throw new Error(`timed out waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`);
     await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+/** The cluster's control API straight from the test process (what the CLI does, without
+ *  starting a node.js process per command): real connections, real daemons. */
+export class ClusterClient {
+  private constructor(private readonly target: { addr: string; key: Buffer }) {}
+
+  static for(c: Cluster, via = 0): ClusterClient {
+    return new ClusterClient({ addr: c.nodes[via].addr, key: loadKey(c.keyFile) });
+  }
+
+  async call(method: string, header: Record<string, unknown> = {}, timeoutMs = 60_000): Promise<Record<string, unknown>> {
+    const conn = await connectCluster(this.target);
+    try { return await call(conn, method, header as never, undefined, timeoutMs); } finally { conn.destroy(); }
+  }
+
+  async ps(): Promise<{ pid: string; node: string; state: string; program: string; migrations: number; home: string; residualDependencies: string[] }[]> {
+    return (await this.call('ps')).processes as never;
+  }
+
+  /** Migrate pid to node `to` through the node that runs it; the final metrics. */
+  async migrate(pid: string, to: string, extra: Record<string, unknown> = {}): Promise<MigrationMetrics> {
+    const { conn } = await connectToProcess(this.target, pid);
+    try { return (await call(conn, 'migrate', { pid, to, ...extra } as never, undefined, 600_000)).metrics as unknown as MigrationMetrics; } finally { conn.destroy(); }
+  }
+
+  /** The pid of the one process running `program` (waits until it runs). */
+  async waitRunning(program: string, timeoutMs = 60_000): Promise<string> {
+    return eventually(async () => (await this.ps()).find((p) => p.program === program && p.state === 'running')?.pid, timeoutMs, `${program} to run`);
   }
 }

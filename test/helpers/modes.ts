@@ -8,7 +8,7 @@ import { readOutputs, type Workload } from './workloads.ts';
 
 export interface Outcome { stdout: string; exitCode: number; files: Record<string, string>; stderr: string; runs: number }
 
-function prepareDir(w: Workload): { dir: string; cleanup: () => void } {
+export function prepareDir(w: Workload): { dir: string; cleanup: () => void } {
   const t = tempDir(`ferry-${w.name}-`);
   for (const d of w.dirs ?? []) mkdirSync(join(t.path, d.host), { recursive: true });
   w.setup?.(t.path);
@@ -16,10 +16,10 @@ function prepareDir(w: Workload): { dir: string; cleanup: () => void } {
 }
 
 /** Files compared by length and hash (a 3 MB diff helps nobody). */
-const hashFiles = (files: Record<string, Buffer>) =>
+export const hashFiles = (files: Record<string, Buffer>) =>
   Object.fromEntries(Object.entries(files).map(([k, v]) => [k, `${v.length} bytes, sha256 ${createHash('sha256').update(v).digest('hex')}`]));
 
-const dirFlags = (w: Workload, dir: string) => (w.dirs ?? []).flatMap((d) => ['--dir', `${join(dir, d.host)}::${d.guest}`]);
+export const dirFlags = (w: Workload, dir: string) => (w.dirs ?? []).flatMap((d) => ['--dir', `${join(dir, d.host)}::${d.guest}`]);
 
 /** The oracle: node:wasi, in its own process. */
 export async function oracle(w: Workload): Promise<Outcome> {
@@ -58,5 +58,27 @@ export async function checkpointChain(w: Workload, delays: number[]): Promise<Ou
       if (runs > delays.length + 1) throw new Error('checkpoint chain did not end');
     }
     return { stdout: Buffer.concat(stdout).toString('latin1'), stderr: stderr.join(''), exitCode: r.exitCode, files: hashFiles(readOutputs(w, dir)), runs };
+  } finally { cleanup(); }
+}
+
+/** `ferry run --node NODE` against a cluster (through node `via`); `during` gets the pid
+ *  once the process runs and acts on it (migrations, faults) while it runs. */
+export async function clusterRun<T>(
+  c: { ferry: (args: string[], o?: { stdin?: Uint8Array; via?: number; timeoutMs?: number }) => Promise<import('./ferry.ts').RunResult> },
+  client: { waitRunning(program: string): Promise<string> },
+  w: Workload,
+  opts: { node: string; via?: number; flags?: string[] },
+  during: (pid: string) => Promise<T>,
+): Promise<{ outcome: Outcome; during: T }> {
+  const { dir, cleanup } = prepareDir(w);
+  try {
+    const run = c.ferry(['run', '--node', opts.node, ...(opts.flags ?? []), ...dirFlags(w, dir), w.wasm, ...w.args], { stdin: w.stdin, via: opts.via ?? 0, timeoutMs: 600_000 });
+    let result: T;
+    try {
+      const pid = await client.waitRunning(w.wasm);
+      result = await during(pid);
+    } catch (e) { await run; throw e; }
+    const r = await run;
+    return { outcome: { stdout: r.stdout.toString('latin1'), stderr: r.stderr.toString(), exitCode: r.exitCode, files: hashFiles(readOutputs(w, dir)), runs: 1 }, during: result };
   } finally { cleanup(); }
 }

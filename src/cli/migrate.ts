@@ -1,0 +1,154 @@
+// Migration commands: `ferry migrate`, `ferry migrate --cancel`, `ferry
+// migrations`, and the cluster forms of checkpoint and restore (`ferry
+// checkpoint PID -o FILE`, `ferry restore FILE --node NAME`).
+// Each talks straight to the node concerned (located through any node).
+import type { Command } from 'commander';
+import { readFileSync } from 'node:fs';
+import { FerryError } from '../errors.ts';
+import { writeImageChunks } from '../image/index.ts';
+import type { MigrationMetrics, Progress } from '../migration/index.ts';
+import { ALGORITHMS } from '../migration/index.ts';
+import { call, clusterTarget, connectToNode, connectToProcess, remoteRestore, type ClusterFlags } from '../node/client.ts';
+import type { Connection } from '../transport/index.ts';
+
+const MIGRATE_TIMEOUT_MS = 60 * 60_000;
+
+function clusterOptions(cmd: Command): Command {
+  return cmd
+    .option('--cluster <HOST:PORT>', 'any node of the cluster (default: $FERRY_CLUSTER)')
+    .option('--key-file <file>', 'the cluster key (default: $FERRY_KEY_FILE)');
+}
+
+const ms = (v: number | null) => (v === null ? '-' : `${v.toFixed(1)} ms`);
+const mb = (n: number) => `${(n / 1048576).toFixed(2)} MiB`;
+
+/** One line per migration, for humans. */
+export function formatMetrics(m: MigrationMetrics): string {
+  const lines = [
+    `migration ${m.id}: ${m.pid} ${m.from} -> ${m.to} (${m.algorithm}): ${m.state}${m.error ? `: ${m.error.message}` : ''}`,
+    `  setup ${ms(m.setupMs)}  preparation ${ms(m.preparationMs)}  down time ${ms(m.downtimeMs)}  post-processing ${ms(m.postProcessingMs)}  total ${ms(m.totalMs)}`,
+    `  sent ${mb(m.bytes.total)} (setup ${mb(m.bytes.setup)}, preparation ${mb(m.bytes.preparation)}, down time ${mb(m.bytes.downtime)}, post-processing ${mb(m.bytes.postProcessing)})`,
+    `  pages: ${m.pages.addressSpace} in the address space, ${m.pages.sent} sent, ${m.pages.zero} zero (not sent), at most ${m.pages.maxSendsPerPage} sends per page`,
+  ];
+  if (m.linkBandwidthBps !== null) lines.push(`  link ${(m.linkBandwidthBps / 1e6).toFixed(0)} Mbit/s: wire time ${ms(m.wireTimeMs)}, total/wire ${m.totalMs && m.wireTimeMs ? (m.totalMs / m.wireTimeMs).toFixed(2) : '-'}`);
+  if (m.throughputBytesPerSec !== null) lines.push(`  throughput ${(m.throughputBytesPerSec / 1e6).toFixed(0)} MB/s`);
+  return lines.join('\n') + '\n';
+}
+
+function bar(p: Progress): string {
+  const frac = p.addressSpace > 0 ? Math.min(1, p.pagesSent / p.addressSpace) : 0;
+  const width = 30;
+  const full = Math.round(frac * width);
+  return `\r${p.state.padEnd(9)} ${p.phase.padEnd(14)} [${'#'.repeat(full)}${'.'.repeat(width - full)}] ${mb(p.bytes)}, ${p.pagesSent}/${p.addressSpace || '?'} pages`;
+}
+
+export function registerMigrationCommands(program: Command): void {
+  clusterOptions(program.command('migrate')
+    .description('move a running process to another node; prints the migration\'s metrics')
+    .argument('<pid>', 'the process (NODE/N)')
+    .option('--to <node>', 'the destination node')
+    .option('--algorithm <name>', `how the address space moves (${ALGORITHMS.join(', ')})`, 'total-copy')
+    .option('--page-size <bytes>', 'transfer page size: 4096, 16384 or 65536', (v) => Number(v), 4096)
+    .option('--cancel', 'cancel the migration of PID under way (the process stays where it is)')
+    .option('--json', 'print the metrics as JSON (no progress bar)'))
+    .action(async (pid: string, flags: ClusterFlags & { to?: string; algorithm: string; pageSize: number; cancel?: boolean; json?: boolean }) => {
+      const target = clusterTarget(flags);
+      if (flags.cancel) {
+        const { conn } = await connectToProcess(target, pid);
+        try {
+          const r = await call(conn, 'migrate-cancel', { pid });
+          process.stderr.write(`ferry: cancelled migration ${String(r.id)} of ${pid}\n`);
+        } finally { conn.destroy(); }
+        return;
+      }
+      if (!flags.to) throw new FerryError('bad-argument', 'where to? give --to NODE (or --cancel)');
+      if (!ALGORITHMS.includes(flags.algorithm)) throw new FerryError('bad-argument', `unknown algorithm '${flags.algorithm}' (known: ${ALGORITHMS.join(', ')})`);
+      if (![4096, 16384, 65536].includes(flags.pageSize)) throw new FerryError('bad-argument', '--page-size must be 4096, 16384 or 65536');
+      const showBar = !flags.json && process.stderr.isTTY;
+      let metrics: MigrationMetrics | undefined;
+      for (let attempt = 0; !metrics; attempt++) {
+        const { conn } = await connectToProcess(target, pid);
+        try {
+          if (showBar) conn.on('MIG_PROGRESS', (m) => process.stderr.write(bar(m.header.progress as unknown as Progress)));
+          const r = await call(conn, 'migrate', { pid, to: flags.to, algorithm: flags.algorithm, pageSize: flags.pageSize, progress: showBar }, undefined, MIGRATE_TIMEOUT_MS);
+          metrics = r.metrics as unknown as MigrationMetrics;
+        } catch (e) {
+          // It moved between locating it and asking: locate it again, once.
+          if (!(e instanceof FerryError && e.code === 'not-here') || attempt > 0) throw e;
+        } finally {
+          conn.destroy();
+          if (showBar) process.stderr.write('\n');
+        }
+      }
+      process.stdout.write(flags.json ? JSON.stringify(metrics, null, 2) + '\n' : formatMetrics(metrics));
+      if (metrics.state !== 'completed') process.exitCode = 1;
+    });
+
+  clusterOptions(program.command('migrations')
+    .description('list the cluster\'s past and current migrations with their metrics')
+    .option('--json', 'print JSON'))
+    .action(async (flags: ClusterFlags & { json?: boolean }) => {
+      const { connectCluster } = await import('../node/client.ts');
+      const conn = await connectCluster(clusterTarget(flags));
+      try {
+        const r = await call(conn, 'migrations');
+        for (const u of (r.unreachable ?? []) as { node: string; error: string }[]) process.stderr.write(`ferry: node ${u.node} did not answer: ${u.error}\n`);
+        const list = (r.migrations ?? []) as unknown as MigrationMetrics[];
+        process.stdout.write(flags.json ? JSON.stringify(list, null, 2) + '\n' : list.map(formatMetrics).join(''));
+      } finally { conn.destroy(); }
+    });
+
+  clusterOptions(program.command('checkpoint')
+    .description('write an image of a running process (it keeps running)')
+    .argument('<pid>', 'the process (NODE/N)')
+    .requiredOption('-o, --output <file>', 'the image file'))
+    .action(async (pid: string, flags: ClusterFlags & { output: string }) => {
+      const { conn, node } = await connectToProcess(clusterTarget(flags), pid);
+      try {
+        const image = receiveImage(conn);
+        const r = await call(conn, 'checkpoint', { pid }, undefined, MIGRATE_TIMEOUT_MS);
+        const bytes = await image(Number(r.stream));
+        await writeImageChunks(flags.output, [bytes]);
+        process.stderr.write(`ferry: wrote ${mb(bytes.length)} image of ${pid} (on ${node}) to ${flags.output}\n`);
+      } finally { conn.destroy(); }
+    });
+}
+
+/** Collect the image stream a checkpoint reply names. */
+function receiveImage(conn: Connection): (id: number) => Promise<Buffer> {
+  const streams = new Map<number, Promise<Buffer>>();
+  conn.onStream((s) => { const p = s.collect(); p.catch(() => {}); streams.set(s.id, p); });
+  return async (id) => {
+    const p = streams.get(id);
+    if (!p) throw new FerryError('protocol', `the node named image stream ${id} but sent none`);
+    return p;
+  };
+}
+
+/** `ferry restore FILE --node NAME`: the image becomes a new process there, attached to this terminal. */
+export async function restoreOnNode(file: string, flags: ClusterFlags & { node: string }): Promise<void> {
+  let bytes: Buffer;
+  try { bytes = readFileSync(file); } catch (e) { throw new FerryError('not-found', `cannot read image ${file}: ${(e as Error).message}`); }
+  const conn = await connectToNode(clusterTarget(flags), flags.node);
+  let pid: string | undefined;
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (!pid) process.exit(sig === 'SIGINT' ? 130 : 143);
+    call(conn, 'kill', { pid }).catch(() => {}).finally(() => process.exit(sig === 'SIGINT' ? 130 : 143));
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  try {
+    const r = await remoteRestore(conn, bytes, {
+      stdout: (b) => process.stdout.write(b), stderr: (b) => process.stderr.write(b), stdin: process.stdin,
+      started: (id) => { pid = id; },
+    });
+    if (r.error) process.stderr.write(`ferry: ${r.error.message}\n`);
+    conn.destroy();
+    await new Promise<void>((res) => process.stdout.write('', () => res()));
+    process.exit(r.exitCode);
+  } finally {
+    conn.destroy();
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+}

@@ -1,0 +1,213 @@
+// The migration engine, source side: owns the state machine, the metrics and
+// the order of things; the strategy decides which pages move when; the
+// channel (built by the node over the transport) carries them.
+//
+// Atomicity: the process stays on the source, frozen, until the destination
+// confirms it runs there (commit). Any failure before that resumes it on the
+// source, so it runs exactly once. Cancelling is possible until the commit
+// request is sent; after that the outcome belongs to the destination.
+import { EventEmitter } from 'node:events';
+import { FerryError } from '../errors.ts';
+import type { Captured } from '../vm/process.ts';
+import { encodePageBatch, isZeroPage } from '../memory/page-batch.ts';
+import { MetricsRecorder, type MigrationMetrics, type Phase } from './metrics.ts';
+import { MigrationStateMachine } from './state.ts';
+import type { SourceContext, Strategy } from './strategy.ts';
+import { shouldIterate } from './convergence.ts';
+
+/** The destination, as the engine sees it. Implemented by the node over a connection. */
+export interface MigrationChannel {
+  /** Bytes/s of the link (its shaping), null when unshaped. */
+  readonly linkBytesPerSec: number | null;
+  /** Largest page batch per frame, in bytes. */
+  readonly batchBytes: number;
+  /** The destination gets the module, compiles it, readies memory and a worker. Returns bytes sent. */
+  setup(): Promise<number>;
+  /** One page batch; resolves when handed to the link. Returns bytes sent. */
+  sendPages(batch: Buffer): Promise<number>;
+  /** The process state; resolves when the destination has it ready to run. Returns bytes sent. */
+  sendState(image: Buffer[]): Promise<number>;
+  /** Ask the destination to run it. Resolves once it runs there; throws a FerryError with
+   *  code 'migration-aborted' when it definitely does not (then the source resumes it). */
+  commit(): Promise<void>;
+  /** Tell the destination to drop everything it has (best effort). */
+  abort(reason: FerryError): void;
+  close(): void;
+}
+
+/** The process being moved, as the engine sees it. Implemented by the node's process table. */
+export interface SourceProcess {
+  readonly pid: string;
+  readonly memory: Uint8Array;
+  freeze(): Promise<Captured>;
+  /** The migration failed or was cancelled: carry on here. */
+  resume(): void;
+  /** It runs on the destination now: drop it here. */
+  release(): Promise<void>;
+  /** Its state (everything but the pages) as an image, for the destination. */
+  stateImage(frozen: Captured, pageSize: number): Buffer[];
+}
+
+export interface MigrationSpec {
+  id: string;
+  from: string;
+  to: string;
+  strategy: Strategy;
+  process: SourceProcess;
+  channel: MigrationChannel;
+  pageSize: number;
+  maxRounds?: number;
+  log?: (m: string) => void;
+}
+
+export interface Progress { id: string; state: string; phase: Phase | 'setup'; bytes: number; pagesSent: number; addressSpace: number }
+
+export class Migration extends EventEmitter {
+  readonly sm: MigrationStateMachine;
+  readonly metrics: MetricsRecorder;
+  readonly done: Promise<MigrationMetrics>;
+  private readonly abort = new AbortController();
+  private committing = false;
+  private phase: Phase | 'setup' = 'setup';
+  private sent = new Uint8Array(0);
+  private frozen: Captured | null = null;
+
+  constructor(private readonly spec: MigrationSpec) {
+    super();
+    this.sm = new MigrationStateMachine(spec.id, spec.log);
+    this.sm.on('state', (c) => { this.metrics.m.state = c.to; this.emit('state', c); });
+    this.metrics = new MetricsRecorder({
+      id: spec.id, pid: spec.process.pid, from: spec.from, to: spec.to, algorithm: spec.strategy.algorithm,
+      pageSize: spec.pageSize, linkBytesPerSec: spec.channel.linkBytesPerSec,
+    });
+    this.done = this.run();
+    this.done.catch(() => {});
+  }
+
+  get state(): string { return this.sm.state; }
+
+  /** Cancel unless the commit has begun; the process carries on on the source. */
+  cancel(): boolean {
+    if (this.committing) return false;
+    const from = this.sm.state;
+    if ((from === 'setup' || from === 'active') && this.sm.cas(from, 'cancelled')) {
+      this.abort.abort(new FerryError('cancelled', `migration ${this.spec.id} was cancelled`));
+      return true;
+    }
+    return false;
+  }
+
+  progress(): Progress {
+    const m = this.metrics.m;
+    return { id: m.id, state: m.state, phase: this.phase, bytes: m.bytes.total, pagesSent: m.pages.sent, addressSpace: m.pages.addressSpace };
+  }
+
+  private check(): void {
+    if (this.abort.signal.aborted) throw this.abort.signal.reason as FerryError;
+  }
+
+  private async run(): Promise<MigrationMetrics> {
+    const { strategy, channel, process: proc } = this.spec;
+    const ctx = this.context();
+    try {
+      this.metrics.addBytes('setup', await channel.setup());
+      this.check();
+      if (!this.sm.cas('setup', 'active')) this.check();
+      await strategy.setup?.(ctx);
+      if (strategy.iterate) {
+        this.enter('preparation');
+        let rounds = 0;
+        while (shouldIterate({ pending: strategy.pending?.(ctx) ?? 0, rounds, maxRounds: this.spec.maxRounds ?? 6 })) {
+          await strategy.iterate(ctx);
+          rounds++;
+          this.check();
+        }
+      }
+      this.enter('downtime');
+      this.frozen = await proc.freeze().catch((e: Error) => {
+        throw new FerryError('process-ended', `process ${proc.pid} could not be frozen: ${e.message}`, { cause: e });
+      });
+      this.metrics.setAddressSpace(Math.ceil(this.frozen.logicalBytes / this.spec.pageSize));
+      this.check();
+      await strategy.complete(ctx, this.frozen);
+      this.check();
+      this.metrics.addBytes('downtime', await channel.sendState(proc.stateImage(this.frozen, this.spec.pageSize)));
+      this.check();
+      this.committing = true; // from here the destination decides; no cancel
+      await channel.commit();
+      this.metrics.downtimeEnded();
+      this.frozen = null;
+      await proc.release();
+      if (strategy.postProcess) {
+        this.sm.cas('active', 'postcopy-active');
+        this.enter('postProcessing');
+        await strategy.postProcess(ctx);
+      }
+      this.metrics.end();
+      this.sm.cas(this.sm.state, 'completed');
+      return this.metrics.snapshot();
+    } catch (e) {
+      const err = e instanceof FerryError ? e : new FerryError('migration-failed', (e as Error).message, { cause: e });
+      // Resume here unless the destination may run it (an unanswerable commit keeps it frozen).
+      if (this.frozen && err.code !== 'commit-unknown') { proc.resume(); this.frozen = null; }
+      if (!this.abort.signal.aborted) this.abort.abort(err);
+      channel.abort(err);
+      if (this.sm.state !== 'cancelled') this.sm.cas(this.sm.state, 'failed');
+      this.metrics.fail({ code: err.code, message: err.message });
+      this.spec.log?.(`migration ${this.spec.id} of ${proc.pid} ${this.sm.state}: ${err.message}`);
+      return this.metrics.snapshot();
+    } finally {
+      strategy.cleanup?.(ctx);
+      channel.close();
+      this.emit('progress', this.progress());
+    }
+  }
+
+  private enter(phase: Phase): void {
+    this.phase = phase;
+    this.metrics.begin(phase);
+  }
+
+  private context(): SourceContext {
+    const self = this;
+    const ps = this.spec.pageSize;
+    return {
+      pageSize: ps,
+      memory: this.spec.process.memory,
+      metrics: this.metrics,
+      signal: this.abort.signal,
+      get phase() { return self.phase === 'setup' ? 'preparation' : self.phase; },
+      sendPages: (indices) => this.sendPages(indices),
+    };
+  }
+
+  /** Batch pages into frames; elide zero pages the destination never had. */
+  private async sendPages(indices: Iterable<number>): Promise<void> {
+    const ps = this.spec.pageSize;
+    const mem = this.spec.process.memory;
+    const perBatch = Math.max(1, Math.floor(this.spec.channel.batchBytes / ps));
+    const phase = this.phase === 'setup' ? 'preparation' : this.phase;
+    let pages: number[] = [], zero: number[] = [];
+    let lastProgress = 0;
+    const flush = async () => {
+      if (!pages.length && !zero.length) return;
+      const body = encodePageBatch(mem, ps, pages, zero);
+      for (const i of pages) this.metrics.pageSent(i);
+      pages = []; zero = [];
+      this.metrics.addBytes(phase, await this.spec.channel.sendPages(body));
+      this.check();
+      const t = performance.now();
+      if (t - lastProgress > 100) { lastProgress = t; this.emit('progress', this.progress()); }
+    };
+    for (const i of indices) {
+      if (i >= this.sent.length) { const s = new Uint8Array(Math.max(i + 1, this.sent.length * 2)); s.set(this.sent); this.sent = s; }
+      if (isZeroPage(mem, i, ps)) {
+        if (!this.sent[i]) { this.metrics.zeroPage(); continue; }
+        zero.push(i);
+      } else pages.push(i);
+      this.sent[i] = 1;
+      if (pages.length + zero.length >= perBatch) await flush();
+    }
+    await flush();
+  }
+}

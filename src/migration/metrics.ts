@@ -1,0 +1,120 @@
+// What a migration measured, in the thesis's terms (Fig. 2.1): preparation
+// time (the process still runs on the source while pages move), down time (it
+// runs nowhere), post-processing time (it runs on the destination while
+// process information still moves), and bytes and pages per phase.
+// Setup (connecting, fetching and compiling the module on the destination)
+// comes before preparation and is reported apart: the thesis's processes had
+// no such step, and it never adds to down time.
+import type { MigrationState } from './state.ts';
+
+export type Phase = 'preparation' | 'downtime' | 'postProcessing';
+
+export interface MigrationMetrics {
+  id: string;
+  pid: string;
+  from: string;
+  to: string;
+  algorithm: string;
+  state: MigrationState;
+  startedAt: string;
+  setupMs: number | null;
+  preparationMs: number | null;
+  downtimeMs: number | null;
+  postProcessingMs: number | null;
+  /** preparation + down time + post-processing; null while a residual dependency remains. */
+  totalMs: number | null;
+  bytes: { setup: number; preparation: number; downtime: number; postProcessing: number; total: number };
+  pages: { addressSpace: number; sent: number; zero: number; maxSendsPerPage: number; pageSize: number };
+  /** The source's shaped link rate (bytes/s x 8), null on an unshaped link. */
+  linkBandwidthBps: number | null;
+  /** Bytes sent after setup divided by the link's bandwidth; null on an unshaped link. */
+  wireTimeMs: number | null;
+  /** Bytes of the process's address space sent per ms while moving (after setup). */
+  throughputBytesPerSec: number | null;
+  error?: { code: string; message: string };
+}
+
+const now = (): number => performance.now();
+
+/** Collects a migration's timings and counters as the engine goes. */
+export class MetricsRecorder {
+  readonly m: MigrationMetrics;
+  private t0 = now();
+  private phaseStart: Record<Phase | 'setup', number | null> = { setup: null, preparation: null, downtime: null, postProcessing: null };
+  private sends: Uint8Array = new Uint8Array(0);
+
+  constructor(init: { id: string; pid: string; from: string; to: string; algorithm: string; pageSize: number; linkBytesPerSec: number | null }) {
+    this.m = {
+      id: init.id, pid: init.pid, from: init.from, to: init.to, algorithm: init.algorithm, state: 'setup',
+      startedAt: new Date().toISOString(),
+      setupMs: null, preparationMs: null, downtimeMs: null, postProcessingMs: null, totalMs: null,
+      bytes: { setup: 0, preparation: 0, downtime: 0, postProcessing: 0, total: 0 },
+      pages: { addressSpace: 0, sent: 0, zero: 0, maxSendsPerPage: 0, pageSize: init.pageSize },
+      linkBandwidthBps: init.linkBytesPerSec === null ? null : init.linkBytesPerSec * 8,
+      wireTimeMs: null, throughputBytesPerSec: null,
+    };
+    this.phaseStart.setup = this.t0;
+  }
+
+  /** Start a phase (ending the one before). */
+  begin(phase: Phase): void {
+    const t = now();
+    if (this.phaseStart.setup !== null && this.m.setupMs === null) this.m.setupMs = t - this.phaseStart.setup;
+    if (phase === 'downtime' && this.phaseStart.preparation === null) this.m.preparationMs = 0;
+    if (phase === 'downtime' && this.phaseStart.preparation !== null) this.m.preparationMs = t - this.phaseStart.preparation;
+    if (phase === 'postProcessing' && this.phaseStart.downtime !== null) this.m.downtimeMs = t - this.phaseStart.downtime;
+    this.phaseStart[phase] = t;
+  }
+
+  /** End of the migration (no more residual dependency). */
+  end(): void {
+    const t = now();
+    if (this.phaseStart.postProcessing !== null) this.m.postProcessingMs = t - this.phaseStart.postProcessing;
+    else if (this.phaseStart.downtime !== null) { this.m.downtimeMs = t - this.phaseStart.downtime; this.m.postProcessingMs = 0; }
+    if (this.m.preparationMs === null) this.m.preparationMs = 0;
+    const parts = [this.m.preparationMs, this.m.downtimeMs ?? 0, this.m.postProcessingMs ?? 0];
+    this.m.totalMs = parts.reduce((a, b) => a + b, 0);
+    this.finishBytes();
+  }
+
+  /** Down time ends when the destination runs the process (before post-processing, if any). */
+  downtimeEnded(): void {
+    if (this.phaseStart.downtime !== null && this.m.downtimeMs === null) this.m.downtimeMs = now() - this.phaseStart.downtime;
+  }
+
+  addBytes(phase: Phase | 'setup', n: number): void {
+    this.m.bytes[phase] += n;
+    this.m.bytes.total += n;
+  }
+
+  /** The address space in pages (sizes the per-page send counters). */
+  setAddressSpace(pages: number): void {
+    this.m.pages.addressSpace = pages;
+    if (this.sends.length < pages) { const s = new Uint8Array(pages); s.set(this.sends); this.sends = s; }
+  }
+
+  pageSent(index: number): void {
+    this.m.pages.sent++;
+    if (index >= this.sends.length) this.setAddressSpace(index + 1);
+    const c = Math.min(255, this.sends[index]! + 1);
+    this.sends[index] = c;
+    if (c > this.m.pages.maxSendsPerPage) this.m.pages.maxSendsPerPage = c;
+  }
+
+  zeroPage(): void { this.m.pages.zero++; }
+
+  fail(error: { code: string; message: string }): void {
+    this.m.error = error;
+    this.finishBytes();
+  }
+
+  private finishBytes(): void {
+    const moved = this.m.bytes.total - this.m.bytes.setup;
+    const rate = this.m.linkBandwidthBps === null ? null : this.m.linkBandwidthBps / 8;
+    this.m.wireTimeMs = rate ? (moved / rate) * 1000 : null;
+    const ms = (this.m.preparationMs ?? 0) + (this.m.downtimeMs ?? 0) + (this.m.postProcessingMs ?? 0);
+    this.m.throughputBytesPerSec = ms > 0 && moved > 0 ? (moved / ms) * 1000 : null;
+  }
+
+  snapshot(): MigrationMetrics { return structuredClone(this.m); }
+}

@@ -1,0 +1,55 @@
+// The contract between the migration engine and an algorithm (strategy).
+// A strategy decides which pages move when; it never touches sockets (the
+// engine's channel does) nor the state machine (the engine owns it).
+//
+// Per-phase hooks, called by the engine in this order (QEMU's SaveVMHandlers,
+// reduced to what address-space transfer needs):
+//
+//   hook          when                                       may send pages as
+//   setup         the destination is ready; process runs      -
+//   pending       before each round: bytes still to move      -
+//                 while running (0: freeze now)
+//   iterate       one round while the process runs            preparation
+//   complete      the process is frozen (down time)           downtime
+//   postProcess   the process runs on the destination         postProcessing
+//   cleanup       always, last (success, failure, cancel)     -
+//
+// Whether to run another round is decided by small named predicates
+// (convergence.ts) over pending(), the link and the round count.
+import type { Captured } from '../vm/process.ts';
+import type { MetricsRecorder, Phase } from './metrics.ts';
+
+/** What a strategy may use on the source side. */
+export interface SourceContext {
+  readonly pageSize: number;
+  /** The process's guest memory (shared with its worker; read while frozen for a consistent copy). */
+  readonly memory: Uint8Array;
+  readonly metrics: MetricsRecorder;
+  /** Set when the migration is cancelled or failed: stop sending. */
+  readonly signal: AbortSignal;
+  /** The phase sendPages() counts into. */
+  readonly phase: Phase;
+  /** Send these pages' current bytes to the destination. All-zero pages the destination
+   *  has never received are elided (counted as zero pages); the destination's memory is zero there. */
+  sendPages(indices: Iterable<number>): Promise<void>;
+}
+
+export interface Strategy {
+  /** Its name on the command line (`--algorithm`). */
+  readonly algorithm: string;
+  setup?(ctx: SourceContext): Promise<void>;
+  /** Bytes still to send before the process may be frozen. */
+  pending?(ctx: SourceContext): number;
+  iterate?(ctx: SourceContext): Promise<void>;
+  /** Down time: send what the destination needs before the process can run there. */
+  complete(ctx: SourceContext, frozen: Captured): Promise<void>;
+  /** After the destination runs the process; resolves when no dependency on the source remains. */
+  postProcess?(ctx: SourceContext): Promise<void>;
+  cleanup?(ctx: SourceContext): void;
+}
+
+/** Pages of the logical address space of a frozen process: 0 .. logicalBytes/pageSize. */
+export function* allPages(frozen: Captured, pageSize: number): IterableIterator<number> {
+  const n = Math.ceil(frozen.logicalBytes / pageSize);
+  for (let i = 0; i < n; i++) yield i;
+}

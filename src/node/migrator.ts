@@ -1,0 +1,279 @@
+// The node's migration service: it starts migrations of its processes (the
+// source side: a Migration from src/migration over a dedicated connection to
+// the destination) and takes in migrations from other nodes (the destination
+// side: IncomingMigration). It keeps the record of past migrations for
+// `ferry migrations`.
+//
+// The wire, on one connection per migration (codes.ts, MIG_*):
+//   S -> D  MIG_SETUP {mid, pid, sha256, pageSize, algorithm}      D: {ready} or {needModule}
+//           (module bytes as a stream {kind: 'module', mid}, then MIG_SETUP again)
+//   S -> D  MIG_PAGES {mid} + page batch ...                       (one-way, bulk)
+//   S -> D  MIG_STATE {mid} + state image                          D: {ready}
+//   S -> D  MIG_COMMIT {mid}                                       D: {state: 'running'} or ERROR migration-aborted
+//   S -> D  MIG_QUERY {mid} (fresh connection, if the commit's answer was lost)
+import { randomUUID } from 'node:crypto';
+import { FerryError } from '../errors.ts';
+import { IncomingMigration } from '../migration/destination.ts';
+import { Migration, type MigrationChannel } from '../migration/engine.ts';
+import type { MigrationMetrics } from '../migration/metrics.ts';
+import { strategyFor } from '../migration/index.ts';
+import type { Connection, IncomingStream, Message, Reply } from '../transport/index.ts';
+import { sha256 } from '../vm/module-meta.ts';
+import { warmWorkers } from '../vm/process.ts';
+import type { HomeRouter } from './home.ts';
+import type { Membership } from './membership.ts';
+import type { ProcessExtra, ProcessTable } from './process-table.ts';
+import type { ProgramStore } from './programs.ts';
+import { str } from './fields.ts';
+import type { Progress } from '../migration/engine.ts';
+
+export const DEFAULT_PAGE_SIZE = 4096;
+const SETUP_TIMEOUT_MS = 15 * 60_000; // compiling a large module on the destination takes minutes
+const STATE_TIMEOUT_MS = 60_000;
+const COMMIT_TIMEOUT_MS = 30_000;
+const QUERY_ATTEMPTS = 30;
+const HISTORY = 256;
+/** Page batches per frame on an unshaped link (a shaped one uses its chunk size). */
+const BATCH_BYTES = 1024 * 1024;
+
+export interface MigratorContext {
+  name: string;
+  membership: Membership;
+  table: ProcessTable;
+  home: HomeRouter;
+  programs: ProgramStore;
+  /** A new connection to a node (not shared with membership), handlers installed. */
+  dialNode(name: string): Promise<Connection>;
+  log?: (m: string) => void;
+}
+
+export interface MigrateRequest { pid: string; to: string; algorithm?: string; pageSize?: number; maxRounds?: number }
+
+export class Migrator {
+  private readonly active = new Map<string, Migration>(); // pid -> its migration
+  private readonly history: MigrationMetrics[] = [];
+  private readonly incoming = new Map<string, IncomingMigration>();
+  private readonly modules = new Map<string, Promise<Buffer>>(); // mid -> module bytes arriving as a stream
+
+  constructor(private readonly ctx: MigratorContext) {}
+
+  // ---- source side ----
+
+  /** Move a process of this node; resolves with the final metrics (failed ones too). */
+  async migrate(req: MigrateRequest, onProgress?: (p: Progress) => void): Promise<MigrationMetrics> {
+    const { table, membership } = this.ctx;
+    if (req.to === this.ctx.name) throw new FerryError('bad-argument', `process ${req.pid} already runs on ${req.to}`);
+    if (!membership.has(req.to)) throw new FerryError('no-such-node', `no node named ${req.to} in the cluster`);
+    const strategy = strategyFor(req.algorithm ?? 'total-copy');
+    const pageSize = req.pageSize ?? DEFAULT_PAGE_SIZE;
+    const source = table.sourceProcess(req.pid, req.to);
+    const id = randomUUID().slice(0, 8);
+    let conn: Connection;
+    try { conn = await this.ctx.dialNode(req.to); } catch (e) { source.resume(); throw e; }
+    const info = table.get(req.pid)!;
+    const channel = new ConnectionChannel(conn, id, {
+      pid: req.pid, sha256: info.sha256, pageSize, algorithm: strategy.algorithm,
+      program: () => table.programBytes(req.pid),
+      dialAgain: () => this.ctx.dialNode(req.to),
+    });
+    const m = new Migration({ id, from: this.ctx.name, to: req.to, strategy, process: source, channel, pageSize, maxRounds: req.maxRounds, log: this.ctx.log });
+    this.active.set(req.pid, m);
+    if (onProgress) m.on('progress', onProgress);
+    const metrics = await m.done;
+    this.active.delete(req.pid);
+    this.history.push(metrics);
+    if (this.history.length > HISTORY) this.history.shift();
+    return metrics;
+  }
+
+  /** Cancel the migration of a process of this node. */
+  cancel(pid: string): { id: string } {
+    const m = this.active.get(pid);
+    if (!m) throw new FerryError('no-migration', `process ${pid} is not migrating from ${this.ctx.name}`);
+    if (!m.cancel()) throw new FerryError('too-late', `migration ${m.metrics.m.id} of ${pid} is ${m.state} and committing: it can no longer be cancelled`);
+    return { id: m.metrics.m.id };
+  }
+
+  isMigrating(pid: string): boolean { return this.active.has(pid); }
+
+  /** Past migrations from this node, and the ones under way. */
+  list(): MigrationMetrics[] {
+    return [...this.history, ...[...this.active.values()].map((m) => m.metrics.snapshot())];
+  }
+
+  // ---- destination side: handlers for every connection ----
+
+  install(conn: Connection): void {
+    conn.handle('MIG_SETUP', this.onSetup);
+    conn.on('MIG_PAGES', this.onPages);
+    conn.handle('MIG_STATE', this.onState);
+    conn.handle('MIG_COMMIT', this.onCommit);
+    conn.handle('MIG_QUERY', this.onQuery);
+    conn.on('MIG_ABORT', (m) => { this.incoming.get(String(m.header.mid))?.abort(`source aborted: ${String(m.header.reason ?? '')}`); });
+  }
+
+  /** A stream whose meta.kind is 'module' (daemon.ts routes streams by kind). */
+  onModuleStream(s: IncomingStream): void {
+    const mid = String(s.meta.mid);
+    this.modules.set(mid, s.collect());
+    this.modules.get(mid)!.catch(() => {});
+  }
+
+  private onSetup = async (msg: Message, conn: Connection): Promise<Reply> => {
+    const h = msg.header;
+    const mid = str(h, 'mid', 'MIG_SETUP'), pid = str(h, 'pid', 'MIG_SETUP'), hash = str(h, 'sha256', 'MIG_SETUP');
+    const pageSize = h.pageSize;
+    if (pageSize !== 4096 && pageSize !== 16384 && pageSize !== 65536) throw new FerryError('bad-request', `MIG_SETUP: page size ${String(pageSize)} (4096, 16384 or 65536)`);
+    if (this.ctx.table.get(pid)) throw new FerryError('duplicate-process', `process ${pid} already runs on ${this.ctx.name}`);
+    let bytes = this.ctx.programs.get(hash);
+    if (!bytes && h.moduleStream === true) {
+      const p = this.modules.get(mid);
+      if (!p) throw new FerryError('bad-request', `MIG_SETUP: no module stream for migration ${mid}`);
+      this.modules.delete(mid);
+      bytes = await p;
+      if (sha256(bytes) !== hash) throw new FerryError('bad-request', 'MIG_SETUP: the module bytes do not match their sha256');
+      this.ctx.programs.put(hash, bytes);
+    }
+    if (!bytes) return { header: { needModule: true } };
+    let inc = this.incoming.get(mid);
+    if (!inc) {
+      inc = new IncomingMigration({ id: mid, pid, from: conn.peer.node, sha256: hash, pageSize }, this.ctx.log);
+      this.incoming.set(mid, inc);
+      conn.onClose(() => inc!.abort(`the connection from ${conn.peer.node} closed`));
+      this.forgetLater(mid);
+    }
+    await inc.setup(bytes);
+    return { header: { ready: true } };
+  };
+
+  private onPages = (msg: Message): void => {
+    const inc = this.incoming.get(String(msg.header.mid));
+    if (!inc) return;
+    try { inc.pages(msg.body); } catch (e) { inc.abort((e as Error).message); }
+  };
+
+  private onState = (msg: Message): Reply => {
+    const inc = this.need(msg);
+    try { inc.acceptState(msg.body); } catch (e) { inc.abort((e as Error).message); throw e; }
+    return { header: { ready: true } };
+  };
+
+  private onCommit = async (msg: Message): Promise<Reply> => {
+    const inc = this.need(msg);
+    await inc.commit(async (m) => {
+      const img = m.image!;
+      const x = img.meta.extra as unknown as ProcessExtra;
+      const program = { path: img.meta.program, bytes: this.ctx.programs.get(m.spec.sha256)!, hash: m.spec.sha256 };
+      await this.ctx.table.adopt({ image: img, program, loaded: m.loaded!, memory: m.memory!, sink: this.ctx.home.routeFor(img.meta.pid, x.home) });
+      const offset = img.wasi.stdinTakenBytes ?? 0;
+      if (x.home === this.ctx.name) this.ctx.home.attach(img.meta.pid, this.ctx.name, offset);
+      else {
+        await this.ctx.membership.peer(x.home).then((c) => c.send('HOME_ATTACH', { pid: img.meta.pid, node: this.ctx.name, stdinOffset: offset }))
+          .catch((e: Error) => this.ctx.log?.(`could not tell home ${x.home} that ${img.meta.pid} runs here: ${e.message}`));
+      }
+    });
+    void warmWorkers.prewarm(); // the next arrival (or hop) finds a loaded worker
+    return { header: { state: 'running' } };
+  };
+
+  private onQuery = (msg: Message): Reply => {
+    const inc = this.incoming.get(str(msg.header, 'mid', 'MIG_QUERY'));
+    if (!inc) return { header: { state: 'unknown' } };
+    inc.abort('the source asked for the outcome before any commit arrived');
+    return { header: { state: inc.state } };
+  };
+
+  private need(msg: Message): IncomingMigration {
+    const mid = str(msg.header, 'mid', msg.name);
+    const inc = this.incoming.get(mid);
+    if (!inc) throw new FerryError('migration-aborted', `no migration ${mid} on ${this.ctx.name}`);
+    return inc;
+  }
+
+  /** Outcomes are kept a while for queries, then dropped. */
+  private forgetLater(mid: string): void {
+    setTimeout(() => this.incoming.delete(mid), 10 * 60_000).unref();
+  }
+}
+
+interface ChannelSpec {
+  pid: string;
+  sha256: string;
+  pageSize: number;
+  algorithm: string;
+  program: () => Uint8Array;
+  dialAgain: () => Promise<Connection>;
+}
+
+/** MigrationChannel over a Connection (the transport side of the engine). */
+class ConnectionChannel implements MigrationChannel {
+  readonly linkBytesPerSec: number | null;
+  readonly batchBytes: number;
+  private sent0: number;
+
+  constructor(private readonly conn: Connection, private readonly mid: string, private readonly spec: ChannelSpec) {
+    const rate = conn.shaper?.rate;
+    this.linkBytesPerSec = rate !== undefined && Number.isFinite(rate) ? rate : null;
+    this.batchBytes = this.linkBytesPerSec === null ? BATCH_BYTES : conn.chunkSize;
+    this.sent0 = conn.stats.bytesSent;
+  }
+
+  /** Wire bytes since the last call. */
+  private delta(): number { const now = this.conn.stats.bytesSent; const d = now - this.sent0; this.sent0 = now; return d; }
+
+  async setup(): Promise<number> {
+    const head = { mid: this.mid, pid: this.spec.pid, sha256: this.spec.sha256, pageSize: this.spec.pageSize, algorithm: this.spec.algorithm };
+    let r = await this.conn.request('MIG_SETUP', head, undefined, { timeoutMs: SETUP_TIMEOUT_MS });
+    if (r.header.needModule === true) {
+      await this.conn.sendStream(this.spec.program(), { kind: 'module', mid: this.mid });
+      r = await this.conn.request('MIG_SETUP', { ...head, moduleStream: true }, undefined, { timeoutMs: SETUP_TIMEOUT_MS });
+    }
+    if (r.header.ready !== true) throw new FerryError('migration-failed', `destination did not get ready: ${JSON.stringify(r.header)}`);
+    return this.delta();
+  }
+
+  async sendPages(batch: Buffer): Promise<number> {
+    await this.conn.send('MIG_PAGES', { mid: this.mid }, batch);
+    return this.delta();
+  }
+
+  async sendState(image: Buffer[]): Promise<number> {
+    await this.conn.request('MIG_STATE', { mid: this.mid }, Buffer.concat(image), { timeoutMs: STATE_TIMEOUT_MS });
+    return this.delta();
+  }
+
+  async commit(): Promise<void> {
+    try {
+      await this.conn.request('MIG_COMMIT', { mid: this.mid }, undefined, { timeoutMs: COMMIT_TIMEOUT_MS });
+      return;
+    } catch (e) {
+      if (e instanceof FerryError && e.code === 'migration-aborted') throw e;
+      // The answer was lost: ask on a fresh connection until the destination says, or is gone.
+      let last = e as Error;
+      for (let i = 0; i < QUERY_ATTEMPTS; i++) {
+        let c: Connection | undefined;
+        try {
+          c = await this.spec.dialAgain();
+          const r = await c.request('MIG_QUERY', { mid: this.mid }, undefined, { timeoutMs: 5000 });
+          if (r.header.state === 'running') return;
+          throw new FerryError('migration-aborted', `destination reports the migration ${String(r.header.state)} (commit lost: ${last.message})`);
+        } catch (qe) {
+          if (qe instanceof FerryError && qe.code === 'migration-aborted') throw qe;
+          if (qe instanceof FerryError && qe.code === 'connect-failed' && /ECONNREFUSED/.test(String((qe.cause as Error)?.message ?? qe.message)))
+            throw new FerryError('migration-aborted', `destination is gone (${qe.message}); the process stays here`);
+          last = qe as Error;
+        } finally { c?.destroy(); }
+        await new Promise((r) => setTimeout(r, 1000));
+      }
+      throw new FerryError('commit-unknown', `cannot learn whether the destination runs the process (${last.message}): it stays frozen here`);
+    }
+  }
+
+  abort(reason: FerryError): void {
+    if (this.conn.isOpen) this.conn.send('MIG_ABORT', { mid: this.mid, reason: reason.message }).catch(() => {});
+  }
+
+  close(): void {
+    void this.conn.close().catch(() => {});
+  }
+}
