@@ -1,6 +1,6 @@
 // Ferry's evaluation harness.
 //   npm run bench [-- SECTION...] [options]
-// SECTION: speed | stop | image | image-synthetic | all (default: speed stop image)
+// SECTION: speed | stop | image | image-synthetic | migrate | all (default: speed stop image; all adds migrate)
 // Options:
 //   --flags SET,...  V8 flag sets for the speed section, each in its own child process
 //                   (default turbofan; turbofan,default adds ~100 s). SET: turbofan = --no-liftoff --no-wasm-lazy-compilation
@@ -10,6 +10,8 @@
 //   --freezes N     freezes per workload in stop (default 60; 5 workloads)
 //   --only a,b      restrict speed and stop to these workloads
 //   --v8 SET        V8 flags of this process, for stop and image (default turbofan)
+//   --only-sizes N,...  rma sizes in MB for migrate (default 4,64,512)
+//   --links L,...   link settings for migrate: a bandwidth (100mbit, 1gbit) or none (default 100mbit,1gbit,none)
 // Ratios are measured within one process, interleaved; timings are medians of the reps.
 import v8 from 'node:v8';
 
@@ -33,13 +35,20 @@ const reps = Number(opt('reps', '3'));
 const freezes = Number(opt('freezes', '60'));
 const only = opt('only', '').split(',').filter(Boolean);
 const ownV8 = opt('v8', 'turbofan');
-const SECTIONS = ['speed', 'stop', 'image', 'image-synthetic'] as const;
+const onlySizes = opt('only-sizes', '').split(',').filter(Boolean).map(Number);
+const links = opt('links', '').split(',').filter(Boolean);
+const SECTIONS = ['speed', 'stop', 'image', 'image-synthetic', 'migrate'] as const;
 let sections = argv.filter((a) => a !== 'all');
 for (const s of sections) if (!(SECTIONS as readonly string[]).includes(s)) {
   console.error(`unknown section or option ${s}; sections: ${SECTIONS.join(', ')}, all`);
   process.exit(2);
 }
 if (sections.length === 0) sections = ['speed', 'stop', 'image'];
+if (argv.includes('all')) sections = ['speed', 'stop', 'image', 'migrate'];
+if (onlySizes.some((n) => !(Number.isInteger(n) && n > 0 && n <= 3072))) {
+  console.error(`--only-sizes: MB values in 1..3072, got ${onlySizes.join(',')}`);
+  process.exit(2);
+}
 for (const f of [...flagSets, ownV8]) if (!FLAG_SETS[f]) {
   console.error(`unknown V8 flag set ${f}; known: ${Object.keys(FLAG_SETS).join(', ')}`);
   process.exit(2);
@@ -98,6 +107,12 @@ if (sections.includes('image')) {
 }
 
 if (sections.includes('image-synthetic')) await runSyntheticImage(256);
+
+if (sections.includes('migrate')) {
+  const { runMigrate, migrateVerdicts, MIGRATE_SIZES, MIGRATE_LINKS } = await import('./migrate.ts');
+  const rows = await runMigrate({ sizes: onlySizes.length ? onlySizes : MIGRATE_SIZES, links: links.length ? links : MIGRATE_LINKS });
+  summary.push(...migrateVerdicts(rows));
+}
 
 console.log(`\n== summary (${((performance.now() - t0) / 1000).toFixed(0)} s; stop and image ran with ${FLAG_SETS[ownV8]!.join(' ') || 'default V8 flags'}) ==`);
 for (const s of summary) console.log(`- ${s}`);

@@ -1,0 +1,130 @@
+// Section 4: Total Copy of the RMA workload between two real node daemons (separate
+// OS processes on loopback, TLS-PSK with a key, as in production), per link setting:
+// shaped to 100 Mb/s, to 1 Gb/s, and unshaped. Shaping is per node (a node paces
+// what it sends), so each link setting gets its own two-node cluster started with
+// --link-bandwidth; migrations alternate a -> b -> a ... on one running process.
+//
+// Per case: the address space, bytes sent, down time, total time, wire time (bytes
+// after setup / link bandwidth: the physical limit of a shaped link) and the ratio
+// total/wire of each migration (goal <= 1.15 on shaped links); on loopback the
+// throughput (address-space bytes moved per second of migration; goal >= 1000 MB/s).
+// Medians over the repetitions; every ratio is of one migration's own numbers.
+import { ClusterClient, eventually, startCluster, type Cluster } from '../test/helpers/cluster.ts';
+import type { MigrationMetrics } from '../src/migration/index.ts';
+import { parseBandwidth } from '../src/transport/shaper.ts';
+import { f1, f2, median, sleep, table, wasmPath } from './util.ts';
+
+export const RATIO_GOAL = 1.15;
+export const LOOPBACK_GOAL_MBS = 1000; // MB/s, 10^6 bytes
+const MB = 1e6, MiB = 1 << 20;
+
+export const MIGRATE_SIZES = [4, 64, 512];
+export const MIGRATE_LINKS = ['100mbit', '1gbit', 'none'];
+
+/** Repetitions per case: fewer where one migration is long (512 MB at 100 Mb/s is ~43 s). */
+function repsFor(link: string, mb: number): number {
+  const rate = link === 'none' ? Infinity : parseBandwidth(link);
+  const seconds = (mb * MiB) / rate;
+  return seconds > 20 ? 1 : seconds > 2 ? 3 : 5;
+}
+
+export interface MigrateRow {
+  link: string;
+  /** bits/s, null when unshaped. */
+  linkBps: number | null;
+  mb: number;
+  runs: MigrationMetrics[];
+}
+
+const med = (rs: MigrationMetrics[], f: (m: MigrationMetrics) => number | null): number => median(rs.map(f).filter((x): x is number => x !== null));
+export const ratioOf = (m: MigrationMetrics): number | null => (m.wireTimeMs && m.totalMs !== null ? m.totalMs / m.wireTimeMs : null);
+export const mbsOf = (m: MigrationMetrics): number | null => (m.throughputBytesPerSec === null ? null : m.throughputBytesPerSec / MB);
+
+/** Start rma on node a and wait until its whole region is written (then a little more, so nearly no page is zero). */
+async function startRma(c: Cluster, client: ClusterClient, mb: number): Promise<{ pid: string; run: Promise<unknown> }> {
+  const wasm = wasmPath('rma');
+  const run = c.ferry(['run', '--node', 'a', wasm, String(mb), '1000000'], { via: 1, timeoutMs: 3_600_000 });
+  run.catch(() => {});
+  const pid = await client.waitRunning(wasm, 120_000);
+  await eventually(async () => {
+    const p = (await client.call('ps')).processes as { pid: string; memoryBytes: number }[];
+    return (p.find((x) => x.pid === pid)?.memoryBytes ?? 0) >= mb * MiB;
+  }, 120_000, `rma ${mb} MB to touch its memory`);
+  await sleep(500 + mb * 2); // random writes reach every page (~n ln n writes)
+  return { pid, run };
+}
+
+export async function runMigrate(opts: { sizes?: number[]; links?: string[] } = {}): Promise<MigrateRow[]> {
+  const sizes = opts.sizes ?? MIGRATE_SIZES, links = opts.links ?? MIGRATE_LINKS;
+  console.log(`\n-- migrate: Total Copy of rma (random writes everywhere) between two nodes on loopback, TLS-PSK; ` +
+    `sizes ${sizes.join(', ')} MB; links ${links.join(', ')} --`);
+  const rows: MigrateRow[] = [];
+  for (const link of links) {
+    const shaped = link !== 'none';
+    const t0 = performance.now();
+    const c = await startCluster(2, { names: ['a', 'b'], extraArgs: shaped ? ['--link-bandwidth', link] : [] });
+    const client = ClusterClient.for(c);
+    try {
+      for (const mb of sizes) {
+        const row: MigrateRow = { link, linkBps: shaped ? parseBandwidth(link) * 8 : null, mb, runs: [] };
+        const { pid, run } = await startRma(c, client, mb);
+        const reps = repsFor(link, mb);
+        for (let i = 0; i < reps; i++) {
+          const m = await client.migrate(pid, i % 2 === 0 ? 'b' : 'a');
+          if (m.state !== 'completed') throw new Error(`migration of rma ${mb} MB over ${link} ${m.state}: ${m.error?.message}`);
+          row.runs.push(m);
+        }
+        await client.call('kill', { pid }).catch(() => {});
+        await run;
+        rows.push(row);
+        printRow(row);
+      }
+    } finally { await c.stop(); }
+    console.log(`   (${link}: ${((performance.now() - t0) / 1000).toFixed(0)} s with cluster start and workload warm-up)`);
+  }
+  console.log('\n' + migrateTable(rows));
+  return rows;
+}
+
+function printRow(r: MigrateRow): void {
+  const ms = r.runs.map((m) => m.totalMs ?? NaN);
+  console.log(`   ${r.link} ${r.mb} MB: ${r.runs.length} migration(s), total ${ms.map((x) => x.toFixed(0)).join(', ')} ms`);
+}
+
+export function migrateTable(rows: MigrateRow[]): string {
+  return table(
+    ['link', 'rma', 'reps', 'addr space', 'bytes sent', 'down ms', 'total ms', 'wire ms', 'total/wire', 'over ms', 'MB/s'],
+    rows.map((r) => {
+      const wire = med(r.runs, (m) => m.wireTimeMs);
+      return [
+        r.link, `${r.mb} MB`, r.runs.length,
+        `${f1(med(r.runs, (m) => m.pages.addressSpace * m.pages.pageSize) / MiB)} MiB`,
+        `${f1(med(r.runs, (m) => m.bytes.total - m.bytes.setup) / MiB)} MiB`,
+        f1(med(r.runs, (m) => m.downtimeMs)), f1(med(r.runs, (m) => m.totalMs)),
+        r.linkBps === null ? '-' : f1(wire),
+        r.linkBps === null ? '-' : f2(med(r.runs, ratioOf)),
+        r.linkBps === null ? '-' : f1(med(r.runs, (m) => (m.totalMs !== null && m.wireTimeMs !== null ? m.totalMs - m.wireTimeMs : null))),
+        f1(med(r.runs, mbsOf)),
+      ];
+    }),
+  );
+}
+
+/** One verdict line per goal and link: total/wire on shaped links, throughput on loopback. */
+export function migrateVerdicts(rows: MigrateRow[]): string[] {
+  const verdict = (ok: boolean) => (ok ? 'MET' : 'NOT MET');
+  const out: string[] = [];
+  for (const link of [...new Set(rows.map((r) => r.link))]) {
+    const rs = rows.filter((r) => r.link === link);
+    if (rs[0]!.linkBps !== null) {
+      const ratios = rs.map((r) => ({ mb: r.mb, x: med(r.runs, ratioOf) }));
+      out.push(`migrate total/wire <= ${RATIO_GOAL} at ${link}: ${verdict(ratios.every((r) => r.x <= RATIO_GOAL))} (` +
+        ratios.map((r) => `${r.mb} MB ${f2(r.x)}`).join(', ') + ')');
+    } else {
+      const tp = rs.map((r) => ({ mb: r.mb, x: med(r.runs, mbsOf) }));
+      out.push(`migrate throughput >= ${LOOPBACK_GOAL_MBS} MB/s on loopback (TLS): ${verdict(tp.every((r) => r.x >= LOOPBACK_GOAL_MBS))} (` +
+        tp.map((r) => `${r.mb} MB ${r.x.toFixed(0)} MB/s`).join(', ') + ')');
+    }
+  }
+  return out;
+}
