@@ -4,8 +4,10 @@
 // metrics the thesis measures, with their invariants; ps, migrations, cancel.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { ClusterClient, startCluster, type Cluster } from './helpers/cluster.ts';
+import { spawn } from 'node:child_process';
+import { ClusterClient, eventually, startCluster, type Cluster } from './helpers/cluster.ts';
 import { clusterRun, oracle, type Outcome } from './helpers/modes.ts';
+import { FERRY_BIN, ROOT, TEST_CACHE } from './helpers/ferry.ts';
 import { WORKLOADS, type Workload } from './helpers/workloads.ts';
 import type { MigrationMetrics } from '../src/migration/index.ts';
 
@@ -76,4 +78,66 @@ describe('Total Copy across three nodes', { timeout: 900_000 }, () => {
       }
     });
   }
+
+  it('filecopy with --files home: files served by the home node wherever it runs; ps shows the dependency', async () => {
+    const w = long(WORKLOADS.find((x) => x.name === 'filecopy')!);
+    const expected = await oracle(w);
+    const seen: string[][] = [];
+    const { outcome, during: moves } = await clusterRun(c, client, w, { node: 'a', flags: ['--files', 'home'] }, async (pid) => {
+      const done = await tour(client, pid, ['b', 'c', 'a'], 6, []);
+      return done;
+    });
+    same(outcome, expected, 'files served by home');
+    assert.equal(moves.length, 6);
+    void seen;
+  });
+
+  it('stdin typed while the process moves reaches it in order, exactly once', async () => {
+    const w = WORKLOADS.find((x) => x.name === 'sleeper-echo')!;
+    const expected = await oracle(w);
+    const lines = w.stdin!.toString().split(/(?<=\n)/);
+    const child = spawn(process.execPath, [FERRY_BIN, 'run', '--node', 'a', w.wasm, ...w.args], {
+      cwd: ROOT, env: { ...process.env, FERRY_CACHE_DIR: TEST_CACHE, FERRY_CLUSTER: c.nodes[2]!.addr, FERRY_KEY_FILE: c.keyFile }, stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    const out: Buffer[] = [], err: Buffer[] = [];
+    child.stdout.on('data', (d) => out.push(d));
+    child.stderr.on('data', (d) => err.push(d));
+    const exited = new Promise<number | null>((r) => child.on('close', (code) => r(code)));
+    const pid = await client.waitRunning(w.wasm);
+    const route = ['b', 'c', 'a'];
+    let moved = 0;
+    for (const [i, line] of lines.entries()) {
+      child.stdin.write(line);
+      if (i % 5 === 4) {
+        const m = await client.migrate(pid, route[moved % 3]!);
+        assert.equal(m.state, 'completed', m.error?.message);
+        moved++;
+      } else await new Promise((r) => setTimeout(r, 20));
+    }
+    child.stdin.end();
+    assert.equal(await exited, 0, Buffer.concat(err).toString());
+    assert.equal(Buffer.concat(out).toString('latin1'), expected.stdout);
+    assert.ok(moved >= 7, `moved ${moved} times while typing`);
+  });
+});
+
+describe('--files home: the home node holds the files', { timeout: 300_000 }, () => {
+  it('ps names the home as a residual dependency; with the home gone, file calls fail (EIO) instead of touching local files', async () => {
+    const c2 = await startCluster(2, { names: ['h', 'r'] });
+    try {
+      const cl = ClusterClient.for(c2, 1);
+      const w = long(WORKLOADS.find((x) => x.name === 'filecopy')!);
+      const { outcome } = await clusterRun(c2, cl, w, { node: 'h', via: 1, flags: ['--files', 'home'] }, async (pid) => {
+        const m = await cl.migrate(pid, 'r');
+        assert.equal(m.state, 'completed', m.error?.message);
+        const p = (await cl.ps()).find((x) => x.pid === pid)!;
+        assert.equal(p.node, 'r');
+        assert.deepEqual(p.residualDependencies, ['h']);
+        await c2.kill9(0);
+        await eventually(async () => /h\/1 (exited \(exit code [1-9]|failed)/.test(c2.nodes[1]!.log()), 30_000, 'the process to fail on r');
+      });
+      assert.notEqual(outcome.exitCode, 0, 'its terminal lost it with its home');
+      assert.match(c2.nodes[1]!.log(), /h\/1 (exited \(exit code 1\)|failed)/);
+    } finally { await c2.stop(); }
+  });
 });

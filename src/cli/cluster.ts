@@ -70,7 +70,7 @@ export function registerClusterCommands(program: Command): void {
       const d = await NodeDaemon.start({
         name: flags.name, host, port, join: flags.join, key, dataDir: flags.dataDir ? resolve(flags.dataDir) : undefined,
         shaping: flags.linkBandwidth || flags.linkLatency ? { bandwidth: flags.linkBandwidth, latency: flags.linkLatency } : undefined,
-        log,
+        faults: process.env.FERRY_FAULTS, log,
       });
       process.stdout.write(`listening on ${d.addr}\n`);
       log(`node ${d.name} listening on ${d.addr}, data in ${d.dataDir}`);

@@ -28,6 +28,8 @@ import type { ProcessInfo, ProcessTable } from './process-table.ts';
 import type { ProgramStore } from './programs.ts';
 import type { StdioRouter } from './stdio.ts';
 import type { HomeRouter } from './home.ts';
+import type { HomeFiles } from './home-files.ts';
+import { parseDir } from './process-table.ts';
 import type { Migrator } from './migrator.ts';
 import type { Uploads } from './uploads.ts';
 import type { MigrationMetrics } from '../migration/index.ts';
@@ -46,6 +48,7 @@ export interface ControlContext {
   stdio: StdioRouter;
   programs: ProgramStore;
   home: HomeRouter;
+  homeFiles: HomeFiles;
   migrator: Migrator;
   uploads: Uploads;
 }
@@ -150,6 +153,7 @@ export class ControlApi {
     }
     const pid = this.ctx.table.allocatePid();
     this.ctx.home.open(pid, this.ctx.stdio.sinkFor(conn, session, pid));
+    if (files === 'home') this.ctx.homeFiles.open(pid, dirs.map((d) => parseDir(d).host));
     try {
       await this.ctx.table.start({
         pid, program: { path, bytes, hash }, args, env, dirs, argv0, files: files as FilePolicy,
@@ -157,6 +161,7 @@ export class ControlApi {
       });
     } catch (e) {
       this.ctx.home.close(pid);
+      this.ctx.homeFiles.close(pid);
       throw e;
     }
     this.ctx.stdio.bindLocal(conn, session, pid);

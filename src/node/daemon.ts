@@ -19,6 +19,8 @@ import { StdioRouter } from './stdio.ts';
 import { HomeRouter } from './home.ts';
 import { Migrator } from './migrator.ts';
 import { Uploads } from './uploads.ts';
+import { Faults } from './faults.ts';
+import { HomeFiles } from './home-files.ts';
 import { FerryError } from '../errors.ts';
 
 export const NODE_CAPABILITY = 'ferry-node/1';
@@ -35,6 +37,8 @@ export interface NodeOptions {
   dataDir?: string;
   /** Shape this node's outgoing link (experiments). */
   shaping?: ShapingOptions;
+  /** Fault injection (faults.ts), e.g. "dest-commit:crash"; tests only. */
+  faults?: string;
   log?: (msg: string) => void;
 }
 
@@ -73,10 +77,13 @@ export class NodeDaemon {
       dial,
       log,
     });
-    const home = new HomeRouter(opts.name, this.membership, (pid, offset, data, eof) => this.table.inputAt(pid, offset, data, eof), log);
+    const homeFiles = new HomeFiles(this.membership);
+    const home = new HomeRouter(opts.name, this.membership, (pid, offset, data, eof) => this.table.inputAt(pid, offset, data, eof), log,
+      { moved: (pid, node) => homeFiles.moved(pid, node), ended: (pid) => homeFiles.close(pid) });
     const stdio = new StdioRouter((pid, data, eof) => home.input(pid, data, eof), log);
     this.migrator = new Migrator({
-      name: opts.name, membership: this.membership, table: this.table, home, programs, log,
+      name: opts.name, membership: this.membership, table: this.table, home, homeFiles, programs, log,
+      faults: new Faults(opts.faults, log),
       dialNode: async (name) => {
         const m = this.membership.list().find((x) => x.name === name);
         if (!m) throw new FerryError('no-such-node', `no node named ${name} in the cluster`);
@@ -86,7 +93,7 @@ export class NodeDaemon {
     const control = new ControlApi({
       name: opts.name,
       get addr() { return self.addrValue; },
-      membership: this.membership, table: this.table, stdio, programs, home, migrator: this.migrator, uploads,
+      membership: this.membership, table: this.table, stdio, programs, home, homeFiles, migrator: this.migrator, uploads,
     });
     this.install = (conn: Connection) => {
       conn.handle('REQUEST', control.handle);
@@ -98,6 +105,7 @@ export class NodeDaemon {
       conn.on('HOME_EXIT', home.onExit);
       conn.on('HOME_INPUT', home.onInput);
       conn.on('HOME_ATTACH', home.onAttach);
+      conn.handle('FILE_OP', homeFiles.onFileOp);
       this.migrator.install(conn);
       conn.onStream((s, c) => {
         if (s.meta.kind === 'module' && c.peer.role === 'node') this.migrator.onModuleStream(s);

@@ -43,6 +43,8 @@ export class HomeRouter {
     private readonly membership: Membership,
     private readonly stdinTarget: StdinTarget,
     private readonly log?: (m: string) => void,
+    /** Told when a process of this home moves or ends (home-files.ts closes its handles). */
+    private readonly listener?: { moved(pid: string, node: string): void; ended(pid: string): void },
   ) {}
 
   /** A process started here: its output goes to this client. */
@@ -99,6 +101,7 @@ export class HomeRouter {
       if (c.length <= drop) { s.stdin.chunks.shift(); drop -= c.length; } else { s.stdin.chunks[0] = c.subarray(drop); drop = 0; }
     }
     if (s.stdin.length || s.stdin.eof) this.forward(pid, s, s.stdin.base, Buffer.concat(s.stdin.chunks), s.stdin.eof);
+    this.listener?.moved(pid, node);
     this.log?.(`${pid} now runs on ${node}`);
   }
 
@@ -162,6 +165,7 @@ export class HomeRouter {
     }
     if (s.exit && s.exit.seq <= s.next) {
       this.sessions.delete(pid);
+      this.listener?.ended(pid);
       s.client.exit(s.exit.code, s.exit.error);
     }
   }

@@ -5,7 +5,8 @@
 // `ferry migrations`.
 //
 // The wire, on one connection per migration (codes.ts, MIG_*):
-//   S -> D  MIG_SETUP {mid, pid, sha256, pageSize, algorithm}      D: {ready} or {needModule}
+//   S -> D  MIG_SETUP {mid, pid, sha256, pageSize, algorithm, memoryBytes}  D: {ready} or {needModule}
+//           (memoryBytes: the source's memory in use; the destination pre-faults as much)
 //           (module bytes as a stream {kind: 'module', mid}, then MIG_SETUP again)
 //   S -> D  MIG_PAGES {mid} + page batch ...                       (one-way, bulk)
 //   S -> D  MIG_STATE {mid} + state image                          D: {ready}
@@ -21,11 +22,13 @@ import type { Connection, IncomingStream, Message, Reply } from '../transport/in
 import { sha256 } from '../vm/module-meta.ts';
 import { warmWorkers } from '../vm/process.ts';
 import type { HomeRouter } from './home.ts';
+import type { HomeFiles } from './home-files.ts';
 import type { Membership } from './membership.ts';
 import type { ProcessExtra, ProcessTable } from './process-table.ts';
 import type { ProgramStore } from './programs.ts';
 import { str } from './fields.ts';
 import type { Progress } from '../migration/engine.ts';
+import type { Faults } from './faults.ts';
 
 export const DEFAULT_PAGE_SIZE = 4096;
 const SETUP_TIMEOUT_MS = 15 * 60_000; // compiling a large module on the destination takes minutes
@@ -41,9 +44,11 @@ export interface MigratorContext {
   membership: Membership;
   table: ProcessTable;
   home: HomeRouter;
+  homeFiles: HomeFiles;
   programs: ProgramStore;
   /** A new connection to a node (not shared with membership), handlers installed. */
   dialNode(name: string): Promise<Connection>;
+  faults: Faults;
   log?: (m: string) => void;
 }
 
@@ -66,13 +71,14 @@ export class Migrator {
     if (!membership.has(req.to)) throw new FerryError('no-such-node', `no node named ${req.to} in the cluster`);
     const strategy = strategyFor(req.algorithm ?? 'total-copy');
     const pageSize = req.pageSize ?? DEFAULT_PAGE_SIZE;
+    const inUse = table.get(req.pid)?.memoryBytes ?? 0; // read before it is marked moving (the snapshot then skips it)
     const source = table.sourceProcess(req.pid, req.to);
     const id = randomUUID().slice(0, 8);
     let conn: Connection;
     try { conn = await this.ctx.dialNode(req.to); } catch (e) { source.resume(); throw e; }
     const info = table.get(req.pid)!;
-    const channel = new ConnectionChannel(conn, id, {
-      pid: req.pid, sha256: info.sha256, pageSize, algorithm: strategy.algorithm,
+    const channel = new ConnectionChannel(conn, id, this.ctx.faults, {
+      pid: req.pid, sha256: info.sha256, pageSize, algorithm: strategy.algorithm, memoryBytes: inUse,
       program: () => table.programBytes(req.pid),
       dialAgain: () => this.ctx.dialNode(req.to),
     });
@@ -106,6 +112,7 @@ export class Migrator {
   install(conn: Connection): void {
     conn.handle('MIG_SETUP', this.onSetup);
     conn.on('MIG_PAGES', this.onPages);
+    conn.sinkBodies('MIG_PAGES', (h, n) => this.incoming.get(String(h.mid))?.pageSink(n)); // applied as they arrive
     conn.handle('MIG_STATE', this.onState);
     conn.handle('MIG_COMMIT', this.onCommit);
     conn.handle('MIG_QUERY', this.onQuery);
@@ -122,6 +129,7 @@ export class Migrator {
   private onSetup = async (msg: Message, conn: Connection): Promise<Reply> => {
     const h = msg.header;
     const mid = str(h, 'mid', 'MIG_SETUP'), pid = str(h, 'pid', 'MIG_SETUP'), hash = str(h, 'sha256', 'MIG_SETUP');
+    if (this.ctx.faults.hit('dest-setup', conn)) throw new FerryError('fault', 'dest-setup');
     const pageSize = h.pageSize;
     if (pageSize !== 4096 && pageSize !== 16384 && pageSize !== 65536) throw new FerryError('bad-request', `MIG_SETUP: page size ${String(pageSize)} (4096, 16384 or 65536)`);
     if (this.ctx.table.get(pid)) throw new FerryError('duplicate-process', `process ${pid} already runs on ${this.ctx.name}`);
@@ -142,29 +150,33 @@ export class Migrator {
       conn.onClose(() => inc!.abort(`the connection from ${conn.peer.node} closed`));
       this.forgetLater(mid);
     }
-    await inc.setup(bytes);
+    await inc.setup(bytes, typeof h.memoryBytes === 'number' ? h.memoryBytes : 0);
     return { header: { ready: true } };
   };
 
-  private onPages = (msg: Message): void => {
+  private onPages = (msg: Message, conn: Connection): void => {
     const inc = this.incoming.get(String(msg.header.mid));
     if (!inc) return;
-    try { inc.pages(msg.body); } catch (e) { inc.abort((e as Error).message); }
+    if (this.ctx.faults.hit('dest-pages', conn)) return;
+    try { inc.pages(msg.body, msg.sunk); } catch (e) { inc.abort((e as Error).message); }
   };
 
-  private onState = (msg: Message): Reply => {
+  private onState = (msg: Message, conn: Connection): Reply => {
     const inc = this.need(msg);
+    if (this.ctx.faults.hit('dest-state', conn)) throw new FerryError('fault', 'dest-state');
     try { inc.acceptState(msg.body); } catch (e) { inc.abort((e as Error).message); throw e; }
     return { header: { ready: true } };
   };
 
-  private onCommit = async (msg: Message): Promise<Reply> => {
+  private onCommit = async (msg: Message, conn: Connection): Promise<Reply> => {
     const inc = this.need(msg);
+    if (this.ctx.faults.hit('dest-commit', conn)) throw new FerryError('fault', 'dest-commit');
     await inc.commit(async (m) => {
       const img = m.image!;
       const x = img.meta.extra as unknown as ProcessExtra;
       const program = { path: img.meta.program, bytes: this.ctx.programs.get(m.spec.sha256)!, hash: m.spec.sha256 };
-      await this.ctx.table.adopt({ image: img, program, loaded: m.loaded!, memory: m.memory!, sink: this.ctx.home.routeFor(img.meta.pid, x.home) });
+      const fileOps = x.files === 'home' && x.home !== this.ctx.name ? this.ctx.homeFiles.remote(img.meta.pid, x.home) : undefined;
+      await this.ctx.table.adopt({ image: img, program, loaded: m.loaded!, memory: m.memory!, sink: this.ctx.home.routeFor(img.meta.pid, x.home), fileOps });
       const offset = img.wasi.stdinTakenBytes ?? 0;
       if (x.home === this.ctx.name) this.ctx.home.attach(img.meta.pid, this.ctx.name, offset);
       else {
@@ -173,6 +185,7 @@ export class Migrator {
       }
     });
     void warmWorkers.prewarm(); // the next arrival (or hop) finds a loaded worker
+    if (this.ctx.faults.hit('dest-running', conn)) throw new FerryError('fault', 'dest-running');
     return { header: { state: 'running' } };
   };
 
@@ -201,6 +214,8 @@ interface ChannelSpec {
   sha256: string;
   pageSize: number;
   algorithm: string;
+  /** The process's memory in use when the migration starts (the destination pre-faults as much). */
+  memoryBytes: number;
   program: () => Uint8Array;
   dialAgain: () => Promise<Connection>;
 }
@@ -210,8 +225,9 @@ class ConnectionChannel implements MigrationChannel {
   readonly linkBytesPerSec: number | null;
   readonly batchBytes: number;
   private sent0: number;
+  private batches = 0;
 
-  constructor(private readonly conn: Connection, private readonly mid: string, private readonly spec: ChannelSpec) {
+  constructor(private readonly conn: Connection, private readonly mid: string, private readonly faults: Faults, private readonly spec: ChannelSpec) {
     const rate = conn.shaper?.rate;
     this.linkBytesPerSec = rate !== undefined && Number.isFinite(rate) ? rate : null;
     this.batchBytes = this.linkBytesPerSec === null ? BATCH_BYTES : conn.chunkSize;
@@ -222,7 +238,7 @@ class ConnectionChannel implements MigrationChannel {
   private delta(): number { const now = this.conn.stats.bytesSent; const d = now - this.sent0; this.sent0 = now; return d; }
 
   async setup(): Promise<number> {
-    const head = { mid: this.mid, pid: this.spec.pid, sha256: this.spec.sha256, pageSize: this.spec.pageSize, algorithm: this.spec.algorithm };
+    const head = { mid: this.mid, pid: this.spec.pid, sha256: this.spec.sha256, pageSize: this.spec.pageSize, algorithm: this.spec.algorithm, memoryBytes: this.spec.memoryBytes };
     let r = await this.conn.request('MIG_SETUP', head, undefined, { timeoutMs: SETUP_TIMEOUT_MS });
     if (r.header.needModule === true) {
       await this.conn.sendStream(this.spec.program(), { kind: 'module', mid: this.mid });
@@ -232,8 +248,9 @@ class ConnectionChannel implements MigrationChannel {
     return this.delta();
   }
 
-  async sendPages(batch: Buffer): Promise<number> {
+  async sendPages(batch: Buffer | readonly Uint8Array[]): Promise<number> {
     await this.conn.send('MIG_PAGES', { mid: this.mid }, batch);
+    if (this.batches++ === 0) this.faults.hit('src-pages', this.conn);
     return this.delta();
   }
 
@@ -244,7 +261,9 @@ class ConnectionChannel implements MigrationChannel {
 
   async commit(): Promise<void> {
     try {
-      await this.conn.request('MIG_COMMIT', { mid: this.mid }, undefined, { timeoutMs: COMMIT_TIMEOUT_MS });
+      const answer = this.conn.request('MIG_COMMIT', { mid: this.mid }, undefined, { timeoutMs: COMMIT_TIMEOUT_MS });
+      this.faults.hit('src-commit', this.conn);
+      await answer;
       return;
     } catch (e) {
       if (e instanceof FerryError && e.code === 'migration-aborted') throw e;

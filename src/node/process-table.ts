@@ -10,7 +10,7 @@ import { encodeImage, type ProcessImage } from '../image/index.ts';
 import type { Json } from '../image/types.ts';
 import type { SourceProcess } from '../migration/engine.ts';
 import type { LoadedModule } from '../vm/cache.ts';
-import type { Captured } from '../vm/process.ts';
+import type { Captured, ProcessOptions } from '../vm/process.ts';
 import { imageFromCapture, resumeFromImage, resumeInMemory } from '../vm/snapshot.ts';
 import { MemoryImage } from '../image/memory.ts';
 import { resolve } from 'node:path';
@@ -101,6 +101,8 @@ export interface AdoptSpec {
   loaded: LoadedModule;
   memory: WebAssembly.Memory;
   sink: ProcessSink;
+  /** Files served by the home node (--files home, away from home). */
+  fileOps?: ProcessOptions['fileOps'];
 }
 
 const RECENT = 256;
@@ -161,7 +163,7 @@ export class ProcessTable {
     entry.seq = x.outputSeq;
     entry.stdinOffset = img.wasi.stdinTakenBytes ?? 0;
     entry.initialBytes = Math.max(spec.loaded.meta.initialPages * WASM_PAGE, img.memory.logicalBytes);
-    await this.run(entry, async () => resumeInMemory(img, spec.loaded, spec.memory, { stdio: 'message', stdin: entry.stdin }));
+    await this.run(entry, async () => resumeInMemory(img, spec.loaded, spec.memory, { stdio: 'message', stdin: entry.stdin, fileOps: spec.fileOps }));
     this.log?.(`${info.pid} arrived (migration ${info.migrations})`);
     return this.snapshot(entry);
   }

@@ -26,7 +26,7 @@ export interface Cluster {
   /** Run `ferry ARGS` against the cluster through node `via` (index, default 0). */
   ferry(args: string[], opts?: Parameters<typeof ferry>[1] & { via?: number }): Promise<RunResult>;
   /** Start one more node (joining through node 0 unless join is given). */
-  addNode(name: string, opts?: { join?: string[]; keyFile?: string; extraArgs?: string[] }): Promise<ClusterNode>;
+  addNode(name: string, opts?: { join?: string[]; keyFile?: string; extraArgs?: string[]; env?: Record<string, string> }): Promise<ClusterNode>;
   /** SIGKILL a node's process. */
   kill9(i: number): Promise<void>;
   /** SIGTERM every daemon still running (SIGKILL after 5 s), remove the temp dir. */
@@ -39,6 +39,7 @@ export interface StartNodeOptions {
   dataDir: string;
   join?: string[];
   extraArgs?: string[];
+  env?: Record<string, string>;
   timeoutMs?: number;
 }
 
@@ -46,7 +47,7 @@ export interface StartNodeOptions {
 export function startNode(o: StartNodeOptions): Promise<ClusterNode> {
   const args = [FERRY_BIN, 'node', 'start', '--name', o.name, '--listen', '127.0.0.1:0', '--data-dir', o.dataDir,
     ...(o.keyFile ? ['--key-file', o.keyFile] : []), ...(o.join ?? []).flatMap((j) => ['--join', j]), ...(o.extraArgs ?? [])];
-  const child = spawn(process.execPath, args, { cwd: ROOT, env: { ...process.env, FERRY_CACHE_DIR: TEST_CACHE, FERRY_KEY_FILE: '' }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, args, { cwd: ROOT, env: { ...process.env, FERRY_CACHE_DIR: TEST_CACHE, FERRY_KEY_FILE: '', ...o.env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '', err = '';
   const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
   child.stderr!.on('data', (d) => { err += d; });
@@ -65,7 +66,7 @@ export function startNode(o: StartNodeOptions): Promise<ClusterNode> {
 }
 
 /** Start n nodes (n0, n1, ...): the first alone, the others joining through it. */
-export async function startCluster(n: number, opts: { names?: string[]; extraArgs?: string[] } = {}): Promise<Cluster> {
+export async function startCluster(n: number, opts: { names?: string[]; extraArgs?: string[]; env?: Record<string, Record<string, string>> } = {}): Promise<Cluster> {
   const tmp = tempDir('ferry-cluster-');
   const keyFile = join(tmp.path, 'cluster.key');
   writeKey(keyFile);
@@ -78,7 +79,7 @@ export async function startCluster(n: number, opts: { names?: string[]; extraArg
       return ferry(args, { ...rest, env: { FERRY_CLUSTER: nodes[via].addr, FERRY_KEY_FILE: keyFile, ...rest.env } });
     },
     addNode: async (name, o = {}) => {
-      const node = await startNode({ name, keyFile: o.keyFile ?? keyFile, dataDir: join(tmp.path, name), join: o.join ?? (nodes[0] ? [nodes[0].addr] : []), extraArgs: o.extraArgs ?? opts.extraArgs });
+      const node = await startNode({ name, keyFile: o.keyFile ?? keyFile, dataDir: join(tmp.path, name), join: o.join ?? (nodes[0] ? [nodes[0].addr] : []), extraArgs: o.extraArgs ?? opts.extraArgs, env: o.env ?? opts.env?.[name] });
       nodes.push(node);
       return node;
     },

@@ -1,0 +1,47 @@
+// Fault injection for tests and chaos runs: FERRY_FAULTS="point:action,..." in a
+// node's environment makes it fail at a named point of the migration protocol,
+// deterministically (a timing-based kill cannot hit a 1 ms window reliably).
+//
+//   points (where the node is when it fails)
+//     dest-setup      destination, MIG_SETUP received
+//     dest-pages      destination, first MIG_PAGES received
+//     dest-state      destination, MIG_STATE received
+//     dest-commit     destination, MIG_COMMIT received, before the process runs
+//     dest-running    destination, the process runs, before answering the commit
+//     src-pages       source, after its first page batch is sent
+//     src-commit      source, right after sending MIG_COMMIT
+//   actions
+//     crash           SIGKILL this node (kill -9 at exactly that point)
+//     cut             destroy the connection the migration runs on (both ends see it drop)
+//
+// Each fault fires once. Unknown points or actions are refused at start-up.
+import { FerryError } from '../errors.ts';
+import type { Connection } from '../transport/index.ts';
+
+export const FAULT_POINTS = ['dest-setup', 'dest-pages', 'dest-state', 'dest-commit', 'dest-running', 'src-pages', 'src-commit'] as const;
+export type FaultPoint = (typeof FAULT_POINTS)[number];
+type Action = 'crash' | 'cut';
+
+export class Faults {
+  private readonly armed = new Map<FaultPoint, Action>();
+
+  constructor(spec: string | undefined, private readonly log?: (m: string) => void) {
+    for (const item of (spec ?? '').split(',').map((s) => s.trim()).filter(Boolean)) {
+      const [point, action] = item.split(':');
+      if (!(FAULT_POINTS as readonly string[]).includes(point!)) throw new FerryError('bad-argument', `FERRY_FAULTS: unknown point '${point}' (known: ${FAULT_POINTS.join(', ')})`);
+      if (action !== 'crash' && action !== 'cut') throw new FerryError('bad-argument', `FERRY_FAULTS: unknown action '${action}' (crash or cut)`);
+      this.armed.set(point as FaultPoint, action);
+    }
+  }
+
+  /** Fail here if a fault is armed at this point. Returns true if the connection was cut. */
+  hit(point: FaultPoint, conn: Connection): boolean {
+    const action = this.armed.get(point);
+    if (!action) return false;
+    this.armed.delete(point);
+    this.log?.(`FAULT ${point}: ${action}`);
+    if (action === 'crash') process.kill(process.pid, 'SIGKILL');
+    conn.destroy(new FerryError('fault', `fault injected at ${point}`));
+    return true;
+  }
+}

@@ -1,0 +1,99 @@
+// Atomicity of a migration under faults: the destination killed (kill -9) or the
+// connection cut at each point of a Total Copy. The process must end up running
+// exactly once: on the source when the failure came before the destination ran it,
+// with the failure reported and its cause named; its output identical to an
+// unmigrated run; no second copy anywhere. Cases are data (fault point, action, where
+// the process must finish), injected deterministically with FERRY_FAULTS (faults.ts),
+// plus one kill -9 sent by the test in the middle of a transfer.
+import { describe, it, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { ClusterClient, startCluster, type Cluster } from './helpers/cluster.ts';
+import { clusterRun, oracle, type Outcome } from './helpers/modes.ts';
+import { WORKLOADS, type Workload } from './helpers/workloads.ts';
+import type { MigrationMetrics } from '../src/migration/index.ts';
+
+interface FaultCase {
+  /** Node that carries the fault: the destination (b) or the source (a). */
+  on: 'a' | 'b';
+  point: string;
+  action: 'crash' | 'cut';
+  /** Where the process finishes. */
+  endsOn: 'a' | 'b' | 'either';
+}
+
+const CASES: FaultCase[] = [
+  { on: 'b', point: 'dest-setup', action: 'crash', endsOn: 'a' },
+  { on: 'b', point: 'dest-pages', action: 'crash', endsOn: 'a' },
+  { on: 'b', point: 'dest-state', action: 'crash', endsOn: 'a' },
+  { on: 'b', point: 'dest-commit', action: 'crash', endsOn: 'a' },
+  { on: 'b', point: 'dest-running', action: 'crash', endsOn: 'a' },
+  { on: 'b', point: 'dest-setup', action: 'cut', endsOn: 'a' },
+  { on: 'b', point: 'dest-pages', action: 'cut', endsOn: 'a' },
+  { on: 'b', point: 'dest-state', action: 'cut', endsOn: 'a' },
+  { on: 'b', point: 'dest-commit', action: 'cut', endsOn: 'a' },
+  { on: 'a', point: 'src-pages', action: 'cut', endsOn: 'a' },
+  { on: 'a', point: 'src-commit', action: 'cut', endsOn: 'either' },
+  { on: 'b', point: 'dest-running', action: 'cut', endsOn: 'b' },
+];
+
+const rma: Workload = { ...WORKLOADS.find((w) => w.name === 'rma')!, args: ['16', '400'] };
+
+function same(actual: Outcome, expected: Outcome, what: string): void {
+  assert.equal(actual.exitCode, expected.exitCode, `${what}: exit code (stderr: ${actual.stderr.slice(-800)})`);
+  assert.equal(actual.stdout, expected.stdout, `${what}: stdout`);
+}
+
+/** How often node `n`'s log says the process arrived there. */
+const arrivals = (c: Cluster, n: number, pid: string) => c.nodes[n]!.log().split('\n').filter((l) => l.includes(`${pid} arrived`)).length;
+const endedOn = (c: Cluster, pid: string) => c.nodes.map((n, i) => ({ n: n.name, i })).filter(({ i }) => new RegExp(`${pid.replace('/', '\\/')} (exited|failed)`).test(c.nodes[i]!.log())).map(({ n }) => n);
+
+describe('Total Copy under faults', { timeout: 900_000 }, () => {
+  let expected: Outcome;
+  before(async () => { expected = await oracle(rma); assert.equal(expected.exitCode, 0); });
+
+  for (const k of CASES) {
+    it(`${k.action} at ${k.point} (on ${k.on === 'a' ? 'the source' : 'the destination'}): runs exactly once, on ${k.endsOn === 'a' ? 'the source' : k.endsOn === 'b' ? 'the destination' : 'one of them'}`, async () => {
+      const c = await startCluster(2, { names: ['a', 'b'], env: { [k.on]: { FERRY_FAULTS: `${k.point}:${k.action}` } } });
+      try {
+        const client = ClusterClient.for(c);
+        let pid = '';
+        const { outcome, during: m } = await clusterRun(c, client, rma, { node: 'a' }, async (p): Promise<MigrationMetrics> => {
+          pid = p;
+          return client.migrate(p, 'b');
+        });
+        same(outcome, expected, `${k.action} at ${k.point}`);
+        assert.match(c.nodes[k.on === 'a' ? 0 : 1]!.log(), new RegExp(`FAULT ${k.point}: ${k.action}`), 'the fault fired');
+        const where = endedOn(c, pid);
+        assert.equal(where.length, 1, `the process ended on exactly one node (${where.join(', ')})`);
+        if (k.endsOn !== 'either') assert.deepEqual(where, [k.endsOn]);
+        if (where[0] === 'a') {
+          assert.equal(m.state, 'failed', 'the migration is reported failed');
+          assert.ok(m.error && m.error.message.length > 0, 'with its cause');
+          if (c.nodes[1]!.child.exitCode === null && c.nodes[1]!.child.signalCode === null) assert.equal(arrivals(c, 1, pid), 0, 'the destination never ran it');
+        } else {
+          assert.equal(m.state, 'completed', `the migration completed (${m.error?.message ?? ''})`);
+          assert.equal(arrivals(c, 1, pid), 1);
+        }
+      } finally { await c.stop(); }
+    });
+  }
+
+  it('kill -9 of the destination in the middle of a transfer (shaped link): finishes on the source', async () => {
+    const big: Workload = { ...rma, args: ['64', '3000'] };
+    const exp = await oracle(big);
+    const c = await startCluster(2, { names: ['a', 'b'], extraArgs: ['--link-bandwidth', '100mbit'] });
+    try {
+      const client = ClusterClient.for(c);
+      const { outcome, during: m } = await clusterRun(c, client, big, { node: 'a' }, async (p) => {
+        const mig = client.migrate(p, 'b');
+        // 64 MB at 100 Mb/s takes ~5 s: 1.5 s in, setup is over and pages are moving.
+        await new Promise((r) => setTimeout(r, 1500));
+        await c.kill9(1);
+        return mig;
+      });
+      same(outcome, exp, 'kill -9 mid-transfer');
+      assert.equal(m.state, 'failed');
+      assert.ok(m.bytes.downtime > 0 && m.bytes.downtime < 64 << 20, `pages were moving when it died (${m.bytes.downtime} bytes sent)`);
+    } finally { await c.stop(); }
+  });
+});
