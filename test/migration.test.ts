@@ -5,6 +5,7 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { join } from 'node:path';
 import { ClusterClient, eventually, startCluster, type Cluster } from './helpers/cluster.ts';
 import { clusterRun, oracle, type Outcome } from './helpers/modes.ts';
 import { FERRY_BIN, ROOT, TEST_CACHE } from './helpers/ferry.ts';
@@ -90,6 +91,22 @@ describe('Total Copy across three nodes', { timeout: 900_000 }, () => {
     same(outcome, expected, 'files served by home');
     assert.equal(moves.length, 6);
     void seen;
+  });
+
+  it('ferry checkpoint of a running process, ferry restore --node elsewhere: it continues from there', async () => {
+    const w: Workload = { ...WORKLOADS.find((x) => x.name === 'sleeper')!, args: ['40', '50'] };
+    const expected = await oracle(w);
+    const img = join(c.dir, 'sleeper.img');
+    const { outcome } = await clusterRun(c, client, w, { node: 'b' }, async (pid) => {
+      await new Promise((r) => setTimeout(r, 700));
+      const cp = await c.ferry(['checkpoint', pid, '-o', img]);
+      assert.equal(cp.exitCode, 0, cp.stderr.toString());
+    });
+    same(outcome, expected, 'the checkpointed process carries on');
+    const restored = await c.ferry(['restore', img, '--node', 'c'], { via: 0 });
+    assert.equal(restored.exitCode, 0, restored.stderr.toString());
+    const rest = restored.stdout.toString('latin1');
+    assert.ok(rest.length > 0 && rest.length < expected.stdout.length && expected.stdout.endsWith(rest), `the restored run prints the rest of the output:\n${rest}`);
   });
 
   it('stdin typed while the process moves reaches it in order, exactly once', async () => {

@@ -237,7 +237,8 @@ export class ProcessTable {
     try {
       const cap = await e.proc.freeze();
       try {
-        return encodeImage(imageFromCapture(cap, e.program, { pid, node: this.node, reason: 'checkpoint', extra: this.extra(e) }));
+        // Copies: the encoder's page chunks are views of the memory, which changes once the process continues.
+        return encodeImage(imageFromCapture(cap, e.program, { pid, node: this.node, reason: 'checkpoint', extra: this.extra(e) })).map((c) => Buffer.from(c));
       } finally { e.proc.continue(); }
     } finally { e.moving = false; }
   }
