@@ -46,7 +46,7 @@ describe('fuzzing a node daemon', { timeout: 600_000 }, () => {
 
   it('answers every fuzzed request with a RESPONSE or an ERROR and stays up', async () => {
     const port = Number(node.addr.split(':')[1]);
-    const hello = Buffer.concat([encodePreamble(), encodeFrame(resolveCode('HELLO'), { node: 'fuzzer', role: 'node', version: 1, capabilities: ['ferry-node/1'], requires: [] })]);
+    const hello = Buffer.concat([encodePreamble(), encodeFrame(resolveCode('HELLO'), { node: 'fuzzer', role: 'node', version: 1, capabilities: ['ferry-node/1'], requires: [] }, undefined)]);
     let requests = 0, answered = 0;
     await fc.assert(fc.asyncProperty(fc.array(frameArb, { minLength: 1, maxLength: 5 }), async (frames) => {
       const ids: number[] = [];
