@@ -97,7 +97,7 @@ export async function runNodeWasi(opts: NodeWasiOptions): Promise<NodeWasiResult
       child.stdout!.on('data', (b: Buffer) => out.push(b));
       child.stderr!.on('data', (b: Buffer) => err.push(b));
       (child.stdio[3] as NodeJS.ReadableStream).on('data', (b: Buffer) => meta.push(b));
-      const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 120_000);
+      const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 600_000);
       child.on('error', (e) => { clearTimeout(timer); reject(e); });
       child.on('close', (code, signal) => {
         clearTimeout(timer);
