@@ -10,11 +10,12 @@
 // then, so a late commit is refused and the process runs exactly once.
 import { FerryError } from '../errors.ts';
 import { decodeImage, type ProcessImage } from '../image/index.ts';
-import { applyPageBatch, decodePageBatch } from '../memory/page-batch.ts';
+import { applyPageBatch, decodePageBatch, PageBatchWriter } from '../memory/page-batch.ts';
 import { loadPrepared, type LoadedModule } from '../vm/cache.ts';
 import { WASM_PAGE } from '../vm/layout.ts';
 import { newGuestMemory, warmWorkers } from '../vm/process.ts';
 import { checkResumable } from '../vm/snapshot.ts';
+import { prefault } from '../memory/prefault.ts';
 
 export type IncomingState = 'setup' | 'receiving' | 'ready' | 'running' | 'aborted';
 
@@ -41,22 +42,34 @@ export class IncomingMigration {
 
   constructor(readonly spec: IncomingSpec, private readonly log?: (m: string) => void) {}
 
-  /** Compile the module and ready a memory and a worker: all before the source freezes. */
-  async setup(program: Uint8Array): Promise<void> {
+  /** Compile the module and ready a memory and a worker: all before the source freezes.
+   *  `expectBytes`: the source's memory in use, pre-faulted here (0: none). */
+  async setup(program: Uint8Array, expectBytes = 0): Promise<void> {
     const loaded = await loadPrepared(program, 'tracked', this.spec.sha256);
     if (this.state !== 'setup') throw this.refusal();
     this.loaded = loaded;
     this.memory = newGuestMemory();
     this.maxPages = (loaded.meta.maxPages * WASM_PAGE) / this.spec.pageSize;
+    await prefault(new Uint8Array(this.memory.buffer), Math.min(expectBytes, loaded.meta.maxPages * WASM_PAGE), () => this.state === 'setup');
+    if (this.state !== 'setup') throw this.refusal();
     await warmWorkers.prewarm();
     if (this.state !== 'setup') throw this.refusal();
     this.state = 'receiving';
   }
 
-  pages(body: Uint8Array): void {
+  /** A page batch: its body, or the writer that took it as it arrived (pageSink). */
+  pages(body: Uint8Array, written?: unknown): void {
     if (this.state !== 'receiving') throw this.refusal('pages');
-    applyPageBatch(decodePageBatch(body, this.spec.pageSize, this.maxPages), new Uint8Array(this.memory!.buffer), this.spec.pageSize);
+    if (written instanceof PageBatchWriter) written.end();
+    else applyPageBatch(decodePageBatch(body, this.spec.pageSize, this.maxPages), new Uint8Array(this.memory!.buffer), this.spec.pageSize);
     this.pagesReceived++;
+  }
+
+  /** A writer for a page batch of `bodyLength` bytes, to apply it as it arrives (a transport
+   *  body sink); undefined unless receiving (the batch is then buffered, and refused). */
+  pageSink(bodyLength: number): PageBatchWriter | undefined {
+    if (this.state !== 'receiving') return undefined;
+    return new PageBatchWriter(new Uint8Array(this.memory!.buffer), this.spec.pageSize, this.maxPages, bodyLength);
   }
 
   /** The process state (an image whose pages came as batches). */

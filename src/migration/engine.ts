@@ -9,7 +9,7 @@
 import { EventEmitter } from 'node:events';
 import { FerryError } from '../errors.ts';
 import type { Captured } from '../vm/process.ts';
-import { encodePageBatch, isZeroPage } from '../memory/page-batch.ts';
+import { encodePageBatch, encodePageBatchParts, isZeroPage } from '../memory/page-batch.ts';
 import { MetricsRecorder, type MigrationMetrics, type Phase } from './metrics.ts';
 import { MigrationStateMachine } from './state.ts';
 import type { SourceContext, Strategy } from './strategy.ts';
@@ -23,8 +23,8 @@ export interface MigrationChannel {
   readonly batchBytes: number;
   /** The destination gets the module, compiles it, readies memory and a worker. Returns bytes sent. */
   setup(): Promise<number>;
-  /** One page batch; resolves when handed to the link. Returns bytes sent. */
-  sendPages(batch: Buffer): Promise<number>;
+  /** One page batch (one buffer, or parts to send as they are); resolves when handed to the link. Returns bytes sent. */
+  sendPages(batch: Buffer | readonly Uint8Array[]): Promise<number>;
   /** The process state; resolves when the destination has it ready to run. Returns bytes sent. */
   sendState(image: Buffer[]): Promise<number>;
   /** Ask the destination to run it. Resolves once it runs there; throws a FerryError with
@@ -191,7 +191,8 @@ export class Migration extends EventEmitter {
     let lastProgress = 0;
     const flush = async () => {
       if (!pages.length && !zero.length) return;
-      const body = encodePageBatch(mem, ps, pages, zero);
+      // Frozen (down time): the pages go from guest memory to the link without a copy.
+      const body = phase === 'downtime' ? encodePageBatchParts(mem, ps, pages, zero) : encodePageBatch(mem, ps, pages, zero);
       for (const i of pages) this.metrics.pageSent(i);
       pages = []; zero = [];
       this.metrics.addBytes(phase, await this.spec.channel.sendPages(body));

@@ -21,7 +21,7 @@
 import type { Duplex } from 'node:stream';
 import { FerryError } from '../errors.ts';
 import { CODES, type CodeName, type Priority, resolveCode } from './codes.ts';
-import { encodeFrame, type Frame, FrameDecoder, type FrameLimits, type Header } from './frame.ts';
+import { type BodySink, encodeFrame, encodeFrameHead, type Frame, FrameDecoder, type FrameLimits, type Header } from './frame.ts';
 import type { HelloInfo } from './handshake.ts';
 import { DelayLine, Shaper } from './shaper.ts';
 
@@ -29,6 +29,8 @@ export const DEFAULT_REQUEST_TIMEOUT_MS = 30_000;
 export const DEFAULT_CHUNK_SIZE = 64 * 1024;
 const MAX_IN_FLIGHT = 16 * 1024 * 1024; // bytes a shaped link may hold in its delay line (latency-only shaping is otherwise unbounded)
 const STREAM_WINDOW_FRAMES = 8; // STREAM_DATA frames a stream may have queued but not yet written
+const WRITE_AHEAD = 2 * 1024 * 1024; // bytes an unshaped writer leaves in the socket's buffer before it waits for 'drain'
+const GATHER_MIN = 64 * 1024; // a body given as parts smaller than this is copied into the frame
 
 export interface Message extends Frame {
   /** header.id when the sender expects a reply. */
@@ -62,7 +64,8 @@ export interface ConnectionOptions {
   limits?: FrameLimits;
 }
 
-interface OutFrame { bytes: Buffer; resolve: () => void; reject: (e: Error) => void }
+/** A frame to write: `bytes`, then `parts` if any (a body sent as it is, without copying). */
+interface OutFrame { bytes: Buffer; parts?: readonly Uint8Array[]; length: number; resolve: () => void; reject: (e: Error) => void }
 interface Pending { resolve: (m: Message) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }
 
 const noop = (): void => {};
@@ -89,6 +92,7 @@ export class Connection {
   private nextStream = 1;
   private readonly handlers = new Map<number, { fn: RequestHandler | MessageHandler; replies: boolean }>();
   private readonly observers = new Set<MessageHandler>();
+  private readonly sinks = new Map<number, (header: Header, bodyLength: number) => BodySink | undefined>();
   private readonly closeHandlers = new Set<(err: FerryError | undefined) => void>();
   private streamHandler: ((s: IncomingStream, conn: Connection) => void) | undefined;
   private readonly incoming = new Map<number, IncomingStream>();
@@ -128,16 +132,32 @@ export class Connection {
 
   // ---- sending ----
 
-  /** Queue one frame; resolves when it has been handed to the socket (or the link shaper). */
-  send(code: CodeName | number, header?: Header, body?: Uint8Array, opts: SendOptions = {}): Promise<void> {
+  /** Queue one frame; resolves when it has been handed to the socket (or the link shaper).
+   *  A body given as a list of parts is sent as it is, not copied: its bytes must not
+   *  change until the promise resolves (on a shaped link: until the connection is drained). */
+  send(code: CodeName | number, header?: Header, body?: Uint8Array | readonly Uint8Array[], opts: SendOptions = {}): Promise<void> {
     if (this.isClosed || this.ending) return Promise.reject(this.closedError(`cannot send ${typeof code === 'string' ? code : resolveCode(code).name}`));
     let bytes: Buffer;
+    let parts: readonly Uint8Array[] | undefined;
     try {
       const info = resolveCode(code);
-      bytes = encodeFrame(info, header, body, opts.priority ?? info.priority, this.limits);
       const prio = opts.priority ?? info.priority;
+      if (body === undefined || body instanceof Uint8Array) bytes = encodeFrame(info, header, body, prio, this.limits);
+      else {
+        let n = 0;
+        for (const p of body) n += p.length;
+        if (n < GATHER_MIN) {
+          bytes = encodeFrameHead(info, header, n, prio, this.limits, n);
+          let o = bytes.length - n;
+          for (const p of body) { bytes.set(p, o); o += p.length; }
+        } else {
+          bytes = encodeFrameHead(info, header, n, prio, this.limits);
+          parts = body;
+        }
+      }
+      const length = bytes.length + (parts ? parts.reduce((a, p) => a + p.length, 0) : 0);
       return new Promise<void>((resolve, reject) => {
-        (prio === 'urgent' ? this.urgent : this.bulk).push({ bytes, resolve, reject });
+        (prio === 'urgent' ? this.urgent : this.bulk).push({ bytes, parts, length, resolve, reject });
         void this.pump();
       });
     } catch (e) {
@@ -220,6 +240,16 @@ export class Connection {
     return this;
   }
 
+  /** Stream the bodies of incoming frames of this code to a sink as they arrive, instead of
+   *  buffering each whole: `fn` gets the frame's header and body length and returns a sink
+   *  (or undefined: buffer this one). The message then reaches its handler with an empty
+   *  body and `sunk` set to the sink. */
+  sinkBodies(code: CodeName | number, fn: (header: Header, bodyLength: number) => BodySink | undefined): this {
+    this.sinks.set(resolveCode(code).code, fn);
+    this.decoder.sinkFor ??= (info, header, n) => this.sinks.get(info.code)?.(header, n);
+    return this;
+  }
+
   /** Observe every incoming message that is not a reply to one of our requests. Returns an unsubscribe function. */
   onMessage(fn: MessageHandler): () => void {
     this.observers.add(fn);
@@ -295,21 +325,39 @@ export class Connection {
         if (!item) break;
         if (this.delay && this.shaper) {
           const q = this.shaper.quantum;
-          for (let off = 0; off < item.bytes.length && !this.isClosed; off += q) {
-            // Waiting on the peer (backpressure) is real idleness, not lateness to forgive.
-            if (this.socket.writableNeedDrain) { await this.drain(); backlogged = false; }
-            if (this.delay.pendingBytes > MAX_IN_FLIGHT) { await this.delay.waitBelow(MAX_IN_FLIGHT / 2); backlogged = false; }
-            const slice = item.bytes.subarray(off, off + q);
-            const at = await this.shaper.reserve(slice.length, backlogged);
-            backlogged = true;
-            if (this.isClosed) break;
-            this.delay.push(at, slice);
+          // Slices of at most a quantum; a small frame (or the head of one sent as parts) rides with what follows.
+          let pending: Uint8Array[] = [], pendingBytes = 0;
+          const segments = item.parts ? [item.bytes, ...item.parts] : [item.bytes];
+          for (let s = 0; s < segments.length && !this.isClosed; s++) {
+            const seg = segments[s]!;
+            for (let off = 0; off < seg.length && !this.isClosed;) {
+              const take = Math.min(q - pendingBytes, seg.length - off);
+              pending.push(seg.subarray(off, off + take));
+              pendingBytes += take;
+              off += take;
+              if (pendingBytes < q && !(s === segments.length - 1 && off >= seg.length)) continue;
+              // Waiting on the peer (backpressure) is real idleness, not lateness to forgive.
+              if (this.socket.writableNeedDrain) { await this.drain(); backlogged = false; }
+              if (this.delay.pendingBytes > MAX_IN_FLIGHT) { await this.delay.waitBelow(MAX_IN_FLIGHT / 2); backlogged = false; }
+              const at = await this.shaper.reserve(pendingBytes, backlogged);
+              backlogged = true;
+              if (this.isClosed) break;
+              this.delay.push(at, pending.length === 1 ? pending[0]! : Buffer.concat(pending, pendingBytes));
+              pending = []; pendingBytes = 0;
+            }
           }
-        } else if (!this.socket.write(item.bytes)) {
-          await this.drain();
+        } else {
+          if (item.parts) {
+            this.socket.cork();
+            this.socket.write(item.bytes);
+            for (const p of item.parts) this.socket.write(p);
+            this.socket.uncork();
+          } else this.socket.write(item.bytes);
+          // Keep a little written ahead, so the socket never waits for this loop's next turn.
+          if (this.socket.writableLength > WRITE_AHEAD) await this.drain();
         }
         if (this.isClosed) { item.reject(this.closedError('frame not sent')); break; }
-        this.stats.bytesSent += item.bytes.length;
+        this.stats.bytesSent += item.length;
         this.stats.framesSent++;
         item.resolve();
       }

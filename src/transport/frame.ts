@@ -34,7 +34,13 @@ export interface Frame {
   priority: Priority;
   header: Header;
   body: Buffer;
+  /** Set when the body went to this sink as it arrived (see FrameDecoder.sinkFor); body is then empty. */
+  sunk?: BodySink;
 }
+
+/** Takes a frame's body piece by piece as it arrives, instead of the decoder buffering it.
+ *  write() must not throw: a sink records its own errors. Chunks are valid only during the call. */
+export interface BodySink { write(chunk: Uint8Array): void }
 
 export interface FrameLimits {
   /** Largest frame accepted (length field value), default 16 MiB. */
@@ -47,24 +53,34 @@ const EMPTY = Buffer.alloc(0);
 
 /** Encode one frame. Throws FerryError('bad-frame') if the code does not allow what is given or it is too large. */
 export function encodeFrame(info: CodeInfo, header: Header | undefined, body: Uint8Array | undefined, priority: Priority = info.priority, limits: FrameLimits = {}): Buffer {
+  const b = body ?? EMPTY;
+  const out = encodeFrameHead(info, header, b.length, priority, limits, b.length);
+  out.set(b, out.length - b.length);
+  return out;
+}
+
+/**
+ * The start of a frame (length, code, flags, header) whose body of `bodyLength` bytes the
+ * caller sends after it, as it is (no copy), with `room` bytes left free at the end of the
+ * returned buffer. Same checks as encodeFrame.
+ */
+export function encodeFrameHead(info: CodeInfo, header: Header | undefined, bodyLength: number, priority: Priority = info.priority, limits: FrameLimits = {}, room = 0): Buffer {
   const maxFrame = limits.maxFrame ?? DEFAULT_MAX_FRAME;
   const maxHeader = limits.maxHeader ?? DEFAULT_MAX_HEADER;
   const hasHeader = header !== undefined && Object.keys(header).length > 0;
   if (hasHeader && !info.header) throw new FerryError('bad-frame', `${info.name} frames carry no header`);
-  if (body && body.length > 0 && !info.body) throw new FerryError('bad-frame', `${info.name} frames carry no body`);
+  if (bodyLength > 0 && !info.body) throw new FerryError('bad-frame', `${info.name} frames carry no body`);
   const h = hasHeader ? Buffer.from(JSON.stringify(header), 'utf8') : EMPTY;
   if (h.length > maxHeader) throw new FerryError('bad-frame', `${info.name} header of ${h.length} bytes exceeds the ${maxHeader}-byte limit`);
-  const b = body ?? EMPTY;
-  const length = 8 + h.length + b.length;
+  const length = 8 + h.length + bodyLength;
   if (length > maxFrame) throw new FerryError('bad-frame', `${info.name} frame of ${length} bytes exceeds the ${maxFrame}-byte limit (send large data as a stream)`);
-  const out = Buffer.allocUnsafe(4 + length);
+  const out = Buffer.allocUnsafe(FRAME_PREFIX + h.length + room);
   out.writeUInt32BE(length, 0);
   out.writeUInt16BE(info.code, 4);
   out[6] = priority === 'urgent' ? FLAG_URGENT : 0;
   out[7] = 0;
   out.writeUInt32BE(h.length, 8);
   h.copy(out, FRAME_PREFIX);
-  out.set(b, FRAME_PREFIX + h.length);
   return out;
 }
 
@@ -79,7 +95,9 @@ export class FrameDecoder {
   private buffered = 0;
   private failed: FerryError | undefined;
   // prefix of the frame being assembled, once checked
-  private pending: { info: CodeInfo; length: number; headerLength: number; urgent: boolean } | undefined;
+  private pending: { info: CodeInfo; length: number; headerLength: number; urgent: boolean; header?: Header; sink?: BodySink; left: number } | undefined;
+  /** Asked once per frame with a body, when its header has arrived: a sink to stream the body to, or undefined to buffer it. */
+  sinkFor: ((info: CodeInfo, header: Header, bodyLength: number) => BodySink | undefined) | undefined;
 
   constructor(limits: FrameLimits = {}) {
     this.maxFrame = limits.maxFrame ?? DEFAULT_MAX_FRAME;
@@ -90,7 +108,7 @@ export class FrameDecoder {
   get bufferedBytes(): number { return this.buffered; }
 
   /** True when a frame has been started but not completed (a truncated stream ends here). */
-  get midFrame(): boolean { return this.buffered > 0; }
+  get midFrame(): boolean { return this.buffered > 0 || this.pending !== undefined; }
 
   /** Add bytes and return every frame they complete. Throws FerryError('bad-frame') on malformed input. */
   push(chunk: Uint8Array): Frame[] {
@@ -182,24 +200,43 @@ export class FrameDecoder {
       if (headerLength > 0 && !info.header) throw new FerryError('bad-frame', `${info.name} frames carry no header`);
       if (length - 8 - headerLength > 0 && !info.body) throw new FerryError('bad-frame', `${info.name} frames carry no body`);
       this.take(FRAME_PREFIX);
-      this.pending = { info, length, headerLength, urgent: (flags & FLAG_URGENT) !== 0 };
+      this.pending = { info, length, headerLength, urgent: (flags & FLAG_URGENT) !== 0, left: length - 8 - headerLength };
     }
-    const { info, length, headerLength, urgent } = this.pending;
-    const payload = length - 8;
-    if (this.buffered < payload) return undefined;
-    this.pending = undefined;
-    let header: Header = {};
-    if (headerLength > 0) {
-      const text = this.take(headerLength).toString('utf8');
-      let parsed: unknown;
-      try { parsed = JSON.parse(text); } catch (e) {
-        throw new FerryError('bad-frame', `${info.name} header is not valid JSON: ${(e as Error).message}`);
+    const p = this.pending;
+    const { info, headerLength, urgent } = p;
+    if (p.header === undefined) {
+      // Without a sink for it, the body is buffered whole first (as the header is then).
+      if (this.buffered < headerLength + (this.sinkFor ? 0 : p.left)) return undefined;
+      let header: Header = {};
+      if (headerLength > 0) {
+        const text = this.take(headerLength).toString('utf8');
+        let parsed: unknown;
+        try { parsed = JSON.parse(text); } catch (e) {
+          throw new FerryError('bad-frame', `${info.name} header is not valid JSON: ${(e as Error).message}`);
+        }
+        if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) throw new FerryError('bad-frame', `${info.name} header is not a JSON object`);
+        header = parsed as Header;
       }
-      if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) throw new FerryError('bad-frame', `${info.name} header is not a JSON object`);
-      header = parsed as Header;
+      p.header = header;
+      if (p.left > 0 && this.sinkFor) p.sink = this.sinkFor(info, header, p.left);
     }
-    const bodyLength = payload - headerLength;
-    const body = bodyLength === 0 ? EMPTY : this.take(bodyLength);
-    return { code: info.code, name: info.name, priority: urgent ? 'urgent' : 'bulk', header, body };
+    if (p.sink) {
+      while (p.left > 0 && this.buffered > 0) {
+        const first = this.chunks[0]!;
+        const k = Math.min(first.length, p.left);
+        const piece = k === first.length ? first : first.subarray(0, k);
+        if (k === first.length) this.chunks.shift(); else this.chunks[0] = first.subarray(k);
+        this.buffered -= k;
+        p.left -= k;
+        p.sink.write(piece);
+      }
+      if (p.left > 0) return undefined;
+      this.pending = undefined;
+      return { code: info.code, name: info.name, priority: urgent ? 'urgent' : 'bulk', header: p.header, body: EMPTY, sunk: p.sink };
+    }
+    if (this.buffered < p.left) return undefined;
+    this.pending = undefined;
+    const body = p.left === 0 ? EMPTY : this.take(p.left);
+    return { code: info.code, name: info.name, priority: urgent ? 'urgent' : 'bulk', header: p.header, body };
   }
 }

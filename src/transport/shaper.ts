@@ -141,16 +141,16 @@ function sleep(ms: number): Promise<void> {
  * written at once.
  */
 export class DelayLine {
-  private queue: { at: number; bytes: Buffer }[] = [];
+  private queue: { at: number; bytes: Uint8Array }[] = [];
   private timer: NodeJS.Timeout | undefined;
   private waiters: (() => void)[] = [];
   private lowWaiters: { below: number; resolve: () => void }[] = [];
   /** Bytes held, not yet written to the socket. */
   pendingBytes = 0;
 
-  constructor(private readonly write: (b: Buffer) => void) {}
+  constructor(private readonly write: (b: Uint8Array) => void) {}
 
-  push(at: number, bytes: Buffer): void {
+  push(at: number, bytes: Uint8Array): void {
     this.queue.push({ at, bytes });
     this.pendingBytes += bytes.length;
     if (this.queue.length === 1) this.flush();
@@ -182,7 +182,7 @@ export class DelayLine {
     this.timer = undefined;
     const t = now();
     let i = 0;
-    const due: Buffer[] = [];
+    const due: Uint8Array[] = [];
     while (i < this.queue.length && this.queue[i].at <= t + 0.05) due.push(this.queue[i++].bytes);
     if (i > 0) this.queue.splice(0, i);
     if (due.length > 0) {

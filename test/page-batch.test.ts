@@ -1,0 +1,74 @@
+// Page batches: the copying and the zero-copy encodings agree; a batch applied as it
+// arrives (PageBatchWriter, a transport body sink, any chunking) writes the same memory
+// as one decoded whole; malformed batches are refused before any page is written.
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { applyPageBatch, decodePageBatch, encodePageBatch, encodePageBatchParts, isZeroPage, PageBatchWriter } from '../src/memory/page-batch.ts';
+import { encodeFrame, FrameDecoder, resolveCode } from '../src/transport/index.ts';
+
+const PS = 4096, PAGES = 64;
+
+let seed = 0x9e3779b9;
+const rnd = (n: number) => { seed ^= seed << 13; seed >>>= 0; seed ^= seed >>> 17; seed ^= seed << 5; seed >>>= 0; return seed % n; };
+
+/** Random indices with runs of consecutive pages, and a few zero pages not among them. */
+function randomBatch(): { indices: number[]; zero: number[] } {
+  const used = new Set<number>(), indices: number[] = [], zero: number[] = [];
+  for (let r = rnd(5); r >= 0; r--) {
+    const start = rnd(PAGES), len = 1 + rnd(8);
+    for (let i = start; i < Math.min(PAGES, start + len); i++) if (!used.has(i)) { used.add(i); indices.push(i); }
+  }
+  for (let r = rnd(3); r > 0; r--) { const i = rnd(PAGES); if (!used.has(i)) { used.add(i); zero.push(i); } }
+  return { indices, zero };
+}
+
+function chunked(buf: Buffer): Buffer[] {
+  const out: Buffer[] = [];
+  for (let o = 0; o < buf.length;) { const n = 1 + rnd(3 * PS); out.push(buf.subarray(o, o + n)); o += n; }
+  return out;
+}
+
+describe('page batches', () => {
+  it('zero-copy parts equal the copied encoding; streamed apply equals whole apply', () => {
+    for (let t = 0; t < 200; t++) {
+      const src = new Uint8Array(randomBytes(PAGES * PS));
+      const { indices, zero } = randomBatch();
+      const whole = encodePageBatch(src, PS, indices, zero);
+      assert.deepEqual(Buffer.concat(encodePageBatchParts(src, PS, indices, zero)), whole);
+      const a = new Uint8Array(randomBytes(PAGES * PS)), b = Uint8Array.from(a);
+      applyPageBatch(decodePageBatch(whole, PS, PAGES), a, PS);
+      const frame = encodeFrame(resolveCode('MIG_PAGES'), { mid: 'm' }, whole);
+      const d = new FrameDecoder();
+      d.sinkFor = (_info, _h, n) => new PageBatchWriter(b, PS, PAGES, n);
+      const frames = chunked(frame).flatMap((c) => d.push(c));
+      assert.equal(frames.length, 1);
+      assert.equal(frames[0]!.body.length, 0);
+      (frames[0]!.sunk as PageBatchWriter).end();
+      assert.ok(Buffer.from(a).equals(Buffer.from(b)), `batch ${t}: streamed apply differs`);
+    }
+  });
+
+  it('a malformed batch is refused before any page is written', () => {
+    const src = new Uint8Array(randomBytes(4 * PS));
+    const cases: [string, Buffer][] = [];
+    const outside = encodePageBatch(new Uint8Array(PAGES * 2 * PS), PS, [1, PAGES + 3]);
+    cases.push(['index outside', outside]);
+    const short = encodePageBatch(src, PS, [0, 1]).subarray(0, 8 + 8 + PS);
+    cases.push(['length', short]);
+    for (const [what, body] of cases) {
+      assert.throws(() => decodePageBatch(body, PS, PAGES), /malformed page batch/, what);
+      const mem = new Uint8Array(PAGES * PS);
+      const w = new PageBatchWriter(mem, PS, PAGES, body.length);
+      for (const c of chunked(Buffer.from(body))) w.write(c);
+      assert.throws(() => w.end(), /malformed page batch/, what);
+      assert.ok(mem.every((x) => x === 0), `${what}: nothing written`);
+    }
+  });
+
+  it('isZeroPage', () => {
+    const m = new Uint8Array(8 * PS);
+    m[3 * PS + 17] = 1;
+    assert.deepEqual([...Array(8).keys()].filter((i) => !isZeroPage(m, i, PS)), [3]);
+  });
+});
