@@ -4,11 +4,17 @@
 // exit identically under node:wasi, under ferry, and under ferry hopping every few ms.
 import { describe, it, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import binaryen from 'binaryen';
-import { ferry, tempDir } from './helpers/ferry.ts';
+import { ferry, ROOT, tempDir, TEST_CACHE } from './helpers/ferry.ts';
+import { loadPrepared } from '../src/vm/cache.ts';
+import { newGuestMemory, WasmProcess } from '../src/vm/process.ts';
+import { initialWasiState } from '../src/wasi/host.ts';
 import { runNodeWasi } from './helpers/oracle.ts';
+
+process.env.FERRY_CACHE_DIR = TEST_CACHE;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 const PROGRAMS: Record<string, string> = {
   'loops yielding values, nested': `
@@ -70,6 +76,35 @@ describe('transform on compiler shapes', () => {
       const hopped = await ferry(['run', '--verbose', '--hop-every', '5', file]);
       assert.equal(hopped.exitCode, expected.exitCode, hopped.stderr.toString());
       assert.match(hopped.stderr.toString(), /hop 1:/, 'it hopped at least once');
+    });
+  }
+});
+
+// The variants must lay out asyncify frames identically: a process frozen in one
+// resumes in the other (deep recursion: many instrumented frames on the stack).
+describe('frozen in one variant, resumed in the other', () => {
+  for (const [name, args] of [['recurse', ['3000', '6000']], ['asobjects', ['400', '1000']]] as const) {
+    it(`${name}: faulting -> tracked -> faulting, output identical to node:wasi`, async () => {
+      const wasm = join(ROOT, 'workloads', 'bin', `${name}.wasm`);
+      const bytes = readFileSync(wasm);
+      const expected = await runNodeWasi({ wasm, args: [wasm, ...args] });
+      const loaded = { faulting: await loadPrepared(bytes, 'faulting'), tracked: await loadPrepared(bytes, 'tracked') };
+      const out: Buffer[] = [];
+      let p = WasmProcess.start(loaded.faulting, initialWasiState({ args: [wasm, ...args], env: [], preopens: [] }), { stdin: null, stdio: 'message' });
+      p.on('stdout', (d: Uint8Array) => out.push(Buffer.from(d)));
+      await new Promise((r) => p.once('running', r));
+      for (const next of ['tracked', 'faulting', 'tracked'] as const) {
+        await sleep(40);
+        const c = await p.freeze();
+        const mem = newGuestMemory();
+        new Uint8Array(mem.buffer).set(c.memory.subarray(0, c.logicalBytes));
+        const q = WasmProcess.resume(loaded[next], mem, c.exec, c.wasi, { stdin: null, stdio: 'message' });
+        q.on('stdout', (d: Uint8Array) => out.push(Buffer.from(d)));
+        await p.kill();
+        p = q;
+      }
+      assert.equal(await p.exited, expected.exitCode);
+      assert.equal(Buffer.concat(out).toString(), expected.stdout.toString());
     });
   }
 });

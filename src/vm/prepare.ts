@@ -11,11 +11,13 @@
 //  3. dirty tracking: every write (stores, atomics, SIMD lane stores, memory.copy/
 //     fill/init) marks its 4 KiB page(s) in the dirty map;
 //  4. variant 'faulting' adds a present check before every access (post-copy and
-//     demand paging); variant 'tracked' has none. Both have the same locals and the
-//     same asyncify call indices, so a process captured in one resumes in the other:
-//     once all pages are local the runtime swaps the checks out;
+//     demand paging); variant 'tracked' has none. Both hand asyncify the same code (a
+//     call to a check function, empty in 'tracked' and inlined after asyncify in
+//     'faulting'), so their asyncify frames match and a process captured in one
+//     resumes in the other: once all pages are local the runtime swaps the checks out;
 //  5. every mutable global is exported so the execution state can be captured;
-//  6. asyncify, with only the safe-point and blocking imports able to unwind.
+//  6. asyncify (optimizing the functions it instruments), with only the safe-point and
+//     blocking imports able to unwind.
 import binaryen from 'binaryen';
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -103,14 +105,14 @@ interface Ctx {
   tmp: number; a: number; c: number; d: number; // i32 scratch locals of the current function
   labels: number; // counter for unique block/loop names
   stats: PreparedMeta['stats'];
-  growFn: string; markRangeFn: string; checkRangeFn: string; logicalGlobal: string;
+  growFn: string; markRangeFn: string; checkRangeFn: string; checkFn: string; logicalGlobal: string;
 }
 
-/** ptr -> (block (result i32) (local.set $t ptr) marks/checks... (local.get $t)) */
+/** ptr -> (block (result i32) (local.set $t ptr) dirty marks... (call $check t+offset bytes) (local.get $t)).
+ *  Both variants emit the same code here: only the body of the check function differs
+ *  (empty in 'tracked', where the optimizer after asyncify removes the call). */
 function wrapAccess(ctx: Ctx, ptr: number, offset: number, bytes: number, write: boolean): number {
   const { m, tmp } = ctx;
-  // A read needs nothing unless pages can be absent (no calls: asyncify frames are unaffected).
-  if (!write && ctx.variant === 'tracked') { ctx.stats.reads++; return ptr; }
   const at = (delta: number) => {
     const d = (offset + delta) >>> 0;
     const base = m.local.get(tmp, binaryen.i32);
@@ -122,11 +124,8 @@ function wrapAccess(ctx: Ctx, ptr: number, offset: number, bytes: number, write:
     body.push(m.i32.store8(DIRTY_MAP, 1, at(0), m.i32.const(1)));
     if (bytes > 1) body.push(m.i32.store8(DIRTY_MAP, 1, at(bytes - 1), m.i32.const(1)));
   } else ctx.stats.reads++;
-  if (ctx.variant === 'faulting') {
-    const absent = m.i32.or(m.i32.load8_u(ABSENT_MAP, 1, at(0)), m.i32.load8_u(ABSENT_MAP, 1, at(bytes - 1)));
-    const start = offset === 0 ? m.local.get(tmp, binaryen.i32) : m.i32.add(m.local.get(tmp, binaryen.i32), m.i32.const(offset | 0));
-    body.push(m.if(absent, m.call(IMPORT_FAULT, [start, m.i32.const(bytes)], binaryen.none)));
-  }
+  const start = offset === 0 ? m.local.get(tmp, binaryen.i32) : m.i32.add(m.local.get(tmp, binaryen.i32), m.i32.const(offset | 0));
+  body.push(m.call(ctx.checkFn, [start, m.i32.const(bytes)], binaryen.none));
   body.push(m.local.get(tmp, binaryen.i32));
   return m.block(null, body, binaryen.i32);
 }
@@ -142,10 +141,8 @@ function wrapBulk(ctx: Ctx, expr: number, cls: 'MemoryCopy' | 'MemoryFill' | 'Me
   const second = cls === 'MemoryCopy' ? C.getSource(expr) : cls === 'MemoryFill' ? C.getValue(expr) : C.getOffset(expr);
   const body = [m.local.set(a, dest), m.local.set(c, second), m.local.set(d, size),
     m.call(ctx.markRangeFn, [get(a), get(d)], binaryen.none)];
-  if (ctx.variant === 'faulting') {
-    body.push(m.call(ctx.checkRangeFn, [get(a), get(d)], binaryen.none));
-    if (cls === 'MemoryCopy') body.push(m.call(ctx.checkRangeFn, [get(c), get(d)], binaryen.none));
-  }
+  body.push(m.call(ctx.checkRangeFn, [get(a), get(d)], binaryen.none));
+  if (cls === 'MemoryCopy') body.push(m.call(ctx.checkRangeFn, [get(c), get(d)], binaryen.none));
   C.setDest(expr, get(a)); C.setSize(expr, get(d));
   if (cls === 'MemoryCopy') C.setSource(expr, get(c));
   else if (cls === 'MemoryFill') C.setValue(expr, get(c));
@@ -300,6 +297,35 @@ function recursiveFunctions(m: binaryen.Module, names: string[]): Set<string> {
   return result;
 }
 
+/** Faulting variant, after asyncify: replace each call to the check function by its
+ *  body (the optimizer would not inline it, and a call per access is slow). Locals
+ *  added now are not part of any asyncify frame. */
+function inlineChecks(m: binaryen.Module, ctx: Ctx, names: string[]): void {
+  const i32 = binaryen.i32;
+  for (const name of names) {
+    const fn = m.getFunction(name);
+    let x = -1, n = -1;
+    const stack: { e: number; set: Slot }[] = [{ e: b.Function.getBody(fn), set: (r) => b.Function.setBody(fn, r) }];
+    while (stack.length) {
+      const { e, set } = stack.pop()!;
+      const cls = classById.get(binaryen.getExpressionId(e));
+      if (cls === undefined) throw new FerryError('unsupported-module', `unsupported instruction (binaryen expression id ${binaryen.getExpressionId(e)})`);
+      if (cls === 'Call' && b.Call.getTarget(e) === ctx.checkFn) {
+        if (x < 0) { x = b._BinaryenFunctionAddVar(fn, i32); n = b._BinaryenFunctionAddVar(fn, i32); }
+        const get = (i: number) => m.local.get(i, i32);
+        const page = (p: number) => m.i32.load8_u(ABSENT_MAP, 1, m.i32.shr_u(p, m.i32.const(TRACK_SHIFT)));
+        set(m.block(null, [
+          m.local.set(x, b.Call.getOperandAt(e, 0)), m.local.set(n, b.Call.getOperandAt(e, 1)),
+          m.if(m.i32.or(page(get(x)), page(m.i32.add(get(x), m.i32.sub(get(n), m.i32.const(1))))),
+            m.call(IMPORT_FAULT, [get(x), get(n)], binaryen.none)),
+        ], binaryen.none));
+        continue;
+      }
+      for (const s of childSlots(e, cls)) stack.push({ e: s.child, set: s.set });
+    }
+  }
+}
+
 function valType(t: number): ValType {
   if (t === binaryen.i32) return 'i32';
   if (t === binaryen.i64) return 'i64';
@@ -332,9 +358,21 @@ function addHelpers(m: binaryen.Module, ctx: Ctx, maxPages: number): void {
   m.addFunction(ctx.markRangeFn, binaryen.createType([i32, i32]), binaryen.none, [i32, i32],
     pageLoop((p) => m.i32.store8(DIRTY_MAP, 1, get(p), m.i32.const(1))));
   // ferry_check_range(addr, len): fault the range in if any page of it is absent.
-  m.addFunction(ctx.checkRangeFn, binaryen.createType([i32, i32]), binaryen.none, [i32, i32],
-    pageLoop((p) => m.if(m.i32.load8_u(ABSENT_MAP, 1, get(p)),
-      m.block(null, [m.call(IMPORT_FAULT, [get(0), get(1)], binaryen.none), m.return()]))));
+  // ferry_check(addr, bytes): fault [addr, addr+bytes) in if either end's page is absent.
+  // Both are empty in the 'tracked' variant (the optimizer then drops every call to them).
+  const pair = binaryen.createType([i32, i32]);
+  if (ctx.variant === 'faulting') {
+    m.addFunction(ctx.checkRangeFn, pair, binaryen.none, [i32, i32],
+      pageLoop((p) => m.if(m.i32.load8_u(ABSENT_MAP, 1, get(p)),
+        m.block(null, [m.call(IMPORT_FAULT, [get(0), get(1)], binaryen.none), m.return()]))));
+    const page = (e: number) => m.i32.load8_u(ABSENT_MAP, 1, m.i32.shr_u(e, m.i32.const(TRACK_SHIFT)));
+    m.addFunction(ctx.checkFn, pair, binaryen.none, [],
+      m.if(m.i32.or(page(get(0)), page(m.i32.add(get(0), m.i32.sub(get(1), m.i32.const(1))))),
+        m.call(IMPORT_FAULT, [get(0), get(1)], binaryen.none)));
+  } else {
+    m.addFunction(ctx.checkRangeFn, pair, binaryen.none, [], m.nop());
+    m.addFunction(ctx.checkFn, pair, binaryen.none, [], m.nop());
+  }
 }
 
 export function prepareModule(original: Uint8Array, variant: Variant = 'tracked'): PreparedModule {
@@ -432,7 +470,7 @@ function transform(m: binaryen.Module, original: Uint8Array, variant: Variant): 
 
   const stats: PreparedMeta['stats'] = { functions: funcNames.length, loopPolls: 0, entryPolls: 0, writes: 0, reads: 0, bulk: 0 };
   const ctx: Ctx = { m, variant, tmp: 0, a: 0, c: 0, d: 0, labels: 0, stats, logicalGlobal,
-    growFn: 'ferry$grow', markRangeFn: 'ferry$mark_range', checkRangeFn: 'ferry$check_range' };
+    growFn: 'ferry$grow', markRangeFn: 'ferry$mark_range', checkRangeFn: 'ferry$check_range', checkFn: 'ferry$check' };
   const recursive = recursiveFunctions(m, funcNames);
   for (const name of funcNames) {
     const fn = m.getFunction(name);
@@ -466,13 +504,18 @@ function transform(m: binaryen.Module, original: Uint8Array, variant: Variant): 
       initialPages: mem.initial, maxPages, dataRanges, globals, hasStartFunction, stats } };
   }
   binaryen.setPassArgument('asyncify-imports', asyncImports.join(','));
-  binaryen.setOptimizeLevel(0);
+  // Asyncify optimizes the functions it instruments (fewer locals to save, fewer state
+  // checks). Its frame layout then depends on the code it sees, which is why both
+  // variants hand it the same code (see wrapAccess).
+  binaryen.setOptimizeLevel(2);
   binaryen.setShrinkLevel(0);
-  m.runPasses(['asyncify']);
+  try {
+    m.runPasses(['asyncify']);
+  } finally {
+    binaryen.setPassArgument('asyncify-imports', null);
+  }
   stage('asyncify', t0);
-  binaryen.setPassArgument('asyncify-imports', null);
-  // Optimize after asyncify, not inside it: asyncify's frame layout then depends only
-  // on the locals and call sites, which both variants share.
+  if (variant === 'faulting') inlineChecks(m, ctx, funcNames);
   binaryen.setOptimizeLevel(2);
   m.optimize();
   stage('optimize', t0);
