@@ -22,7 +22,7 @@ const LONG: Record<string, string[]> = {
   pageinc: ['16', '60000'],
   recurse: ['5000', '60000'],
   filecopy: ['/data/in.bin', '/data/out.bin', '4096', '3000'],
-  sleeper: ['60', '50'],
+  sleeper: ['120', '50'],
   asobjects: ['8000'],
 };
 const long = (w: Workload): Workload => ({ ...w, args: LONG[w.name] ?? w.args });

@@ -30,6 +30,7 @@ export function formatMetrics(m: MigrationMetrics): string {
     `  sent ${mb(m.bytes.total)} (setup ${mb(m.bytes.setup)}, preparation ${mb(m.bytes.preparation)}, down time ${mb(m.bytes.downtime)}, post-processing ${mb(m.bytes.postProcessing)})`,
     `  pages: ${m.pages.addressSpace} in the address space, ${m.pages.sent} sent, ${m.pages.zero} zero (not sent), at most ${m.pages.maxSendsPerPage} sends per page`,
   ];
+  if (m.rounds > 0) lines.push(`  ${m.rounds} rounds while running, ${m.pages.resent} pages resent, dirty rate ${m.dirtyRateBytesPerSec === null ? '-' : `${(m.dirtyRateBytesPerSec / 1e6).toFixed(1)} MB/s`}${m.throttle ? `, throttled to ${((1 - m.throttle) * 100).toFixed(0)}%` : ''}`);
   if (m.linkBandwidthBps !== null) lines.push(`  link ${(m.linkBandwidthBps / 1e6).toFixed(0)} Mbit/s: wire time ${ms(m.wireTimeMs)}, total/wire ${m.totalMs && m.wireTimeMs ? (m.totalMs / m.wireTimeMs).toFixed(2) : '-'}`);
   if (m.throughputBytesPerSec !== null) lines.push(`  throughput ${(m.throughputBytesPerSec / 1e6).toFixed(0)} MB/s`);
   return lines.join('\n') + '\n';
@@ -49,9 +50,13 @@ export function registerMigrationCommands(program: Command): void {
     .option('--to <node>', 'the destination node')
     .option('--algorithm <name>', `how the address space moves (${ALGORITHMS.join(', ')})`, 'total-copy')
     .option('--page-size <bytes>', 'transfer page size: 4096, 16384 or 65536', (v) => Number(v), 4096)
+    .option('--max-rounds <n>', 'pre-copy: rounds while the process runs, at most (default 6, as in the thesis)', (v) => Number(v))
+    .option('--downtime-limit <ms>', 'pre-copy: freeze once the rest would take this long to send (default 300)', (v) => Number(v))
+    .option('--thesis-limits', 'pre-copy: the thesis\'s rule instead (freeze when under 30% of the address space is dirty)')
+    .option('--auto-converge', 'throttle the process while it dirties memory faster than the link drains it (QEMU)')
     .option('--cancel', 'cancel the migration of PID under way (the process stays where it is)')
     .option('--json', 'print the metrics as JSON (no progress bar)'))
-    .action(async (pid: string, flags: ClusterFlags & { to?: string; algorithm: string; pageSize: number; cancel?: boolean; json?: boolean }) => {
+    .action(async (pid: string, flags: ClusterFlags & { to?: string; algorithm: string; pageSize: number; cancel?: boolean; json?: boolean; maxRounds?: number; downtimeLimit?: number; thesisLimits?: boolean; autoConverge?: boolean }) => {
       const target = clusterTarget(flags);
       if (flags.cancel) {
         const { conn } = await connectToProcess(target, pid);
@@ -70,7 +75,12 @@ export function registerMigrationCommands(program: Command): void {
         const { conn } = await connectToProcess(target, pid);
         try {
           if (showBar) conn.on('MIG_PROGRESS', (m) => process.stderr.write(bar(m.header.progress as unknown as Progress)));
-          const r = await call(conn, 'migrate', { pid, to: flags.to, algorithm: flags.algorithm, pageSize: flags.pageSize, progress: showBar }, undefined, MIGRATE_TIMEOUT_MS);
+          const r = await call(conn, 'migrate', {
+            pid, to: flags.to, algorithm: flags.algorithm, pageSize: flags.pageSize, progress: showBar,
+            ...(flags.maxRounds !== undefined ? { maxRounds: flags.maxRounds } : {}),
+            ...(flags.downtimeLimit !== undefined ? { downtimeLimitMs: flags.downtimeLimit } : {}),
+            ...(flags.thesisLimits ? { thesisLimits: true } : {}), ...(flags.autoConverge ? { autoConverge: true } : {}),
+          }, undefined, MIGRATE_TIMEOUT_MS);
           metrics = r.metrics as unknown as MigrationMetrics;
         } catch (e) {
           // It moved between locating it and asking: locate it again, once.

@@ -6,15 +6,45 @@ export interface ConvergenceInput {
   pending: number;
   rounds: number;
   maxRounds: number;
+  /** What may be left for down time, in bytes (see downtimeBudget); 0 if absent. */
+  limitBytes?: number;
 }
 
 /** Nothing left to send while running. */
 export const nothingPending = (c: ConvergenceInput): boolean => c.pending <= 0;
+
+/** What is left fits in the down-time budget. */
+export const fitsDowntime = (c: ConvergenceInput): boolean => c.rounds > 0 && c.pending <= (c.limitBytes ?? 0);
 
 /** The round budget is spent (the thesis stopped pre-copy after 6 rounds). */
 export const roundsExhausted = (c: ConvergenceInput): boolean => c.rounds >= c.maxRounds;
 
 /** Another round while the process runs? */
 export function shouldIterate(c: ConvergenceInput): boolean {
-  return !nothingPending(c) && !roundsExhausted(c);
+  return !nothingPending(c) && !fitsDowntime(c) && !roundsExhausted(c);
+}
+
+export interface BudgetInput {
+  /** --downtime-limit, ms. */
+  downtimeLimitMs: number;
+  /** Bytes/s the link moved in the last round (or its shaped rate); null before any round. */
+  bandwidthBytesPerSec: number | null;
+  addressSpaceBytes: number;
+  /** The thesis's rule instead: stop when the dirty set is under 30% of the address space. */
+  thesisLimits: boolean;
+}
+
+export const THESIS_DIRTY_FRACTION = 0.3;
+
+/** Bytes that may be left for down time. */
+export function downtimeBudget(b: BudgetInput): number {
+  if (b.thesisLimits) return THESIS_DIRTY_FRACTION * b.addressSpaceBytes;
+  if (b.bandwidthBytesPerSec === null) return 0;
+  return (b.downtimeLimitMs / 1000) * b.bandwidthBytesPerSec;
+}
+
+/** Auto-converge (QEMU): slow the process down while it dirties memory faster than the link drains it. */
+export function throttleFor(dirtyRateBytesPerSec: number, bandwidthBytesPerSec: number, current: number): number {
+  if (dirtyRateBytesPerSec <= bandwidthBytesPerSec * 0.5) return Math.max(0, current - 0.1);
+  return Math.min(0.99, current === 0 ? 0.2 : current + 0.1);
 }

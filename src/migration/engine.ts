@@ -13,7 +13,8 @@ import { encodePageBatch, encodePageBatchParts, isZeroPage } from '../memory/pag
 import { MetricsRecorder, type MigrationMetrics, type Phase } from './metrics.ts';
 import { MigrationStateMachine } from './state.ts';
 import type { SourceContext, Strategy } from './strategy.ts';
-import { shouldIterate } from './convergence.ts';
+import { downtimeBudget, shouldIterate, throttleFor } from './convergence.ts';
+import { DirtyPages } from '../memory/dirty.ts';
 
 /** The destination, as the engine sees it. Implemented by the node over a connection. */
 export interface MigrationChannel {
@@ -44,6 +45,10 @@ export interface SourceProcess {
   resume(): void;
   /** It runs on the destination now: drop it here. */
   release(): Promise<void>;
+  /** Its address space as seen while it runs (bytes): everything it may have written. */
+  addressSpaceBytes(): number;
+  /** Auto-converge: sleep this share of the time (0 = full speed). */
+  throttle?(share: number): void;
   /** Its state (everything but the pages) as an image, for the destination. */
   stateImage(frozen: Captured, pageSize: number): Buffer[];
 }
@@ -56,9 +61,24 @@ export interface MigrationSpec {
   process: SourceProcess;
   channel: MigrationChannel;
   pageSize: number;
-  maxRounds?: number;
+  options?: MigrationOptions;
   log?: (m: string) => void;
 }
+
+/** Knobs of a migration (QEMU's names where they exist). */
+export interface MigrationOptions {
+  /** Pre-copy: at most this many rounds while running (thesis: 6). */
+  maxRounds?: number;
+  /** Pre-copy: freeze once what is left would take at most this long to send (QEMU's downtime-limit). */
+  downtimeLimitMs?: number;
+  /** Pre-copy: the thesis's rule instead (dirty set under 30% of the address space). */
+  thesisLimits?: boolean;
+  /** Throttle the process while it dirties memory faster than the link drains it. */
+  autoConverge?: boolean;
+}
+
+export const DEFAULT_MAX_ROUNDS = 6;
+export const DEFAULT_DOWNTIME_LIMIT_MS = 300;
 
 export interface Progress { id: string; state: string; phase: Phase | 'setup'; bytes: number; pagesSent: number; addressSpace: number }
 
@@ -116,12 +136,7 @@ export class Migration extends EventEmitter {
       await strategy.setup?.(ctx);
       if (strategy.iterate) {
         this.enter('preparation');
-        let rounds = 0;
-        while (shouldIterate({ pending: strategy.pending?.(ctx) ?? 0, rounds, maxRounds: this.spec.maxRounds ?? 6 })) {
-          await strategy.iterate(ctx);
-          rounds++;
-          this.check();
-        }
+        await this.rounds(ctx);
       }
       this.enter('downtime');
       this.frozen = await proc.freeze().catch((e: Error) => {
@@ -163,6 +178,37 @@ export class Migration extends EventEmitter {
     }
   }
 
+  /** Pre-copy rounds while the process runs, until a convergence predicate says freeze. */
+  private async rounds(ctx: SourceContext): Promise<void> {
+    const { strategy, channel, process: proc } = this.spec;
+    const o = this.spec.options ?? {};
+    let bandwidth = channel.linkBytesPerSec;
+    let throttle = 0;
+    for (let rounds = 0; ; rounds++) {
+      const pending = strategy.pending?.(ctx) ?? 0;
+      const limitBytes = downtimeBudget({
+        downtimeLimitMs: o.downtimeLimitMs ?? DEFAULT_DOWNTIME_LIMIT_MS, bandwidthBytesPerSec: bandwidth,
+        addressSpaceBytes: ctx.dirty.addressSpacePages() * ctx.pageSize, thesisLimits: o.thesisLimits ?? false,
+      });
+      this.metrics.m.rounds = rounds;
+      if (!shouldIterate({ pending, rounds, maxRounds: o.maxRounds ?? DEFAULT_MAX_ROUNDS, limitBytes })) return;
+      const t0 = performance.now(), b0 = this.metrics.m.bytes.total;
+      await strategy.iterate!(ctx);
+      this.check();
+      const secs = (performance.now() - t0) / 1000;
+      const sent = this.metrics.m.bytes.total - b0;
+      if (secs > 0 && sent > 0) bandwidth = sent / secs; // what the link really moved
+      // Dirty rate: what the process dirtied while the round ran.
+      const dirtied = (strategy.pending?.(ctx) ?? 0);
+      this.metrics.m.dirtyRateBytesPerSec = secs > 0 ? dirtied / secs : null;
+      if (o.autoConverge && bandwidth) {
+        throttle = throttleFor(dirtied / Math.max(secs, 1e-3), bandwidth, throttle);
+        proc.throttle?.(throttle);
+        this.metrics.m.throttle = throttle;
+      }
+    }
+  }
+
   private enter(phase: Phase): void {
     this.phase = phase;
     this.metrics.begin(phase);
@@ -178,6 +224,18 @@ export class Migration extends EventEmitter {
       signal: this.abort.signal,
       get phase() { return self.phase === 'setup' ? 'preparation' : self.phase; },
       sendPages: (indices) => this.sendPages(indices),
+      dirty: this.dirtyView(),
+    };
+  }
+
+  private dirtyView(): SourceContext['dirty'] {
+    const d = new DirtyPages(this.spec.process.memory, this.spec.pageSize);
+    const ps = this.spec.pageSize;
+    return {
+      addressSpacePages: () => Math.ceil(this.spec.process.addressSpaceBytes() / ps),
+      clear: (n) => d.clear(n),
+      count: (n) => d.count(n),
+      take: (n) => d.take(n),
     };
   }
 

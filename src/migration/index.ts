@@ -2,9 +2,11 @@
 import { FerryError } from '../errors.ts';
 import type { Strategy } from './strategy.ts';
 import { TotalCopy } from './total-copy.ts';
+import { PreCopy } from './pre-copy.ts';
 
 const STRATEGIES: Record<string, () => Strategy> = {
   'total-copy': () => new TotalCopy(),
+  'pre-copy': () => new PreCopy(),
 };
 
 export const ALGORITHMS = Object.keys(STRATEGIES);
@@ -15,5 +17,5 @@ export function strategyFor(name: string): Strategy {
   return make();
 }
 
-export { Migration, type MigrationChannel, type SourceProcess, type Progress } from './engine.ts';
+export { Migration, type MigrationChannel, type MigrationOptions, type SourceProcess, type Progress } from './engine.ts';
 export type { MigrationMetrics } from './metrics.ts';

@@ -24,13 +24,20 @@ export interface MigrationMetrics {
   /** preparation + down time + post-processing; null while a residual dependency remains. */
   totalMs: number | null;
   bytes: { setup: number; preparation: number; downtime: number; postProcessing: number; total: number };
-  pages: { addressSpace: number; sent: number; zero: number; maxSendsPerPage: number; pageSize: number };
+  /** resent: sends of pages sent before (pre-copy's cost). */
+  pages: { addressSpace: number; sent: number; zero: number; maxSendsPerPage: number; resent: number; pageSize: number };
   /** The source's shaped link rate (bytes/s x 8), null on an unshaped link. */
   linkBandwidthBps: number | null;
   /** Bytes sent after setup divided by the link's bandwidth; null on an unshaped link. */
   wireTimeMs: number | null;
   /** Bytes of the process's address space sent per ms while moving (after setup). */
   throughputBytesPerSec: number | null;
+  /** Pre-copy rounds while the process ran. */
+  rounds: number;
+  /** Bytes/s the process dirtied during the last round (pre-copy). */
+  dirtyRateBytesPerSec: number | null;
+  /** Auto-converge's last throttle (share of time the process slept). */
+  throttle: number;
   error?: { code: string; message: string };
 }
 
@@ -49,9 +56,9 @@ export class MetricsRecorder {
       startedAt: new Date().toISOString(),
       setupMs: null, preparationMs: null, downtimeMs: null, postProcessingMs: null, totalMs: null,
       bytes: { setup: 0, preparation: 0, downtime: 0, postProcessing: 0, total: 0 },
-      pages: { addressSpace: 0, sent: 0, zero: 0, maxSendsPerPage: 0, pageSize: init.pageSize },
+      pages: { addressSpace: 0, sent: 0, zero: 0, maxSendsPerPage: 0, resent: 0, pageSize: init.pageSize },
       linkBandwidthBps: init.linkBytesPerSec === null ? null : init.linkBytesPerSec * 8,
-      wireTimeMs: null, throughputBytesPerSec: null,
+      wireTimeMs: null, throughputBytesPerSec: null, rounds: 0, dirtyRateBytesPerSec: null, throttle: 0,
     };
     this.phaseStart.setup = this.t0;
   }
@@ -97,6 +104,7 @@ export class MetricsRecorder {
     this.m.pages.sent++;
     if (index >= this.sends.length) this.setAddressSpace(index + 1);
     const c = Math.min(255, this.sends[index]! + 1);
+    if (c > 1) this.m.pages.resent++;
     this.sends[index] = c;
     if (c > this.m.pages.maxSendsPerPage) this.m.pages.maxSendsPerPage = c;
   }

@@ -31,7 +31,18 @@ export interface SourceContext {
   readonly phase: Phase;
   /** Send these pages' current bytes to the destination. All-zero pages the destination
    *  has never received are elided (counted as zero pages); the destination's memory is zero there. */
-  sendPages(indices: Iterable<number>): Promise<void>;
+  sendPages(indices: Iterable<number>, info?: { round?: number }): Promise<void>;
+  /** The process's dirty pages (pre-copy), in migration pages. */
+  readonly dirty: DirtyView;
+}
+
+/** Dirty-page bookkeeping of the running process, as strategies see it (src/memory/dirty.ts). */
+export interface DirtyView {
+  /** Migration pages of the address space as the source sees it while the process runs. */
+  addressSpacePages(): number;
+  clear(pages: number): void;
+  count(pages: number): number;
+  take(pages: number): number[];
 }
 
 export interface Strategy {

@@ -198,7 +198,17 @@ export class ControlApi {
       throw new FerryError('not-here', where ? `process ${pid} runs on ${where.node} (${where.addr}): ask that node` : `no process ${pid} on ${this.ctx.name}`);
     }
     const pageSize = typeof h.pageSize === 'number' ? h.pageSize : undefined;
-    return this.ctx.migrator.migrate({ pid, to, algorithm, pageSize }, token === undefined ? undefined : (p) => {
+    const num = (k: string, min: number, max: number): number | undefined => {
+      const v = h[k];
+      if (v === undefined || v === null) return undefined;
+      if (typeof v !== 'number' || !(v >= min && v <= max)) throw badRequest(`migrate: ${k} must be a number from ${min} to ${max}`);
+      return v;
+    };
+    const options = {
+      maxRounds: num('maxRounds', 0, 1000), downtimeLimitMs: num('downtimeLimitMs', 0, 3_600_000),
+      thesisLimits: h.thesisLimits === true, autoConverge: h.autoConverge === true,
+    };
+    return this.ctx.migrator.migrate({ pid, to, algorithm, pageSize, options }, token === undefined ? undefined : (p) => {
       if (conn.isOpen) conn.send('MIG_PROGRESS', { token, progress: p as never }).catch(() => {});
     });
   }

@@ -15,7 +15,7 @@
 import { randomUUID } from 'node:crypto';
 import { FerryError } from '../errors.ts';
 import { IncomingMigration } from '../migration/destination.ts';
-import { Migration, type MigrationChannel } from '../migration/engine.ts';
+import { Migration, type MigrationChannel, type MigrationOptions } from '../migration/engine.ts';
 import type { MigrationMetrics } from '../migration/metrics.ts';
 import { strategyFor } from '../migration/index.ts';
 import type { Connection, IncomingStream, Message, Reply } from '../transport/index.ts';
@@ -52,7 +52,7 @@ export interface MigratorContext {
   log?: (m: string) => void;
 }
 
-export interface MigrateRequest { pid: string; to: string; algorithm?: string; pageSize?: number; maxRounds?: number }
+export interface MigrateRequest { pid: string; to: string; algorithm?: string; pageSize?: number; options?: MigrationOptions }
 
 export class Migrator {
   private readonly active = new Map<string, Migration>(); // pid -> its migration
@@ -82,7 +82,7 @@ export class Migrator {
       program: () => table.programBytes(req.pid),
       dialAgain: () => this.ctx.dialNode(req.to),
     });
-    const m = new Migration({ id, from: this.ctx.name, to: req.to, strategy, process: source, channel, pageSize, maxRounds: req.maxRounds, log: this.ctx.log });
+    const m = new Migration({ id, from: this.ctx.name, to: req.to, strategy, process: source, channel, pageSize, options: req.options, log: this.ctx.log });
     this.active.set(req.pid, m);
     if (onProgress) m.on('progress', onProgress);
     const metrics = await m.done;

@@ -209,11 +209,13 @@ export class ProcessTable {
     if (!e.proc || (e.proc.state !== 'running' && e.proc.state !== 'starting')) throw new FerryError('busy', `process ${pid} is ${e.info.state}: it can move once it runs`);
     e.moving = true;
     const proc = e.proc;
+    this.snapshot(e); // records the address space before a pre-copy clears the dirty map
     return {
       pid, memory: proc.bytes,
       freeze: async () => { e.info.state = 'migrating'; return proc.freeze(); },
       resume: () => {
         e.moving = false;
+        proc.throttle(0);
         if (!e.ended && proc.state === 'frozen') { proc.continue(); e.info.state = 'running'; }
       },
       release: async () => {
@@ -225,6 +227,8 @@ export class ProcessTable {
         this.log?.(`${pid} moved to ${to}`);
       },
       stateImage: (frozen: Captured, pageSize: number) => this.stateImage(e, frozen, pageSize),
+      addressSpaceBytes: () => this.snapshot(e).memoryBytes,
+      throttle: (share: number) => proc.throttle(share),
     };
   }
 

@@ -7,7 +7,7 @@ import {
 } from './layout.ts';
 import {
   CONTROL_BYTES, CTL_FAULT, CTL_FILE, CTL_HEADER_BYTES, CTL_STDIN_EOF, CTL_STDIN_READ, CTL_STDIN_WRITE,
-  CTL_STOP, CTL_WAKE, STDIN_RING_BYTES, type ExecState, type FromWorker, type StdioMode, type ToWorker,
+  CTL_STOP, CTL_THROTTLE, CTL_WAKE, STDIN_RING_BYTES, type ExecState, type FromWorker, type StdioMode, type ToWorker,
 } from './protocol.ts';
 import type { LoadedModule } from './cache.ts';
 import type { WasiState } from '../wasi/types.ts';
@@ -171,6 +171,14 @@ export class WasmProcess extends EventEmitter {
     this.filePort?.close();
     await this.worker.terminate();
     this.settle.reject(new FerryError('runtime', 'process killed'));
+  }
+
+  /** Auto-converge: make the process sleep this share of its time (0 = full speed, at most 0.99). */
+  throttle(share: number): void {
+    const permille = Math.max(0, Math.min(990, Math.round(share * 1000)));
+    Atomics.store(this.ctl, CTL_THROTTLE, permille);
+    if (permille > 0) Atomics.store(this.memI32, STOP_FLAG >>> 2, 1); // polls call in, and sleep there
+    this.wake();
   }
 
   /** Mark pages absent (post-copy, demand paging): the first access faults. */

@@ -54,6 +54,7 @@ export const CTL_STDIN_EOF = 3;     // 1 once stdin has ended (after the ring dr
 export const CTL_FAULT = 4;         // fault sequence: worker waits until the owner bumps it
 export const CTL_STOP = 5;          // mirror of the stop flag, for waits
 export const CTL_FILE = 6;          // bumped + notified after each file reply posted to the worker
+export const CTL_THROTTLE = 7;      // auto-converge: per mille of the time the process sleeps (0: full speed)
 export const CTL_HEADER_BYTES = 64;
 export const STDIN_RING_BYTES = 64 * 1024;
 export const CONTROL_BYTES = CTL_HEADER_BYTES + STDIN_RING_BYTES;

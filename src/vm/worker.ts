@@ -7,7 +7,7 @@ import {
   EXPORT_START_FN, FERRY_MODULE, IMPORT_FAULT, IMPORT_MEMORY, IMPORT_SAFEPOINT, STOP_FLAG, TRACK_SHIFT,
 } from './layout.ts';
 import {
-  CTL_FAULT, CTL_FILE, CTL_HEADER_BYTES, CTL_STDIN_EOF, CTL_STDIN_READ, CTL_STDIN_WRITE, CTL_STOP, CTL_WAKE,
+  CTL_FAULT, CTL_FILE, CTL_HEADER_BYTES, CTL_STDIN_EOF, CTL_STDIN_READ, CTL_STDIN_WRITE, CTL_STOP, CTL_THROTTLE, CTL_WAKE,
   STDIN_RING_BYTES, type ExecState, type FromWorker, type ToWorker,
 } from './protocol.ts';
 import { WASI_MODULE } from './module-meta.ts';
@@ -22,6 +22,7 @@ const port = parentPort;
 const post = (m: FromWorker, transfer?: ArrayBuffer[]) => port.postMessage(m, transfer ?? []);
 
 type Mode = 'normal' | 'unwinding' | 'rewinding';
+const RUN_SLICE_MS = 10;
 
 let session: Session | null = null;
 
@@ -138,11 +139,26 @@ class Session {
       return;
     }
     if (Atomics.load(this.ctl, CTL_STOP)) this.startUnwind();
+    else if (Atomics.load(this.ctl, CTL_THROTTLE)) this.throttle();
     else this.clearStop(); // a stale flag (stop withdrawn): carry on
   }
 
   private clearStop(): void {
-    if (!Atomics.load(this.ctl, CTL_STOP)) Atomics.store(this.i32, STOP_FLAG >>> 2, 0);
+    if (!Atomics.load(this.ctl, CTL_STOP) && !Atomics.load(this.ctl, CTL_THROTTLE)) Atomics.store(this.i32, STOP_FLAG >>> 2, 0);
+  }
+
+  /** Auto-converge: run RUN_SLICE_MS, then sleep so that the sleeping share is CTL_THROTTLE per mille.
+   *  The stop flag stays set meanwhile, so every poll comes here; a stop request ends the sleep. */
+  private runSince = performance.now();
+  private throttle(): void {
+    const now = performance.now();
+    if (now - this.runSince < RUN_SLICE_MS) return;
+    const share = Math.min(990, Atomics.load(this.ctl, CTL_THROTTLE)) / 1000;
+    const sleepMs = (RUN_SLICE_MS * share) / (1 - share);
+    const wake = Atomics.load(this.ctl, CTL_WAKE);
+    if (!Atomics.load(this.ctl, CTL_STOP)) Atomics.wait(this.ctl, CTL_WAKE, wake, sleepMs);
+    this.runSince = performance.now();
+    if (Atomics.load(this.ctl, CTL_STOP)) this.startUnwind();
   }
 
   /** A blocking WASI import: re-entered during rewind, may ask to unwind. */
