@@ -103,31 +103,67 @@ interface Ctx {
   m: binaryen.Module;
   variant: Variant;
   tmp: number; a: number; c: number; d: number; // i32 scratch locals of the current function
+  r: number; // i32 scratch local for reads (so a read inside a store's value leaves the store's address alone)
+  fn: number; // the current function (to add locals)
+  valueTmp: Map<number, number>; // per value type: scratch local holding a store's value while its marks are written
   labels: number; // counter for unique block/loop names
   stats: PreparedMeta['stats'];
   growFn: string; markRangeFn: string; checkRangeFn: string; checkFn: string; logicalGlobal: string;
 }
 
-/** ptr -> (block (result i32) (local.set $t ptr) dirty marks... (call $check t+offset bytes) (local.get $t)).
+/** ptr -> (block (result i32) (local.set $t ptr) (call $check t+offset bytes) (local.get $t)).
  *  Both variants emit the same code here: only the body of the check function differs
  *  (empty in 'tracked', where the optimizer after asyncify removes the call). */
-function wrapAccess(ctx: Ctx, ptr: number, offset: number, bytes: number, write: boolean): number {
-  const { m, tmp } = ctx;
+function wrapPtr(ctx: Ctx, ptr: number, offset: number, bytes: number, local: number): number {
+  const { m } = ctx;
+  const start = offset === 0 ? m.local.get(local, binaryen.i32) : m.i32.add(m.local.get(local, binaryen.i32), m.i32.const(offset | 0));
+  return m.block(null, [m.local.set(local, ptr), m.call(ctx.checkFn, [start, m.i32.const(bytes)], binaryen.none), m.local.get(local, binaryen.i32)], binaryen.i32);
+}
+
+function wrapRead(ctx: Ctx, ptr: number, offset: number, bytes: number): number {
+  ctx.stats.reads++;
+  return wrapPtr(ctx, ptr, offset, bytes, ctx.r);
+}
+
+/** A write: the address is checked before (present check), and its page(s) marked dirty
+ *  AFTER the value is computed, just before the write itself: nothing can run between
+ *  the marks and the write (no call, no safe point), so a pre-copy round that clears a
+ *  mark and then copies the page never misses a write whose mark it cleared.
+ *  Returns [new address operand, new value operand]. */
+function wrapWrite(ctx: Ctx, ptr: number, value: number, offset: number, bytes: number): [number, number] {
+  const { m } = ctx;
+  ctx.stats.writes++;
+  // A write nested in the value would reuse the shared scratch local: give this one its own.
+  const local = hasNestedWrite(value) ? b._BinaryenFunctionAddVar(ctx.fn, binaryen.i32) : ctx.tmp;
+  const newPtr = wrapPtr(ctx, ptr, offset, bytes, local);
+  const vt = binaryen.getExpressionType(value);
+  if (vt === binaryen.unreachable) return [newPtr, value];
   const at = (delta: number) => {
     const d = (offset + delta) >>> 0;
-    const base = m.local.get(tmp, binaryen.i32);
+    const base = m.local.get(local, binaryen.i32);
     return m.i32.shr_u(d === 0 ? base : m.i32.add(base, m.i32.const(d | 0)), m.i32.const(TRACK_SHIFT));
   };
-  const body: number[] = [m.local.set(tmp, ptr)];
-  if (write) {
-    ctx.stats.writes++;
-    body.push(m.i32.store8(DIRTY_MAP, 1, at(0), m.i32.const(1)));
-    if (bytes > 1) body.push(m.i32.store8(DIRTY_MAP, 1, at(bytes - 1), m.i32.const(1)));
-  } else ctx.stats.reads++;
-  const start = offset === 0 ? m.local.get(tmp, binaryen.i32) : m.i32.add(m.local.get(tmp, binaryen.i32), m.i32.const(offset | 0));
-  body.push(m.call(ctx.checkFn, [start, m.i32.const(bytes)], binaryen.none));
-  body.push(m.local.get(tmp, binaryen.i32));
-  return m.block(null, body, binaryen.i32);
+  let v = ctx.valueTmp.get(vt);
+  if (v === undefined) { v = b._BinaryenFunctionAddVar(ctx.fn, vt) as number; ctx.valueTmp.set(vt, v); }
+  const body = [m.local.set(v, value), m.i32.store8(DIRTY_MAP, 1, at(0), m.i32.const(1))];
+  if (bytes > 1) body.push(m.i32.store8(DIRTY_MAP, 1, at(bytes - 1), m.i32.const(1)));
+  body.push(m.local.get(v, vt));
+  return [newPtr, m.block(null, body, vt)];
+}
+
+const WRITE_IDS = new Set<number>();
+/** Does the expression contain a write (whose wrapper uses the shared scratch locals)? */
+function hasNestedWrite(e: number): boolean {
+  if (WRITE_IDS.size === 0) for (const id of [binaryen.StoreId, binaryen.AtomicRMWId, binaryen.AtomicCmpxchgId, binaryen.SIMDLoadStoreLaneId, binaryen.MemoryCopyId, binaryen.MemoryFillId, binaryen.MemoryInitId]) WRITE_IDS.add(id);
+  const stack = [e];
+  while (stack.length) {
+    const x = stack.pop()!;
+    const id = binaryen.getExpressionId(x);
+    if (WRITE_IDS.has(id)) return true;
+    const cls = classById.get(id);
+    if (cls !== undefined) for (const s of childSlots(x, cls)) stack.push(s.child);
+  }
+  return false;
 }
 
 /** memory.copy/fill/init: evaluate operands into locals, mark [dest, dest+size), then run it. */
@@ -139,8 +175,7 @@ function wrapBulk(ctx: Ctx, expr: number, cls: 'MemoryCopy' | 'MemoryFill' | 'Me
   const dest = C.getDest(expr);
   const size = C.getSize(expr);
   const second = cls === 'MemoryCopy' ? C.getSource(expr) : cls === 'MemoryFill' ? C.getValue(expr) : C.getOffset(expr);
-  const body = [m.local.set(a, dest), m.local.set(c, second), m.local.set(d, size),
-    m.call(ctx.markRangeFn, [get(a), get(d)], binaryen.none)];
+  const body = [m.local.set(a, dest), m.local.set(c, second), m.local.set(d, size)];
   body.push(m.call(ctx.checkRangeFn, [get(a), get(d)], binaryen.none));
   if (cls === 'MemoryCopy') body.push(m.call(ctx.checkRangeFn, [get(c), get(d)], binaryen.none));
   C.setDest(expr, get(a)); C.setSize(expr, get(d));
@@ -148,6 +183,8 @@ function wrapBulk(ctx: Ctx, expr: number, cls: 'MemoryCopy' | 'MemoryFill' | 'Me
   else if (cls === 'MemoryFill') C.setValue(expr, get(c));
   else C.setOffset(expr, get(c));
   body.push(expr);
+  // Marked after the write (see wrapWrite); the operands are in locals nothing else touches.
+  body.push(m.call(ctx.markRangeFn, [get(a), get(d)], binaryen.none));
   return m.block(null, body, binaryen.none);
 }
 
@@ -214,19 +251,36 @@ function instrumentBody(ctx: Ctx, body: number, setBody: Slot): void {
         item.set(pollLoop(ctx, e));
         break;
       }
-      case 'Store': b.Store.setPtr(e, wrapAccess(ctx, b.Store.getPtr(e), b.Store.getOffset(e), b.Store.getBytes(e), true)); break;
-      case 'Load': b.Load.setPtr(e, wrapAccess(ctx, b.Load.getPtr(e), b.Load.getOffset(e), b.Load.getBytes(e), false)); break;
-      case 'AtomicRMW': b.AtomicRMW.setPtr(e, wrapAccess(ctx, b.AtomicRMW.getPtr(e), b.AtomicRMW.getOffset(e), b.AtomicRMW.getBytes(e), true)); break;
-      case 'AtomicCmpxchg': b.AtomicCmpxchg.setPtr(e, wrapAccess(ctx, b.AtomicCmpxchg.getPtr(e), b.AtomicCmpxchg.getOffset(e), b.AtomicCmpxchg.getBytes(e), true)); break;
-      case 'AtomicWait': {
-        const bytes = b.AtomicWait.getExpectedType(e) === binaryen.i64 ? 8 : 4;
-        b.AtomicWait.setPtr(e, wrapAccess(ctx, b.AtomicWait.getPtr(e), 0, bytes, false));
+      case 'Store': {
+        const [p, v] = wrapWrite(ctx, b.Store.getPtr(e), b.Store.getValue(e), b.Store.getOffset(e), b.Store.getBytes(e));
+        b.Store.setPtr(e, p); b.Store.setValue(e, v);
         break;
       }
-      case 'SIMDLoad': b.SIMDLoad.setPtr(e, wrapAccess(ctx, b.SIMDLoad.getPtr(e), b.SIMDLoad.getOffset(e), 16, false)); break;
+      case 'Load': b.Load.setPtr(e, wrapRead(ctx, b.Load.getPtr(e), b.Load.getOffset(e), b.Load.getBytes(e))); break;
+      case 'AtomicRMW': {
+        const [p, v] = wrapWrite(ctx, b.AtomicRMW.getPtr(e), b.AtomicRMW.getValue(e), b.AtomicRMW.getOffset(e), b.AtomicRMW.getBytes(e));
+        b.AtomicRMW.setPtr(e, p); b.AtomicRMW.setValue(e, v);
+        break;
+      }
+      case 'AtomicCmpxchg': {
+        // The replacement is the last operand: the marks go after it (the expected value was computed before).
+        const [p, v] = wrapWrite(ctx, b.AtomicCmpxchg.getPtr(e), b.AtomicCmpxchg.getReplacement(e), b.AtomicCmpxchg.getOffset(e), b.AtomicCmpxchg.getBytes(e));
+        b.AtomicCmpxchg.setPtr(e, p); b.AtomicCmpxchg.setReplacement(e, v);
+        break;
+      }
+      case 'AtomicWait': {
+        const bytes = b.AtomicWait.getExpectedType(e) === binaryen.i64 ? 8 : 4;
+        b.AtomicWait.setPtr(e, wrapRead(ctx, b.AtomicWait.getPtr(e), 0, bytes));
+        break;
+      }
+      case 'SIMDLoad': b.SIMDLoad.setPtr(e, wrapRead(ctx, b.SIMDLoad.getPtr(e), b.SIMDLoad.getOffset(e), 16)); break;
       case 'SIMDLoadStoreLane': {
         const op = b.SIMDLoadStoreLane.getOp(e);
-        b.SIMDLoadStoreLane.setPtr(e, wrapAccess(ctx, b.SIMDLoadStoreLane.getPtr(e), b.SIMDLoadStoreLane.getOffset(e), SIMD_LANE_BYTES[op] ?? 16, op >= 4));
+        const bytes = SIMD_LANE_BYTES[op] ?? 16;
+        if (op >= 4) {
+          const [p, v] = wrapWrite(ctx, b.SIMDLoadStoreLane.getPtr(e), b.SIMDLoadStoreLane.getVec(e), b.SIMDLoadStoreLane.getOffset(e), bytes);
+          b.SIMDLoadStoreLane.setPtr(e, p); b.SIMDLoadStoreLane.setVec(e, v);
+        } else b.SIMDLoadStoreLane.setPtr(e, wrapRead(ctx, b.SIMDLoadStoreLane.getPtr(e), b.SIMDLoadStoreLane.getOffset(e), bytes));
         break;
       }
       case 'MemoryCopy': case 'MemoryFill': case 'MemoryInit': item.set(wrapBulk(ctx, e, cls)); break;
@@ -469,7 +523,7 @@ function transform(m: binaryen.Module, original: Uint8Array, variant: Variant): 
   m.addFunctionImport(IMPORT_FAULT, FERRY_MODULE, IMPORT_FAULT, binaryen.createType([binaryen.i32, binaryen.i32]), binaryen.none);
 
   const stats: PreparedMeta['stats'] = { functions: funcNames.length, loopPolls: 0, entryPolls: 0, writes: 0, reads: 0, bulk: 0 };
-  const ctx: Ctx = { m, variant, tmp: 0, a: 0, c: 0, d: 0, labels: 0, stats, logicalGlobal,
+  const ctx: Ctx = { m, variant, tmp: 0, a: 0, c: 0, d: 0, r: 0, fn: 0, valueTmp: new Map(), labels: 0, stats, logicalGlobal,
     growFn: 'ferry$grow', markRangeFn: 'ferry$mark_range', checkRangeFn: 'ferry$check_range', checkFn: 'ferry$check' };
   const recursive = recursiveFunctions(m, funcNames);
   for (const name of funcNames) {
@@ -479,6 +533,9 @@ function transform(m: binaryen.Module, original: Uint8Array, variant: Variant): 
     ctx.a = b._BinaryenFunctionAddVar(fn, binaryen.i32);
     ctx.c = b._BinaryenFunctionAddVar(fn, binaryen.i32);
     ctx.d = b._BinaryenFunctionAddVar(fn, binaryen.i32);
+    ctx.r = b._BinaryenFunctionAddVar(fn, binaryen.i32);
+    ctx.fn = fn;
+    ctx.valueTmp = new Map();
     const body = binaryen.getFunctionInfo(fn).body;
     instrumentBody(ctx, body, (r) => b.Function.setBody(fn, r));
     if (recursive.has(name)) {
