@@ -26,11 +26,10 @@ export interface MigrationChannel {
   setup(): Promise<number>;
   /** One page batch (one buffer, or parts to send as they are); resolves when handed to the link. Returns bytes sent. */
   sendPages(batch: Buffer | readonly Uint8Array[]): Promise<number>;
-  /** The process state; resolves when the destination has it ready to run. Returns bytes sent. */
-  sendState(image: Buffer[]): Promise<number>;
-  /** Ask the destination to run it. Resolves once it runs there; throws a FerryError with
-   *  code 'migration-aborted' when it definitely does not (then the source resumes it). */
-  commit(): Promise<void>;
+  /** Send the process state and ask the destination to run it (one round trip). Resolves once
+   *  it runs there (with the bytes sent); throws a FerryError with code 'migration-aborted'
+   *  when it definitely does not (then the source resumes it). */
+  commit(state: Buffer[]): Promise<number>;
   /** Tell the destination to drop everything it has (best effort). */
   abort(reason: FerryError): void;
   close(): void;
@@ -142,14 +141,18 @@ export class Migration extends EventEmitter {
       this.frozen = await proc.freeze().catch((e: Error) => {
         throw new FerryError('process-ended', `process ${proc.pid} could not be frozen: ${e.message}`, { cause: e });
       });
+      this.metrics.step('frozen');
       this.metrics.setAddressSpace(Math.ceil(this.frozen.logicalBytes / this.spec.pageSize));
       this.check();
       await strategy.complete(ctx, this.frozen);
+      this.metrics.step('pages');
       this.check();
-      this.metrics.addBytes('downtime', await channel.sendState(proc.stateImage(this.frozen, this.spec.pageSize)));
+      const state = proc.stateImage(this.frozen, this.spec.pageSize);
+      this.metrics.step('state');
       this.check();
       this.committing = true; // from here the destination decides; no cancel
-      await channel.commit();
+      this.metrics.addBytes('downtime', await channel.commit(state));
+      this.metrics.step('running');
       this.metrics.downtimeEnded();
       this.frozen = null;
       await proc.release();

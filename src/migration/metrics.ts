@@ -38,6 +38,8 @@ export interface MigrationMetrics {
   dirtyRateBytesPerSec: number | null;
   /** Auto-converge's last throttle (share of time the process slept). */
   throttle: number;
+  /** Where the down time went: ms from the freeze request to each step (frozen, pages, state, running). */
+  downtimeSteps: Record<string, number>;
   error?: { code: string; message: string };
 }
 
@@ -58,7 +60,7 @@ export class MetricsRecorder {
       bytes: { setup: 0, preparation: 0, downtime: 0, postProcessing: 0, total: 0 },
       pages: { addressSpace: 0, sent: 0, zero: 0, maxSendsPerPage: 0, resent: 0, pageSize: init.pageSize },
       linkBandwidthBps: init.linkBytesPerSec === null ? null : init.linkBytesPerSec * 8,
-      wireTimeMs: null, throughputBytesPerSec: null, rounds: 0, dirtyRateBytesPerSec: null, throttle: 0,
+      wireTimeMs: null, throughputBytesPerSec: null, rounds: 0, dirtyRateBytesPerSec: null, throttle: 0, downtimeSteps: {},
     };
     this.phaseStart.setup = this.t0;
   }
@@ -77,7 +79,7 @@ export class MetricsRecorder {
   end(): void {
     const t = now();
     if (this.phaseStart.postProcessing !== null) this.m.postProcessingMs = t - this.phaseStart.postProcessing;
-    else if (this.phaseStart.downtime !== null) { this.m.downtimeMs = t - this.phaseStart.downtime; this.m.postProcessingMs = 0; }
+    else if (this.phaseStart.downtime !== null) { this.m.downtimeMs ??= t - this.phaseStart.downtime; this.m.postProcessingMs = 0; }
     if (this.m.preparationMs === null) this.m.preparationMs = 0;
     const parts = [this.m.preparationMs, this.m.downtimeMs ?? 0, this.m.postProcessingMs ?? 0];
     this.m.totalMs = parts.reduce((a, b) => a + b, 0);
@@ -87,6 +89,12 @@ export class MetricsRecorder {
   /** Down time ends when the destination runs the process (before post-processing, if any). */
   downtimeEnded(): void {
     if (this.phaseStart.downtime !== null && this.m.downtimeMs === null) this.m.downtimeMs = now() - this.phaseStart.downtime;
+  }
+
+  /** Record a step of the down time. */
+  step(name: string): void {
+    const t0 = this.phaseStart.downtime;
+    if (t0 !== null) this.m.downtimeSteps[name] = Math.round((now() - t0) * 100) / 100;
   }
 
   addBytes(phase: Phase | 'setup', n: number): void {

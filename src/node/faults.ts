@@ -5,8 +5,8 @@
 //   points (where the node is when it fails)
 //     dest-setup      destination, MIG_SETUP received
 //     dest-pages      destination, first MIG_PAGES received
-//     dest-state      destination, MIG_STATE received
-//     dest-commit     destination, MIG_COMMIT received, before the process runs
+//     dest-state      destination, MIG_COMMIT (with the state) received
+//     dest-commit     destination, state accepted, before the process runs
 //     dest-running    destination, the process runs, before answering the commit
 //     src-pages       source, after its first page batch is sent
 //     src-commit      source, right after sending MIG_COMMIT

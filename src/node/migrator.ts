@@ -9,8 +9,7 @@
 //           (memoryBytes: the source's memory in use; the destination pre-faults as much)
 //           (module bytes as a stream {kind: 'module', mid}, then MIG_SETUP again)
 //   S -> D  MIG_PAGES {mid} + page batch ...                       (one-way, bulk)
-//   S -> D  MIG_STATE {mid} + state image                          D: {ready}
-//   S -> D  MIG_COMMIT {mid}                                       D: {state: 'running'} or ERROR migration-aborted
+//   S -> D  MIG_COMMIT {mid} + state image                         D: {state: 'running'} or ERROR migration-aborted
 //   S -> D  MIG_QUERY {mid} (fresh connection, if the commit's answer was lost)
 import { randomUUID } from 'node:crypto';
 import { FerryError } from '../errors.ts';
@@ -32,7 +31,6 @@ import type { Faults } from './faults.ts';
 
 export const DEFAULT_PAGE_SIZE = 4096;
 const SETUP_TIMEOUT_MS = 15 * 60_000; // compiling a large module on the destination takes minutes
-const STATE_TIMEOUT_MS = 60_000;
 const COMMIT_TIMEOUT_MS = 30_000;
 const QUERY_ATTEMPTS = 30;
 const HISTORY = 256;
@@ -113,7 +111,6 @@ export class Migrator {
     conn.handle('MIG_SETUP', this.onSetup);
     conn.on('MIG_PAGES', this.onPages);
     conn.sinkBodies('MIG_PAGES', (h, n) => this.incoming.get(String(h.mid))?.pageSink(n)); // applied as they arrive
-    conn.handle('MIG_STATE', this.onState);
     conn.handle('MIG_COMMIT', this.onCommit);
     conn.handle('MIG_QUERY', this.onQuery);
     conn.on('MIG_ABORT', (m) => { this.incoming.get(String(m.header.mid))?.abort(`source aborted: ${String(m.header.reason ?? '')}`); });
@@ -161,15 +158,11 @@ export class Migrator {
     try { inc.pages(msg.body, msg.sunk); } catch (e) { inc.abort((e as Error).message); }
   };
 
-  private onState = (msg: Message, conn: Connection): Reply => {
+  /** The state, and the order to run it: the destination decides here (see destination.ts). */
+  private onCommit = async (msg: Message, conn: Connection): Promise<Reply> => {
     const inc = this.need(msg);
     if (this.ctx.faults.hit('dest-state', conn)) throw new FerryError('fault', 'dest-state');
     try { inc.acceptState(msg.body); } catch (e) { inc.abort((e as Error).message); throw e; }
-    return { header: { ready: true } };
-  };
-
-  private onCommit = async (msg: Message, conn: Connection): Promise<Reply> => {
-    const inc = this.need(msg);
     if (this.ctx.faults.hit('dest-commit', conn)) throw new FerryError('fault', 'dest-commit');
     await inc.commit(async (m) => {
       const img = m.image!;
@@ -180,7 +173,8 @@ export class Migrator {
       const offset = img.wasi.stdinTakenBytes ?? 0;
       if (x.home === this.ctx.name) this.ctx.home.attach(img.meta.pid, this.ctx.name, offset);
       else {
-        await this.ctx.membership.peer(x.home).then((c) => c.send('HOME_ATTACH', { pid: img.meta.pid, node: this.ctx.name, stdinOffset: offset }))
+        // Not awaited: the process runs; home learns where (stdin follows) a moment later.
+        void this.ctx.membership.peer(x.home).then((c) => c.send('HOME_ATTACH', { pid: img.meta.pid, node: this.ctx.name, stdinOffset: offset }))
           .catch((e: Error) => this.ctx.log?.(`could not tell home ${x.home} that ${img.meta.pid} runs here: ${e.message}`));
       }
     });
@@ -254,17 +248,12 @@ class ConnectionChannel implements MigrationChannel {
     return this.delta();
   }
 
-  async sendState(image: Buffer[]): Promise<number> {
-    await this.conn.request('MIG_STATE', { mid: this.mid }, Buffer.concat(image), { timeoutMs: STATE_TIMEOUT_MS });
-    return this.delta();
-  }
-
-  async commit(): Promise<void> {
+  async commit(state: Buffer[]): Promise<number> {
     try {
-      const answer = this.conn.request('MIG_COMMIT', { mid: this.mid }, undefined, { timeoutMs: COMMIT_TIMEOUT_MS });
+      const answer = this.conn.request('MIG_COMMIT', { mid: this.mid }, Buffer.concat(state), { timeoutMs: COMMIT_TIMEOUT_MS });
       this.faults.hit('src-commit', this.conn);
       await answer;
-      return;
+      return this.delta();
     } catch (e) {
       if (e instanceof FerryError && e.code === 'migration-aborted') throw e;
       // The answer was lost: ask on a fresh connection until the destination says, or is gone.
@@ -274,7 +263,7 @@ class ConnectionChannel implements MigrationChannel {
         try {
           c = await this.spec.dialAgain();
           const r = await c.request('MIG_QUERY', { mid: this.mid }, undefined, { timeoutMs: 5000 });
-          if (r.header.state === 'running') return;
+          if (r.header.state === 'running') return this.delta();
           throw new FerryError('migration-aborted', `destination reports the migration ${String(r.header.state)} (commit lost: ${last.message})`);
         } catch (qe) {
           if (qe instanceof FerryError && qe.code === 'migration-aborted') throw qe;

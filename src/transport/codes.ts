@@ -50,8 +50,8 @@ export const CODES = {
   // Migration (src/migration): one dedicated connection per migration, source -> destination.
   MIG_SETUP:    { code: 0x0120, priority: 'bulk',   header: true, body: true  }, // request {mid, pid, sha256, pageSize, algorithm} + module bytes if asked
   MIG_PAGES:    { code: 0x0121, priority: 'bulk',   header: true, body: true  }, // {mid} + a page batch (src/memory/page-batch.ts)
-  MIG_STATE:    { code: 0x0122, priority: 'bulk',   header: true, body: true  }, // request {mid} + state image (pages elided): answered when ready to run
-  MIG_COMMIT:   { code: 0x0123, priority: 'urgent', header: true, body: false }, // request {mid}: run it; answered once it runs (or ERROR: aborted)
+  // 0x0122: MIG_STATE until the state travelled with the commit (retired; not to be reused)
+  MIG_COMMIT:   { code: 0x0123, priority: 'bulk',   header: true, body: true  }, // request {mid} + state image (pages elided): run it; answered once it runs (or ERROR: aborted)
   MIG_QUERY:    { code: 0x0124, priority: 'urgent', header: true, body: false }, // request {mid}: outcome {state}; aborts one still waiting for its commit
   MIG_ABORT:    { code: 0x0125, priority: 'urgent', header: true, body: false }, // {mid, reason}: drop it
   MIG_PROGRESS: { code: 0x0126, priority: 'bulk',   header: true, body: false }, // node -> client: {token, progress} while a migration runs
