@@ -120,6 +120,11 @@ export class PageBatchWriter {
     }
   }
 
+  /** The pages it carried and the pages it zeroed (after end()). */
+  get carried(): { indices: Uint32Array; zero: Uint32Array } {
+    return { indices: this.indices ?? new Uint32Array(0), zero: this.zero ?? new Uint32Array(0) };
+  }
+
   /** The whole body has arrived: zero the pages to zero. Throws if the batch was malformed. */
   end(): void {
     if (!this.error && (!this.indices || this.k < this.indices.length)) this.error = new FerryError('bad-frame', 'malformed page batch: cut short');

@@ -8,9 +8,17 @@
 // malformed frame, no commit in time. A source that lost the commit's answer
 // asks again (query): a migration still waiting for its commit is aborted
 // then, so a late commit is refused and the process runs exactly once.
+//
+// Post-copy (spec.faulting): the process runs in the faulting variant with
+// every page it has not received marked absent; a first touch faults and the
+// page is fetched from the source (urgent class); pages the source pushes in
+// the background are written only where still absent (a page the process has
+// faulted in may have changed since). When the source has pushed everything
+// (done), every page is present and the process moves to the tracked variant.
 import { FerryError } from '../errors.ts';
 import { decodeImage, type ProcessImage } from '../image/index.ts';
-import { applyPageBatch, decodePageBatch, PageBatchWriter } from '../memory/page-batch.ts';
+import { applyPageBatch, decodePageBatch, PageBatchWriter, type PageBatch } from '../memory/page-batch.ts';
+import { ABSENT_MAP, TRACK_PAGE } from '../vm/layout.ts';
 import { loadPrepared, type LoadedModule } from '../vm/cache.ts';
 import { WASM_PAGE } from '../vm/layout.ts';
 import { newGuestMemory, warmWorkers } from '../vm/process.ts';
@@ -28,13 +36,24 @@ export interface IncomingSpec {
   from: string;
   sha256: string;
   pageSize: number;
+  /** Resume in the faulting variant, pages fetched on first touch (post-copy, demand paging). */
+  faulting?: boolean;
 }
+
+/** Remote faults seen by the destination (thesis 5.3: execution delay). */
+export interface FaultStats { remoteFaults: number; faultRoundTripMs: number | null; executionDelayMs: number }
 
 export class IncomingMigration {
   state: IncomingState = 'setup';
   memory: WebAssembly.Memory | null = null;
   loaded: LoadedModule | null = null;
+  /** The faulting variant (post-copy), loaded during setup. */
+  faultingModule: LoadedModule | null = null;
   image: ProcessImage | null = null;
+  /** Migration pages received (1) so far. */
+  private received = new Uint8Array(0);
+  private readonly faultTimes: number[] = [];
+  private faultWaitMs = 0;
   pagesReceived = 0;
   reason: string | undefined;
   private maxPages = 0;
@@ -46,6 +65,7 @@ export class IncomingMigration {
    *  `expectBytes`: the source's memory in use, pre-faulted here (0: none). */
   async setup(program: Uint8Array, expectBytes = 0): Promise<void> {
     const loaded = await loadPrepared(program, 'tracked', this.spec.sha256);
+    if (this.spec.faulting) this.faultingModule = await loadPrepared(program, 'faulting', this.spec.sha256);
     if (this.state !== 'setup') throw this.refusal();
     this.loaded = loaded;
     this.memory = newGuestMemory();
@@ -60,15 +80,85 @@ export class IncomingMigration {
   /** A page batch: its body, or the writer that took it as it arrived (pageSink). */
   pages(body: Uint8Array, written?: unknown): void {
     if (this.state !== 'receiving') throw this.refusal('pages');
-    if (written instanceof PageBatchWriter) written.end();
-    else applyPageBatch(decodePageBatch(body, this.spec.pageSize, this.maxPages), new Uint8Array(this.memory!.buffer), this.spec.pageSize);
+    let carried: { indices: Uint32Array; zero: Uint32Array };
+    if (written instanceof PageBatchWriter) { written.end(); carried = written.carried; } else {
+      const batch = decodePageBatch(body, this.spec.pageSize, this.maxPages);
+      applyPageBatch(batch, new Uint8Array(this.memory!.buffer), this.spec.pageSize);
+      carried = batch;
+    }
+    this.mark(carried.indices); this.mark(carried.zero);
     this.pagesReceived++;
+  }
+
+  private mark(indices: Uint32Array): void {
+    for (const i of indices) {
+      if (i >= this.received.length) { const r = new Uint8Array(Math.max(i + 1, this.received.length * 2, 1024)); r.set(this.received); this.received = r; }
+      this.received[i] = 1;
+    }
+  }
+
+  private isPresent(page: number): boolean { return page < this.received.length && this.received[page] === 1; }
+
+  /** At commit (post-copy): mark every page of the address space not received absent. */
+  markAbsent(logicalBytes: number): number {
+    const mem = new Uint8Array(this.memory!.buffer);
+    const per = this.spec.pageSize / TRACK_PAGE;
+    const pages = Math.ceil(logicalBytes / this.spec.pageSize);
+    let n = 0;
+    for (let p = 0; p < pages; p++) if (!this.isPresent(p)) { mem.fill(1, ABSENT_MAP + p * per, ABSENT_MAP + (p + 1) * per); n++; }
+    this.totalPages = pages;
+    this.absent = n;
+    return n;
+  }
+  private totalPages = 0;
+  /** Pages still absent (post-copy). */
+  absent = 0;
+
+  /** After commit (post-copy): pages pushed or fetched; written only where still absent. */
+  postPages(batch: PageBatch): void {
+    if (!this.memory) return; // finished: every page is here (a fault's late answer)
+    const mem = new Uint8Array(this.memory.buffer);
+    const ps = this.spec.pageSize, per = ps / TRACK_PAGE;
+    const take = (p: number, bytes: Uint8Array | null) => {
+      if (this.isPresent(p) || p >= this.totalPages) return;
+      if (bytes) mem.set(bytes, p * ps); else mem.fill(0, p * ps, (p + 1) * ps);
+      this.mark(Uint32Array.of(p));
+      mem.fill(0, ABSENT_MAP + p * per, ABSENT_MAP + (p + 1) * per); // present from now on
+      this.absent--;
+    };
+    for (let k = 0; k < batch.indices.length; k++) take(batch.indices[k]!, batch.data.subarray(k * ps, (k + 1) * ps));
+    for (const p of batch.zero) take(p, null);
+  }
+
+  /** A remote fault on [addr, addr+len): fetch the absent pages it spans. */
+  async fault(addr: number, len: number, fetch: (pages: number[]) => Promise<PageBatch>): Promise<void> {
+    const ps = this.spec.pageSize;
+    const want: number[] = [];
+    for (let p = Math.floor(addr / ps); p <= Math.floor((addr + Math.max(1, len) - 1) / ps); p++) if (!this.isPresent(p)) want.push(p);
+    if (!want.length) return;
+    const t0 = performance.now();
+    this.postPages(await fetch(want));
+    const ms = performance.now() - t0;
+    this.faultTimes.push(ms);
+    this.faultWaitMs += ms;
+  }
+
+  faultStats(): FaultStats {
+    const t = [...this.faultTimes].sort((a, b) => a - b);
+    return { remoteFaults: t.length, faultRoundTripMs: t.length ? t[Math.floor(t.length / 2)]! : null, executionDelayMs: this.faultWaitMs };
+  }
+
+  /** Post-processing is over: every page is here (the caller swaps variants), memory let go. */
+  finish(): void {
+    if (this.absent > 0) throw new FerryError('migration-failed', `migration ${this.spec.id}: ${this.absent} pages still absent after the source finished`);
+    this.memory = null;
+    this.image = null;
   }
 
   /** A writer for a page batch of `bodyLength` bytes, to apply it as it arrives (a transport
    *  body sink); undefined unless receiving (the batch is then buffered, and refused). */
   pageSink(bodyLength: number): PageBatchWriter | undefined {
-    if (this.state !== 'receiving') return undefined;
+    if (this.state !== 'receiving') return undefined; // after commit, pushed pages are checked page by page
     return new PageBatchWriter(new Uint8Array(this.memory!.buffer), this.spec.pageSize, this.maxPages, bodyLength);
   }
 
@@ -95,7 +185,7 @@ export class IncomingMigration {
       this.state = 'aborted';
       this.reason = (e as Error).message;
       throw new FerryError('migration-aborted', `destination could not start ${this.spec.pid}: ${(e as Error).message}`, { cause: e });
-    } finally { this.release(); }
+    } finally { if (!this.spec.faulting || this.state === 'aborted') this.release(); }
   }
 
   /** Drop everything, unless it already runs. Returns whether it was aborted. */

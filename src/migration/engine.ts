@@ -15,6 +15,8 @@ import { MigrationStateMachine } from './state.ts';
 import type { SourceContext, Strategy } from './strategy.ts';
 import { downtimeBudget, shouldIterate, throttleFor } from './convergence.ts';
 import { DirtyPages } from '../memory/dirty.ts';
+import type { FaultStats } from './destination.ts';
+import type { SendOptions } from './strategy.ts';
 
 /** The destination, as the engine sees it. Implemented by the node over a connection. */
 export interface MigrationChannel {
@@ -30,6 +32,10 @@ export interface MigrationChannel {
    *  it runs there (with the bytes sent); throws a FerryError with code 'migration-aborted'
    *  when it definitely does not (then the source resumes it). */
   commit(state: Buffer[]): Promise<number>;
+  /** Serve the destination's page faults from the source's memory (post-copy). */
+  serveFaults(read: (pages: number[]) => Buffer | readonly Uint8Array[]): void;
+  /** Post-processing done on this side: resolves once the destination holds every page, with its fault statistics. */
+  finish(): Promise<{ bytes: number; stats: FaultStats }>;
   /** Tell the destination to drop everything it has (best effort). */
   abort(reason: FerryError): void;
   close(): void;
@@ -132,6 +138,7 @@ export class Migration extends EventEmitter {
       this.metrics.addBytes('setup', await channel.setup());
       this.check();
       if (!this.sm.cas('setup', 'active')) this.check();
+      if (strategy.faulting) channel.serveFaults((pages) => this.serve(pages));
       await strategy.setup?.(ctx);
       if (strategy.iterate) {
         this.enter('preparation');
@@ -159,7 +166,9 @@ export class Migration extends EventEmitter {
       if (strategy.postProcess) {
         this.sm.cas('active', 'postcopy-active');
         this.enter('postProcessing');
+        this.metrics.m.residualDependencies = [this.spec.from];
         await strategy.postProcess(ctx);
+        this.metrics.m.residualDependencies = [];
       }
       this.metrics.end();
       this.sm.cas(this.sm.state, 'completed');
@@ -226,7 +235,12 @@ export class Migration extends EventEmitter {
       metrics: this.metrics,
       signal: this.abort.signal,
       get phase() { return self.phase === 'setup' ? 'preparation' : self.phase; },
-      sendPages: (indices) => this.sendPages(indices),
+      sendPages: (indices, opts) => this.sendPages(indices, opts),
+      finish: async () => {
+        const { bytes, stats } = await this.spec.channel.finish();
+        this.metrics.addBytes('postProcessing', bytes);
+        Object.assign(this.metrics.m, stats);
+      },
       dirty: this.dirtyView(),
     };
   }
@@ -243,7 +257,20 @@ export class Migration extends EventEmitter {
   }
 
   /** Batch pages into frames; elide zero pages the destination never had. */
-  private async sendPages(indices: Iterable<number>): Promise<void> {
+  /** A page fault of the destination: these pages' bytes, now (the source is frozen). */
+  private serve(pages: number[]): readonly Uint8Array[] {
+    const ps = this.spec.pageSize;
+    const mem = this.spec.process.memory;
+    const data: number[] = [], zero: number[] = [];
+    for (const i of pages) {
+      if (i >= this.sent.length) { const s = new Uint8Array(Math.max(i + 1, this.sent.length * 2)); s.set(this.sent); this.sent = s; }
+      if (isZeroPage(mem, i, ps)) zero.push(i); else { data.push(i); this.metrics.pageSent(i); }
+      this.sent[i] = 1;
+    }
+    return encodePageBatchParts(mem, ps, data, zero);
+  }
+
+  private async sendPages(indices: Iterable<number>, opts: SendOptions = {}): Promise<void> {
     const ps = this.spec.pageSize;
     const mem = this.spec.process.memory;
     const perBatch = Math.max(1, Math.floor(this.spec.channel.batchBytes / ps));
@@ -253,7 +280,7 @@ export class Migration extends EventEmitter {
     const flush = async () => {
       if (!pages.length && !zero.length) return;
       // Frozen (down time): the pages go from guest memory to the link without a copy.
-      const body = phase === 'downtime' ? encodePageBatchParts(mem, ps, pages, zero) : encodePageBatch(mem, ps, pages, zero);
+      const body = phase !== 'preparation' ? encodePageBatchParts(mem, ps, pages, zero) : encodePageBatch(mem, ps, pages, zero);
       for (const i of pages) this.metrics.pageSent(i);
       pages = []; zero = [];
       this.metrics.addBytes(phase, await this.spec.channel.sendPages(body));
@@ -263,8 +290,10 @@ export class Migration extends EventEmitter {
     };
     for (const i of indices) {
       if (i >= this.sent.length) { const s = new Uint8Array(Math.max(i + 1, this.sent.length * 2)); s.set(this.sent); this.sent = s; }
+      if (opts.skipSent && this.sent[i]) continue;
       if (isZeroPage(mem, i, ps)) {
-        if (!this.sent[i]) { this.metrics.zeroPage(); continue; }
+        if (!this.sent[i]) this.metrics.zeroPage();
+        if (!this.sent[i] && !opts.zeroMarkers) continue;
         zero.push(i);
       } else pages.push(i);
       this.sent[i] = 1;

@@ -3,10 +3,12 @@ import { FerryError } from '../errors.ts';
 import type { Strategy } from './strategy.ts';
 import { TotalCopy } from './total-copy.ts';
 import { PreCopy } from './pre-copy.ts';
+import { PostCopy } from './post-copy.ts';
 
 const STRATEGIES: Record<string, () => Strategy> = {
   'total-copy': () => new TotalCopy(),
   'pre-copy': () => new PreCopy(),
+  'post-copy': () => new PostCopy(),
 };
 
 export const ALGORITHMS = Object.keys(STRATEGIES);

@@ -38,6 +38,13 @@ export interface MigrationMetrics {
   dirtyRateBytesPerSec: number | null;
   /** Auto-converge's last throttle (share of time the process slept). */
   throttle: number;
+  /** Post-copy: pages the destination fetched on first touch, their median round trip, and
+   *  the time the process waited for them (the execution delay of thesis 5.3). */
+  remoteFaults: number;
+  faultRoundTripMs: number | null;
+  executionDelayMs: number;
+  /** Nodes the process still depends on after the migration (until post-processing ends). */
+  residualDependencies: string[];
   /** Where the down time went: ms from the freeze request to each step (frozen, pages, state, running). */
   downtimeSteps: Record<string, number>;
   error?: { code: string; message: string };
@@ -61,6 +68,7 @@ export class MetricsRecorder {
       pages: { addressSpace: 0, sent: 0, zero: 0, maxSendsPerPage: 0, resent: 0, pageSize: init.pageSize },
       linkBandwidthBps: init.linkBytesPerSec === null ? null : init.linkBytesPerSec * 8,
       wireTimeMs: null, throughputBytesPerSec: null, rounds: 0, dirtyRateBytesPerSec: null, throttle: 0, downtimeSteps: {},
+      remoteFaults: 0, faultRoundTripMs: null, executionDelayMs: 0, residualDependencies: [],
     };
     this.phaseStart.setup = this.t0;
   }

@@ -31,7 +31,9 @@ export interface SourceContext {
   readonly phase: Phase;
   /** Send these pages' current bytes to the destination. All-zero pages the destination
    *  has never received are elided (counted as zero pages); the destination's memory is zero there. */
-  sendPages(indices: Iterable<number>, info?: { round?: number }): Promise<void>;
+  sendPages(indices: Iterable<number>, opts?: SendOptions): Promise<void>;
+  /** Post-processing is over on the source side: wait for the destination to hold every page. */
+  finish(): Promise<void>;
   /** The process's dirty pages (pre-copy), in migration pages. */
   readonly dirty: DirtyView;
 }
@@ -45,9 +47,20 @@ export interface DirtyView {
   take(pages: number): number[];
 }
 
+export interface SendOptions {
+  round?: number;
+  /** Send all-zero pages as zero markers even if never sent (the destination marked them absent). */
+  zeroMarkers?: boolean;
+  /** Skip pages already sent (or served to a fault). */
+  skipSent?: boolean;
+}
+
 export interface Strategy {
   /** Its name on the command line (`--algorithm`). */
   readonly algorithm: string;
+  /** The process resumes before it has all its pages: the destination runs the faulting
+   *  variant and fetches absent pages from the source, which serves them until done. */
+  readonly faulting?: boolean;
   setup?(ctx: SourceContext): Promise<void>;
   /** Bytes still to send before the process may be frozen. */
   pending?(ctx: SourceContext): number;
@@ -57,6 +70,10 @@ export interface Strategy {
   /** After the destination runs the process; resolves when no dependency on the source remains. */
   postProcess?(ctx: SourceContext): Promise<void>;
   cleanup?(ctx: SourceContext): void;
+}
+
+export function* pageRange(from: number, to: number): IterableIterator<number> {
+  for (let i = from; i < to; i++) yield i;
 }
 
 /** Pages of the logical address space of a frozen process: 0 .. logicalBytes/pageSize. */

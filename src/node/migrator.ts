@@ -11,9 +11,13 @@
 //   S -> D  MIG_PAGES {mid} + page batch ...                       (one-way, bulk)
 //   S -> D  MIG_COMMIT {mid} + state image                         D: {state: 'running'} or ERROR migration-aborted
 //   S -> D  MIG_QUERY {mid} (fresh connection, if the commit's answer was lost)
+// Post-copy, after the commit, on the same connection:
+//   D -> S  PAGE_REQUEST {mid, pages} (urgent)                      S: PAGE_DATA + page batch
+//   S -> D  MIG_PAGES ... (the background push), then MIG_DONE {mid} D: {remoteFaults, ...} once every page is here
 import { randomUUID } from 'node:crypto';
 import { FerryError } from '../errors.ts';
-import { IncomingMigration } from '../migration/destination.ts';
+import { IncomingMigration, type FaultStats } from '../migration/destination.ts';
+import { decodePageBatch } from '../memory/page-batch.ts';
 import { Migration, type MigrationChannel, type MigrationOptions } from '../migration/engine.ts';
 import type { MigrationMetrics } from '../migration/metrics.ts';
 import { strategyFor } from '../migration/index.ts';
@@ -33,6 +37,9 @@ export const DEFAULT_PAGE_SIZE = 4096;
 const SETUP_TIMEOUT_MS = 15 * 60_000; // compiling a large module on the destination takes minutes
 const COMMIT_TIMEOUT_MS = 30_000;
 const QUERY_ATTEMPTS = 30;
+const FAULT_TIMEOUT_MS = 30_000;
+/** Largest page index a batch may name (4 GiB of 4 KiB pages). */
+const MAX_PAGES = 1 << 20;
 const HISTORY = 256;
 /** Page batches per frame on an unshaped link (a shaped one uses its chunk size). */
 const BATCH_BYTES = 1024 * 1024;
@@ -113,6 +120,7 @@ export class Migrator {
     conn.sinkBodies('MIG_PAGES', (h, n) => this.incoming.get(String(h.mid))?.pageSink(n)); // applied as they arrive
     conn.handle('MIG_COMMIT', this.onCommit);
     conn.handle('MIG_QUERY', this.onQuery);
+    conn.handle('MIG_DONE', this.onDone);
     conn.on('MIG_ABORT', (m) => { this.incoming.get(String(m.header.mid))?.abort(`source aborted: ${String(m.header.reason ?? '')}`); });
   }
 
@@ -142,7 +150,10 @@ export class Migrator {
     if (!bytes) return { header: { needModule: true } };
     let inc = this.incoming.get(mid);
     if (!inc) {
-      inc = new IncomingMigration({ id: mid, pid, from: conn.peer.node, sha256: hash, pageSize }, this.ctx.log);
+      const algorithm = typeof h.algorithm === 'string' ? h.algorithm : 'total-copy';
+      let faulting: boolean;
+      try { faulting = strategyFor(algorithm).faulting === true; } catch (e) { throw new FerryError('bad-request', (e as Error).message); }
+      inc = new IncomingMigration({ id: mid, pid, from: conn.peer.node, sha256: hash, pageSize, faulting }, this.ctx.log);
       this.incoming.set(mid, inc);
       conn.onClose(() => inc!.abort(`the connection from ${conn.peer.node} closed`));
       this.forgetLater(mid);
@@ -155,6 +166,11 @@ export class Migrator {
     const inc = this.incoming.get(String(msg.header.mid));
     if (!inc) return;
     if (this.ctx.faults.hit('dest-pages', conn)) return;
+    if (inc.state === 'running' && inc.spec.faulting) {
+      // The background push: pages still absent are taken.
+      try { inc.postPages(decodePageBatch(msg.body, inc.spec.pageSize, MAX_PAGES)); } catch (e) { this.ctx.log?.(`push of ${inc.spec.pid} refused: ${(e as Error).message}`); }
+      return;
+    }
     try { inc.pages(msg.body, msg.sunk); } catch (e) { inc.abort((e as Error).message); }
   };
 
@@ -169,7 +185,23 @@ export class Migrator {
       const x = img.meta.extra as unknown as ProcessExtra;
       const program = { path: img.meta.program, bytes: this.ctx.programs.get(m.spec.sha256)!, hash: m.spec.sha256 };
       const fileOps = x.files === 'home' && x.home !== this.ctx.name ? this.ctx.homeFiles.remote(img.meta.pid, x.home) : undefined;
-      await this.ctx.table.adopt({ image: img, program, loaded: m.loaded!, memory: m.memory!, sink: this.ctx.home.routeFor(img.meta.pid, x.home), fileOps });
+      let onFault: ((addr: number, len: number) => Promise<void>) | undefined;
+      if (m.spec.faulting) {
+        m.markAbsent(img.memory.logicalBytes); // before it runs: every page not here faults
+        const from = m.spec.from;
+        onFault = (addr, len) => m.fault(addr, len, async (pages) => {
+          try {
+            const r = await conn.request('PAGE_REQUEST', { mid: m.spec.id, pages }, undefined, { priority: 'urgent', timeoutMs: FAULT_TIMEOUT_MS });
+            return decodePageBatch(r.body, m.spec.pageSize, MAX_PAGES);
+          } catch (e) {
+            throw new FerryError('pages-lost', `process ${m.spec.pid} needs page ${pages[0]}, held by node ${from}, which cannot serve it: ${(e as Error).message}`, { cause: e });
+          }
+        });
+      }
+      await this.ctx.table.adopt({
+        image: img, program, loaded: m.spec.faulting ? m.faultingModule! : m.loaded!, memory: m.memory!,
+        sink: this.ctx.home.routeFor(img.meta.pid, x.home), fileOps, onFault, residual: m.spec.faulting ? [m.spec.from] : [],
+      });
       const offset = img.wasi.stdinTakenBytes ?? 0;
       if (x.home === this.ctx.name) this.ctx.home.attach(img.meta.pid, this.ctx.name, offset);
       else {
@@ -181,6 +213,15 @@ export class Migrator {
     void warmWorkers.prewarm(); // the next arrival (or hop) finds a loaded worker
     if (this.ctx.faults.hit('dest-running', conn)) throw new FerryError('fault', 'dest-running');
     return { header: { state: 'running' } };
+  };
+
+  /** Post-copy: the source has pushed everything; every page must be here. */
+  private onDone = async (msg: Message): Promise<Reply> => {
+    const inc = this.need(msg);
+    if (inc.state !== 'running' || !inc.spec.faulting) throw new FerryError('bad-request', `MIG_DONE: migration ${inc.spec.id} is ${inc.state}, not in post-copy`);
+    inc.finish();
+    await this.ctx.table.rehost(inc.spec.pid, inc.loaded!);
+    return { header: { ...inc.faultStats() } };
   };
 
   private onQuery = (msg: Message): Reply => {
@@ -275,6 +316,27 @@ class ConnectionChannel implements MigrationChannel {
       }
       throw new FerryError('commit-unknown', `cannot learn whether the destination runs the process (${last.message}): it stays frozen here`);
     }
+  }
+
+  serveFaults(read: (pages: number[]) => Buffer | readonly Uint8Array[]): void {
+    this.conn.handle('PAGE_REQUEST', (msg) => {
+      const pages = msg.header.pages;
+      if (!Array.isArray(pages) || pages.length === 0 || pages.length > 256 || !pages.every((p) => Number.isInteger(p) && p >= 0 && p < MAX_PAGES))
+        throw new FerryError('bad-request', 'PAGE_REQUEST: pages must be 1 to 256 page numbers');
+      const body = read(pages as number[]);
+      return { code: 'PAGE_DATA', header: { mid: this.mid }, body: Buffer.isBuffer(body) ? body : Buffer.concat(body as Uint8Array[]), priority: 'urgent' };
+    });
+  }
+
+  async finish(): Promise<{ bytes: number; stats: FaultStats }> {
+    const r = await this.conn.request('MIG_DONE', { mid: this.mid }, undefined, { timeoutMs: SETUP_TIMEOUT_MS });
+    const h = r.header;
+    const stats: FaultStats = {
+      remoteFaults: typeof h.remoteFaults === 'number' ? h.remoteFaults : 0,
+      faultRoundTripMs: typeof h.faultRoundTripMs === 'number' ? h.faultRoundTripMs : null,
+      executionDelayMs: typeof h.executionDelayMs === 'number' ? h.executionDelayMs : 0,
+    };
+    return { bytes: this.delta(), stats };
   }
 
   abort(reason: FerryError): void {

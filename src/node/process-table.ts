@@ -82,6 +82,8 @@ interface Entry {
   ended: boolean;
   /** A migration holds it (frozen, or moving). */
   moving: boolean;
+  /** Nodes holding pages it has not received (post-copy). */
+  residual: string[];
 }
 
 /** What travels with a process besides its image's standard sections (meta.extra). */
@@ -103,6 +105,10 @@ export interface AdoptSpec {
   sink: ProcessSink;
   /** Files served by the home node (--files home, away from home). */
   fileOps?: ProcessOptions['fileOps'];
+  /** Pages not here yet are fetched this way (post-copy). */
+  onFault?: ProcessOptions['onFault'];
+  /** Nodes it depends on until post-processing ends. */
+  residual?: string[];
 }
 
 const RECENT = 256;
@@ -163,7 +169,8 @@ export class ProcessTable {
     entry.seq = x.outputSeq;
     entry.stdinOffset = img.wasi.stdinTakenBytes ?? 0;
     entry.initialBytes = Math.max(spec.loaded.meta.initialPages * WASM_PAGE, img.memory.logicalBytes);
-    await this.run(entry, async () => resumeInMemory(img, spec.loaded, spec.memory, { stdio: 'message', stdin: entry.stdin, fileOps: spec.fileOps }));
+    entry.residual = spec.residual ?? [];
+    await this.run(entry, async () => resumeInMemory(img, spec.loaded, spec.memory, { stdio: 'message', stdin: entry.stdin, fileOps: spec.fileOps, onFault: spec.onFault }));
     this.log?.(`${info.pid} arrived (migration ${info.migrations})`);
     return this.snapshot(entry);
   }
@@ -230,6 +237,24 @@ export class ProcessTable {
       addressSpaceBytes: () => this.snapshot(e).memoryBytes,
       throttle: (share: number) => proc.throttle(share),
     };
+  }
+
+  /** Every page is here (post-copy done): freeze it for a moment and carry on in the tracked
+   *  variant (no present checks), in a fresh worker over the same memory. */
+  async rehost(pid: string, loaded: LoadedModule): Promise<void> {
+    const e = this.entries.get(pid);
+    e && (e.residual = []);
+    if (!e || e.ended || !e.proc || e.moving) return; // it ended, or moves on: nothing to swap
+    e.moving = true;
+    const old = e.proc;
+    try {
+      const cap = await old.freeze().catch(() => null);
+      if (!cap) return; // it ended meanwhile
+      const proc = WasmProcess.resume(loaded, old.memory, { ...cap.exec }, cap.wasi, { stdio: 'message', stdin: e.stdin });
+      this.attach(e, proc);
+      await old.kill();
+      this.log?.(`${pid} has all its pages: now in the tracked variant`);
+    } finally { e.moving = false; }
   }
 
   /** Freeze a process for a moment and return its whole image (module embedded). */
@@ -313,7 +338,7 @@ export class ProcessTable {
   }
 
   private newEntry(info: ProcessInfo, program: Program, sink: ProcessSink): Entry {
-    return { info, program, stdin: new PassThrough(), stdinOffset: 0, sink, seq: 0, initialBytes: 0, ended: false, moving: false };
+    return { info, program, stdin: new PassThrough(), stdinOffset: 0, sink, seq: 0, initialBytes: 0, ended: false, moving: false, residual: [] };
   }
 
   /** Wire a running WasmProcess to its entry: output numbering, state, exit. */
@@ -352,7 +377,7 @@ export class ProcessTable {
       info.state = e.proc.state === 'running' || e.proc.state === 'starting' ? info.state : e.proc.state;
       info.memoryBytes = Math.max(info.memoryBytes, e.initialBytes, touchedBytes(e.proc));
     }
-    const residualDependencies = info.files === 'home' && info.home !== this.node ? [info.home] : [];
+    const residualDependencies = [...new Set([...(info.files === 'home' && info.home !== this.node ? [info.home] : []), ...e.residual])];
     return { ...info, args: [...info.args], residualDependencies };
   }
 }

@@ -54,6 +54,7 @@ export const CODES = {
   MIG_COMMIT:   { code: 0x0123, priority: 'bulk',   header: true, body: true  }, // request {mid} + state image (pages elided): run it; answered once it runs (or ERROR: aborted)
   MIG_QUERY:    { code: 0x0124, priority: 'urgent', header: true, body: false }, // request {mid}: outcome {state}; aborts one still waiting for its commit
   MIG_ABORT:    { code: 0x0125, priority: 'urgent', header: true, body: false }, // {mid, reason}: drop it
+  MIG_DONE:     { code: 0x0127, priority: 'bulk',   header: true, body: false }, // request {mid}: the source pushed every page (post-copy); answered with fault stats once all are here
   MIG_PROGRESS: { code: 0x0126, priority: 'bulk',   header: true, body: false }, // node -> client: {token, progress} while a migration runs
   // Remote files (Sprite's home-node file policy, src/wasi/file-ops.ts): the running node asks the home node to do each file-system call.
   FILE_OP:      { code: 0x0110, priority: 'urgent', header: true, body: true  }, // request {pid, op, args...} (encodeFileOp) + write data: the guest blocks until answered

@@ -3,7 +3,7 @@
 import { createHash } from 'node:crypto';
 
 /** Bump when the transform's output changes: it keys the on-disk cache. */
-export const TRANSFORM_VERSION = 6;
+export const TRANSFORM_VERSION = 7;
 
 export type Variant = 'tracked' | 'faulting';
 export type ValType = 'i32' | 'i64' | 'f32' | 'f64';

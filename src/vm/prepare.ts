@@ -126,29 +126,34 @@ function wrapRead(ctx: Ctx, ptr: number, offset: number, bytes: number): number 
 }
 
 /** A write: the address is checked before (present check), and its page(s) marked dirty
- *  AFTER the value is computed, just before the write itself: nothing can run between
- *  the marks and the write (no call, no safe point), so a pre-copy round that clears a
- *  mark and then copies the page never misses a write whose mark it cleared.
- *  Returns [new address operand, new value operand]. */
-function wrapWrite(ctx: Ctx, ptr: number, value: number, offset: number, bytes: number): [number, number] {
+ *  AFTER the write itself, so a pre-copy round that clears a mark and then copies the page
+ *  never misses the write that mark stood for (marking before, even just before, leaves a
+ *  window in which the round clears the mark and copies the page before the write lands).
+ *  Returns the new address operand and the marks to run after the write, over the local
+ *  holding the address (a write nested in the value gets its own local). */
+function wrapWrite(ctx: Ctx, ptr: number, operands: number[], offset: number, bytes: number): { ptr: number; marks: number[] } {
   const { m } = ctx;
   ctx.stats.writes++;
-  // A write nested in the value would reuse the shared scratch local: give this one its own.
-  const local = hasNestedWrite(value) ? b._BinaryenFunctionAddVar(ctx.fn, binaryen.i32) : ctx.tmp;
-  const newPtr = wrapPtr(ctx, ptr, offset, bytes, local);
-  const vt = binaryen.getExpressionType(value);
-  if (vt === binaryen.unreachable) return [newPtr, value];
+  const local = operands.some(hasNestedWrite) ? b._BinaryenFunctionAddVar(ctx.fn, binaryen.i32) : ctx.tmp;
   const at = (delta: number) => {
     const d = (offset + delta) >>> 0;
     const base = m.local.get(local, binaryen.i32);
     return m.i32.shr_u(d === 0 ? base : m.i32.add(base, m.i32.const(d | 0)), m.i32.const(TRACK_SHIFT));
   };
-  let v = ctx.valueTmp.get(vt);
-  if (v === undefined) { v = b._BinaryenFunctionAddVar(ctx.fn, vt) as number; ctx.valueTmp.set(vt, v); }
-  const body = [m.local.set(v, value), m.i32.store8(DIRTY_MAP, 1, at(0), m.i32.const(1))];
-  if (bytes > 1) body.push(m.i32.store8(DIRTY_MAP, 1, at(bytes - 1), m.i32.const(1)));
-  body.push(m.local.get(v, vt));
-  return [newPtr, m.block(null, body, vt)];
+  const marks = [m.i32.store8(DIRTY_MAP, 1, at(0), m.i32.const(1))];
+  if (bytes > 1) marks.push(m.i32.store8(DIRTY_MAP, 1, at(bytes - 1), m.i32.const(1)));
+  return { ptr: wrapPtr(ctx, ptr, offset, bytes, local), marks };
+}
+
+/** The write expression followed by its marks, keeping the write's result (if any). */
+function thenMark(ctx: Ctx, write: number, marks: number[]): number {
+  const { m } = ctx;
+  const t = binaryen.getExpressionType(write);
+  if (t === binaryen.none) return m.block(null, [write, ...marks], binaryen.none);
+  if (t === binaryen.unreachable) return write;
+  let v = ctx.valueTmp.get(t);
+  if (v === undefined) { v = b._BinaryenFunctionAddVar(ctx.fn, t) as number; ctx.valueTmp.set(t, v); }
+  return m.block(null, [m.local.set(v, write), ...marks, m.local.get(v, t)], t);
 }
 
 const WRITE_IDS = new Set<number>();
@@ -252,20 +257,23 @@ function instrumentBody(ctx: Ctx, body: number, setBody: Slot): void {
         break;
       }
       case 'Store': {
-        const [p, v] = wrapWrite(ctx, b.Store.getPtr(e), b.Store.getValue(e), b.Store.getOffset(e), b.Store.getBytes(e));
-        b.Store.setPtr(e, p); b.Store.setValue(e, v);
+        const w = wrapWrite(ctx, b.Store.getPtr(e), [b.Store.getValue(e)], b.Store.getOffset(e), b.Store.getBytes(e));
+        b.Store.setPtr(e, w.ptr);
+        item.set(thenMark(ctx, e, w.marks));
         break;
       }
       case 'Load': b.Load.setPtr(e, wrapRead(ctx, b.Load.getPtr(e), b.Load.getOffset(e), b.Load.getBytes(e))); break;
       case 'AtomicRMW': {
-        const [p, v] = wrapWrite(ctx, b.AtomicRMW.getPtr(e), b.AtomicRMW.getValue(e), b.AtomicRMW.getOffset(e), b.AtomicRMW.getBytes(e));
-        b.AtomicRMW.setPtr(e, p); b.AtomicRMW.setValue(e, v);
+        const w = wrapWrite(ctx, b.AtomicRMW.getPtr(e), [b.AtomicRMW.getValue(e)], b.AtomicRMW.getOffset(e), b.AtomicRMW.getBytes(e));
+        b.AtomicRMW.setPtr(e, w.ptr);
+        item.set(thenMark(ctx, e, w.marks));
         break;
       }
       case 'AtomicCmpxchg': {
-        // The replacement is the last operand: the marks go after it (the expected value was computed before).
-        const [p, v] = wrapWrite(ctx, b.AtomicCmpxchg.getPtr(e), b.AtomicCmpxchg.getReplacement(e), b.AtomicCmpxchg.getOffset(e), b.AtomicCmpxchg.getBytes(e));
-        b.AtomicCmpxchg.setPtr(e, p); b.AtomicCmpxchg.setReplacement(e, v);
+        // Both the expected value and the replacement are evaluated after the address: either may hold a write.
+        const w = wrapWrite(ctx, b.AtomicCmpxchg.getPtr(e), [b.AtomicCmpxchg.getExpected(e), b.AtomicCmpxchg.getReplacement(e)], b.AtomicCmpxchg.getOffset(e), b.AtomicCmpxchg.getBytes(e));
+        b.AtomicCmpxchg.setPtr(e, w.ptr);
+        item.set(thenMark(ctx, e, w.marks));
         break;
       }
       case 'AtomicWait': {
@@ -278,8 +286,9 @@ function instrumentBody(ctx: Ctx, body: number, setBody: Slot): void {
         const op = b.SIMDLoadStoreLane.getOp(e);
         const bytes = SIMD_LANE_BYTES[op] ?? 16;
         if (op >= 4) {
-          const [p, v] = wrapWrite(ctx, b.SIMDLoadStoreLane.getPtr(e), b.SIMDLoadStoreLane.getVec(e), b.SIMDLoadStoreLane.getOffset(e), bytes);
-          b.SIMDLoadStoreLane.setPtr(e, p); b.SIMDLoadStoreLane.setVec(e, v);
+          const w = wrapWrite(ctx, b.SIMDLoadStoreLane.getPtr(e), [b.SIMDLoadStoreLane.getVec(e)], b.SIMDLoadStoreLane.getOffset(e), bytes);
+          b.SIMDLoadStoreLane.setPtr(e, w.ptr);
+          item.set(thenMark(ctx, e, w.marks));
         } else b.SIMDLoadStoreLane.setPtr(e, wrapRead(ctx, b.SIMDLoadStoreLane.getPtr(e), b.SIMDLoadStoreLane.getOffset(e), bytes));
         break;
       }

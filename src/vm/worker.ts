@@ -67,6 +67,13 @@ class Session {
     })) : nodeFs;
     this.wasi = new WasiHost(msg.wasi, memory, this.io(), fs);
     const wasiImports = this.wasi.imports();
+    // The host marks pages before it writes them; mark them again once the call returns, so
+    // a pre-copy round that cleared a mark in between still sees the write (see prepare.ts).
+    for (const [name, impl] of Object.entries(wasiImports)) {
+      wasiImports[name] = (...args: unknown[]) => {
+        try { return impl(...(args as never[])); } finally { if (this.marked.length) this.remark(); }
+      };
+    }
     for (const name of SUSPENDABLE_IMPORTS) {
       const impl = wasiImports[name];
       if (impl) wasiImports[name] = (...args: unknown[]) => this.suspendable(impl, args) as number;
@@ -191,11 +198,22 @@ class Session {
     (this.exports[EXPORT_LOGICAL_PAGES] as WebAssembly.Global).value = exec.logicalPages;
   }
 
+  /** Ranges marked during the current host call (marked again when it returns). */
+  private marked: number[] = [];
+
   private markDirty(addr: number, len: number): void {
     if (len === 0) return;
+    this.ensurePresent(addr, len); // a partial write needs the rest of the page (post-copy)
     const first = addr >>> TRACK_SHIFT, last = (addr + len - 1) >>> TRACK_SHIFT;
     // A loop: fill() on a 4 GiB shared array costs ~50 ns a call, this ~3 ns a page.
     for (let p = first; p <= last; p++) this.mem[DIRTY_MAP + p] = 1;
+    this.marked.push(first, last);
+  }
+
+  private remark(): void {
+    const m = this.marked;
+    for (let k = 0; k < m.length; k += 2) for (let p = m[k]!; p <= m[k + 1]!; p++) this.mem[DIRTY_MAP + p] = 1;
+    this.marked = [];
   }
 
   private ensurePresent(addr: number, len: number): void {
