@@ -9,6 +9,9 @@ import { ClusterClient, startCluster, type Cluster } from './helpers/cluster.ts'
 import { clusterRun, oracle, type Outcome } from './helpers/modes.ts';
 import { WORKLOADS, type Workload } from './helpers/workloads.ts';
 import { ALGORITHMS, type MigrationMetrics } from '../src/migration/index.ts';
+import { preparedBytes } from '../src/vm/cache.ts';
+import { TEST_CACHE } from './helpers/ferry.ts';
+import { readFileSync } from 'node:fs';
 
 interface Case {
   algorithm: string;
@@ -46,6 +49,13 @@ const INVARIANTS: Record<string, (m: MigrationMetrics) => void> = {
     assert.ok(m.preparationMs !== null && m.preparationMs > 0);
     assert.ok(m.pages.maxSendsPerPage <= m.rounds + 1, 'a page is sent at most once per round plus once at the freeze');
   },
+  'post-copy': (m) => {
+    assert.equal(m.preparationMs, 0);
+    assert.equal(m.bytes.downtime < 64 * 1024 + m.pages.addressSpace, true, `down time carries the state alone (${m.bytes.downtime} bytes)`);
+    assert.ok(m.postProcessingMs !== null && m.totalMs !== null, 'post-processing ended: no residual dependency left');
+    assert.deepEqual(m.residualDependencies, []);
+    assert.ok(m.pages.maxSendsPerPage <= 2, 'a page goes at most twice (pushed while a fault fetched it)');
+  },
 };
 
 function same(actual: Outcome, expected: Outcome, what: string): void {
@@ -60,6 +70,10 @@ for (const link of LINKS) {
     let client: ClusterClient;
     const expected = new Map<string, Outcome>();
     before(async () => {
+      // Both variants of every workload in the shared cache first: a destination's first
+      // post-copy would otherwise transform the faulting variant while the program runs out.
+      process.env.FERRY_CACHE_DIR = TEST_CACHE;
+      for (const w of WORKLOADS) for (const v of ['tracked', 'faulting'] as const) await preparedBytes(readFileSync(w.wasm), v);
       c = await startCluster(3, { names: ['a', 'b', 'c'], extraArgs: link === 'loopback' ? [] : ['--link-bandwidth', link] });
       client = ClusterClient.for(c);
     });

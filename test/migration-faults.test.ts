@@ -36,7 +36,7 @@ const CASES: FaultCase[] = [
   { on: 'b', point: 'dest-running', action: 'cut', endsOn: 'b' },
 ];
 
-const rma: Workload = { ...WORKLOADS.find((w) => w.name === 'rma')!, args: ['16', '400'] };
+const rma: Workload = { ...WORKLOADS.find((w) => w.name === 'rma')!, args: ['8', '250'] };
 
 function same(actual: Outcome, expected: Outcome, what: string): void {
   assert.equal(actual.exitCode, expected.exitCode, `${what}: exit code (stderr: ${actual.stderr.slice(-800)})`);

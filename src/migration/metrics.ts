@@ -79,7 +79,7 @@ export class MetricsRecorder {
     if (this.phaseStart.setup !== null && this.m.setupMs === null) this.m.setupMs = t - this.phaseStart.setup;
     if (phase === 'downtime' && this.phaseStart.preparation === null) this.m.preparationMs = 0;
     if (phase === 'downtime' && this.phaseStart.preparation !== null) this.m.preparationMs = t - this.phaseStart.preparation;
-    if (phase === 'postProcessing' && this.phaseStart.downtime !== null) this.m.downtimeMs = t - this.phaseStart.downtime;
+    if (phase === 'postProcessing' && this.phaseStart.downtime !== null) this.m.downtimeMs ??= t - this.phaseStart.downtime;
     this.phaseStart[phase] = t;
   }
 

@@ -93,22 +93,28 @@ export class ControlApi {
     }
   };
 
-  private async ps(localOnly: boolean): Promise<{ processes: ProcessInfo[]; unreachable: { node: string; error: string }[] }> {
-    const processes = this.ctx.table.list();
+  /** This node's items plus every up member's (asked with scope 'local'); who did not answer. */
+  private async gather<T>(method: string, key: string, own: T[], localOnly: boolean): Promise<{ items: T[]; unreachable: { node: string; error: string }[] }> {
+    const items = [...own];
     const unreachable: { node: string; error: string }[] = [];
-    if (!localOnly) {
-      const answers = await Promise.all(this.ctx.membership.upMembers().map(async (node) => {
-        try {
-          const conn = await this.ctx.membership.peer(node);
-          const r = await conn.request('REQUEST', { method: 'ps', scope: 'local' }, undefined, { timeoutMs: PEER_QUERY_TIMEOUT_MS });
-          return Array.isArray(r.header.processes) ? (r.header.processes as ProcessInfo[]) : [];
-        } catch (e) {
-          unreachable.push({ node, error: (e as Error).message });
-          return [];
-        }
-      }));
-      for (const a of answers) processes.push(...a);
-    }
+    if (localOnly) return { items, unreachable };
+    const answers = await Promise.all(this.ctx.membership.upMembers().map(async (node) => {
+      try {
+        const conn = await this.ctx.membership.peer(node);
+        const r = await conn.request('REQUEST', { method, scope: 'local' }, undefined, { timeoutMs: PEER_QUERY_TIMEOUT_MS });
+        const list = r.header[key];
+        return Array.isArray(list) ? (list as unknown as T[]) : [];
+      } catch (e) {
+        unreachable.push({ node, error: (e as Error).message });
+        return [];
+      }
+    }));
+    for (const a of answers) items.push(...a);
+    return { items, unreachable };
+  }
+
+  private async ps(localOnly: boolean): Promise<{ processes: ProcessInfo[]; unreachable: { node: string; error: string }[] }> {
+    const { items: processes, unreachable } = await this.gather<ProcessInfo>('ps', 'processes', this.ctx.table.list(), localOnly);
     processes.sort((a, b) => a.startedAt.localeCompare(b.startedAt) || a.pid.localeCompare(b.pid));
     return { processes, unreachable };
   }
@@ -214,21 +220,7 @@ export class ControlApi {
   }
 
   private async migrations(localOnly: boolean): Promise<{ migrations: MigrationMetrics[]; unreachable: { node: string; error: string }[] }> {
-    const migrations = this.ctx.migrator.list();
-    const unreachable: { node: string; error: string }[] = [];
-    if (!localOnly) {
-      const answers = await Promise.all(this.ctx.membership.upMembers().map(async (node) => {
-        try {
-          const c = await this.ctx.membership.peer(node);
-          const r = await c.request('REQUEST', { method: 'migrations', scope: 'local' }, undefined, { timeoutMs: PEER_QUERY_TIMEOUT_MS });
-          return Array.isArray(r.header.migrations) ? (r.header.migrations as unknown as MigrationMetrics[]) : [];
-        } catch (e) {
-          unreachable.push({ node, error: (e as Error).message });
-          return [];
-        }
-      }));
-      for (const a of answers) migrations.push(...a);
-    }
+    const { items: migrations, unreachable } = await this.gather<MigrationMetrics>('migrations', 'migrations', this.ctx.migrator.list(), localOnly);
     migrations.sort((a, b) => a.startedAt.localeCompare(b.startedAt));
     return { migrations, unreachable };
   }

@@ -1,0 +1,77 @@
+// Invariants of the algorithms beyond the compliance suite (issue 4), over real
+// daemons: post-copy's down time does not grow with the address space; pre-copy
+// with auto-converge completes on RMA over a slow link; post-copy with its source
+// gone fails with an error naming the node that held the pages.
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { ClusterClient, eventually, startCluster } from './helpers/cluster.ts';
+import { clusterRun, ferryRun } from './helpers/modes.ts';
+import { WORKLOADS, type Workload } from './helpers/workloads.ts';
+import type { MigrationMetrics } from '../src/migration/index.ts';
+
+const rma = (mb: number, millions: number): Workload => ({ ...WORKLOADS.find((w) => w.name === 'rma')!, args: [String(mb), String(millions)] });
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
+describe('algorithm invariants', { timeout: 900_000 }, () => {
+  it('post-copy down time does not grow with the address space (RMA 4 MB vs 256 MB, within 2x)', async () => {
+    const c = await startCluster(2, { names: ['a', 'b'] });
+    try {
+      const client = ClusterClient.for(c);
+      const downs: Record<number, number[]> = {};
+      for (const mb of [4, 256]) {
+        const w = rma(mb, 400);
+        const { during } = await clusterRun(c, client, w, { node: 'a' }, async (pid) => {
+          const ms: MigrationMetrics[] = [];
+          for (const to of ['b', 'a', 'b']) {
+            const m = await client.migrate(pid, to, { algorithm: 'post-copy' });
+            assert.equal(m.state, 'completed', m.error?.message);
+            ms.push(m);
+          }
+          return ms;
+        });
+        downs[mb] = during.map((m) => m.downtimeMs!);
+        for (const m of during) assert.ok(m.bytes.downtime < 1 << 20, `down time carries no pages (${m.bytes.downtime} bytes at ${mb} MB)`);
+      }
+      const small = median(downs[4]!), big = median(downs[256]!);
+      assert.ok(big <= 2 * Math.max(small, 10), `down time ${big.toFixed(1)} ms at 256 MB vs ${small.toFixed(1)} ms at 4 MB`);
+    } finally { await c.stop(); }
+  });
+
+  it('pre-copy with auto-converge completes on RMA at 10 Mb/s, output identical', async () => {
+    const w = rma(4, 1500);
+    const expected = await ferryRun(w);
+    const c = await startCluster(2, { names: ['a', 'b'], extraArgs: ['--link-bandwidth', '10mbit'] });
+    try {
+      const client = ClusterClient.for(c);
+      const { outcome, during: m } = await clusterRun(c, client, w, { node: 'a' }, (pid) => client.migrate(pid, 'b', { algorithm: 'pre-copy', autoConverge: true, maxRounds: 30, downtimeLimitMs: 1000 }));
+      assert.equal(m.state, 'completed', m.error?.message);
+      assert.ok(m.throttle > 0, 'the writer was throttled');
+      assert.ok(m.rounds >= 2, `several rounds (${m.rounds})`);
+      assert.equal(outcome.stdout, expected.stdout);
+      assert.equal(outcome.exitCode, 0);
+    } finally { await c.stop(); }
+  });
+
+  it('post-copy whose source dies during post-processing: the process fails naming that node', async () => {
+    const w = rma(64, 2000);
+    const c = await startCluster(3, { names: ['h', 's', 'd'], extraArgs: ['--link-bandwidth', '100mbit'] });
+    try {
+      const client = ClusterClient.for(c, 0);
+      let pid = '';
+      // Home h (its stdio stays there); moved to s, then post-copied from s to d.
+      const { outcome } = await clusterRun(c, client, w, { node: 'h', via: 0 }, async (p) => {
+        pid = p;
+        const first = await client.migrate(p, 's');
+        assert.equal(first.state, 'completed', first.error?.message);
+        const mig = client.migrate(p, 'd', { algorithm: 'post-copy' });
+        // 64 MB at 100 Mb/s: the push takes ~5 s; the process runs on d meanwhile.
+        await eventually(async () => (await client.ps()).find((x) => x.pid === p && x.node === 'd'), 30_000, 'the process to run on d');
+        await c.kill9(1);
+        await mig.catch(() => undefined);
+      });
+      assert.notEqual(outcome.exitCode, 0);
+      assert.match(outcome.stderr, /held by node s/, `the error names the node that held the pages: ${outcome.stderr}`);
+      void pid;
+    } finally { await c.stop(); }
+  });
+});
