@@ -78,13 +78,14 @@ export class Migrator {
     const pageSize = req.pageSize ?? DEFAULT_PAGE_SIZE;
     const inUse = table.get(req.pid)?.memoryBytes ?? 0; // read before it is marked moving (the snapshot then skips it)
     const source = table.sourceProcess(req.pid, req.to);
+    const { sha256: hash } = table.get(req.pid)!; // now: it may end while we dial
+    const bytes = table.programBytes(req.pid);
     const id = randomUUID().slice(0, 8);
     let conn: Connection;
     try { conn = await this.ctx.dialNode(req.to); } catch (e) { source.resume(); throw e; }
-    const info = table.get(req.pid)!;
     const channel = new ConnectionChannel(conn, id, this.ctx.faults, {
-      pid: req.pid, sha256: info.sha256, pageSize, algorithm: strategy.algorithm, memoryBytes: inUse,
-      program: () => table.programBytes(req.pid),
+      pid: req.pid, sha256: hash, pageSize, algorithm: strategy.algorithm, memoryBytes: inUse,
+      program: () => bytes,
       dialAgain: () => this.ctx.dialNode(req.to),
     });
     const m = new Migration({ id, from: this.ctx.name, to: req.to, strategy, process: source, channel, pageSize, options: req.options, log: this.ctx.log });
