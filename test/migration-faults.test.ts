@@ -17,9 +17,17 @@ interface FaultCase {
   on: 'a' | 'b';
   point: string;
   action: 'crash' | 'cut';
-  /** Where the process finishes. */
-  endsOn: 'a' | 'b' | 'either';
+  /** Where the process finishes ('b-fails': it runs on b and fails there, its pages lost with the link). */
+  endsOn: 'a' | 'b' | 'either' | 'b-fails' | 'not-applicable';
 }
+
+/** Algorithms to run the cases with (CI: total-copy; FERRY_FAULT_ALGORITHMS=total-copy,pre-copy,post-copy for the README's table). */
+const ALGOS = (process.env.FERRY_FAULT_ALGORITHMS ?? 'total-copy').split(',');
+/** Where an algorithm's outcome differs from Total Copy's: post-copy needs its source after the commit. */
+const OVERRIDES: Record<string, Record<string, FaultCase['endsOn']>> = {
+  // Post-copy sends no page before the commit: its page faults come after (not covered yet).
+  'post-copy': { 'dest-running:cut': 'b-fails', 'src-commit:cut': 'either', 'dest-pages:crash': 'not-applicable', 'dest-pages:cut': 'not-applicable', 'src-pages:cut': 'not-applicable' },
+};
 
 const CASES: FaultCase[] = [
   { on: 'b', point: 'dest-setup', action: 'crash', endsOn: 'a' },
@@ -47,21 +55,29 @@ function same(actual: Outcome, expected: Outcome, what: string): void {
 const arrivals = (c: Cluster, n: number, pid: string) => c.nodes[n]!.log().split('\n').filter((l) => l.includes(`${pid} arrived`)).length;
 const endedOn = (c: Cluster, pid: string) => c.nodes.map((n, i) => ({ n: n.name, i })).filter(({ i }) => new RegExp(`${pid.replace('/', '\\/')} (exited|failed)`).test(c.nodes[i]!.log())).map(({ n }) => n);
 
-describe('Total Copy under faults', { timeout: 900_000 }, () => {
+describe('migrations under faults', { timeout: 1_800_000 }, () => {
   let expected: Outcome;
   before(async () => { expected = await oracle(rma); assert.equal(expected.exitCode, 0); });
 
-  for (const k of CASES) {
-    it(`${k.action} at ${k.point} (on ${k.on === 'a' ? 'the source' : 'the destination'}): runs exactly once, on ${k.endsOn === 'a' ? 'the source' : k.endsOn === 'b' ? 'the destination' : 'one of them'}`, async () => {
+  for (const algorithm of ALGOS) for (const base of CASES) {
+    const k = { ...base, endsOn: OVERRIDES[algorithm]?.[`${base.point}:${base.action}`] ?? base.endsOn };
+    if (k.endsOn === 'not-applicable') continue;
+    it(`${algorithm}: ${k.action} at ${k.point} (on ${k.on === 'a' ? 'the source' : 'the destination'}): ${k.endsOn === 'b-fails' ? 'fails on the destination naming the source' : `runs exactly once, on ${k.endsOn === 'a' ? 'the source' : k.endsOn === 'b' ? 'the destination' : 'one of them'}`}`, async () => {
       const c = await startCluster(2, { names: ['a', 'b'], env: { [k.on]: { FERRY_FAULTS: `${k.point}:${k.action}` } } });
       try {
         const client = ClusterClient.for(c);
         let pid = '';
         const { outcome, during: m } = await clusterRun(c, client, rma, { node: 'a' }, async (p): Promise<MigrationMetrics> => {
           pid = p;
-          return client.migrate(p, 'b');
+          return client.migrate(p, 'b', { algorithm });
         });
-        same(outcome, expected, `${k.action} at ${k.point}`);
+        if (k.endsOn === 'b-fails') {
+          assert.notEqual(outcome.exitCode, 0, 'it cannot finish without its pages');
+          assert.match(outcome.stderr, /held by node a/, `the error names the source: ${outcome.stderr}`);
+          assert.equal(arrivals(c, 1, pid), 1);
+          return;
+        }
+        same(outcome, expected, `${algorithm}: ${k.action} at ${k.point}`);
         assert.match(c.nodes[k.on === 'a' ? 0 : 1]!.log(), new RegExp(`FAULT ${k.point}: ${k.action}`), 'the fault fired');
         const where = endedOn(c, pid);
         assert.equal(where.length, 1, `the process ended on exactly one node (${where.join(', ')})`);
