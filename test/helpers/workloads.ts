@@ -2,7 +2,8 @@
 // modes (plain, hops, checkpoint + restore) against node:wasi's run of the same binary.
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ROOT } from './ferry.ts';
+import { ROOT, TEST_CACHE } from './ferry.ts';
+import { preparedBytes } from '../../src/vm/cache.ts';
 
 export interface Workload {
   name: string;
@@ -49,4 +50,11 @@ export const WORKLOADS: Workload[] = [
 
 export function readOutputs(w: Workload, dir: string): Record<string, Buffer> {
   return Object.fromEntries((w.outputs ?? []).map((f) => [f, readFileSync(join(dir, f))]));
+}
+
+/** Both variants of every workload in the suite's shared cache: a destination's first
+ *  post-copy would otherwise transform the faulting variant while the program runs out. */
+export async function prepareAllVariants(): Promise<void> {
+  process.env.FERRY_CACHE_DIR = TEST_CACHE;
+  for (const w of WORKLOADS) for (const v of ['tracked', 'faulting'] as const) await preparedBytes(readFileSync(w.wasm), v);
 }
