@@ -46,6 +46,16 @@ const INVARIANTS: Record<string, (m: MigrationMetrics) => void> = {
     assert.ok(m.preparationMs !== null && m.preparationMs > 0);
     assert.ok(m.pages.maxSendsPerPage <= m.rounds + 1, 'a page is sent at most once per round plus once at the freeze');
   },
+  'queued-pre-copy': (m) => {
+    assert.ok(m.rounds >= 1, 'at least one round while running');
+    assert.ok(m.preparationMs !== null && m.preparationMs > 0);
+    assert.equal(m.switchedToPostCopy, false);
+    // A page sent while running goes again only after a scan saw it written and it then stayed
+    // unwritten for a whole interval until the next scan: at most once every two rounds, plus
+    // once at the freeze. Pre-copy's bound is once a round (rounds + 1): never less than this.
+    assert.ok(m.pages.maxSendsPerPage <= Math.ceil(m.rounds / 2) + 1,
+      `a page is sent at most once every two rounds plus once at the freeze (${m.pages.maxSendsPerPage} sends, ${m.rounds} rounds)`);
+  },
   'post-copy': (m) => {
     assert.equal(m.preparationMs, 0);
     assert.equal(m.bytes.downtime < 64 * 1024 + m.pages.addressSpace, true, `down time carries the state alone (${m.bytes.downtime} bytes)`);

@@ -21,7 +21,8 @@ interface FaultCase {
   endsOn: 'a' | 'b' | 'either' | 'b-fails' | 'not-applicable';
 }
 
-/** Algorithms to run the cases with (CI: total-copy; FERRY_FAULT_ALGORITHMS=total-copy,pre-copy,post-copy for the README's table). */
+/** Algorithms to run the cases with (CI: total-copy; FERRY_FAULT_ALGORITHMS=total-copy,pre-copy,queued-pre-copy,post-copy
+ *  for the README's table; queued-pre-copy sends pages before the commit as pre-copy does: no override). */
 const ALGOS = (process.env.FERRY_FAULT_ALGORITHMS ?? 'total-copy').split(',');
 /** Where an algorithm's outcome differs from Total Copy's: post-copy needs its source after the commit. */
 const OVERRIDES: Record<string, Record<string, FaultCase['endsOn']>> = {

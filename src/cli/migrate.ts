@@ -12,6 +12,8 @@ import { call, clusterTarget, connectToNode, connectToProcess, remoteRestore, ty
 import type { Connection } from '../transport/index.ts';
 
 const MIGRATE_TIMEOUT_MS = 60 * 60_000;
+/** Algorithms with rounds while the process runs (--postcopy-after-rounds applies to them). */
+const PRECOPY_ALGORITHMS = ['pre-copy', 'queued-pre-copy'];
 
 function clusterOptions(cmd: Command): Command {
   return cmd
@@ -31,6 +33,7 @@ export function formatMetrics(m: MigrationMetrics): string {
     `  pages: ${m.pages.addressSpace} in the address space, ${m.pages.sent} sent, ${m.pages.zero} zero (not sent), at most ${m.pages.maxSendsPerPage} sends per page`,
   ];
   if (m.rounds > 0) lines.push(`  ${m.rounds} rounds while running, ${m.pages.resent} pages resent, dirty rate ${m.dirtyRateBytesPerSec === null ? '-' : `${(m.dirtyRateBytesPerSec / 1e6).toFixed(1)} MB/s`}${m.throttle ? `, throttled to ${((1 - m.throttle) * 100).toFixed(0)}%` : ''}`);
+  if (m.switchedToPostCopy) lines.push(`  not converged after ${m.rounds} rounds: switched to post-copy (${m.remoteFaults} remote faults, execution delay ${ms(m.executionDelayMs)})`);
   if (m.linkBandwidthBps !== null) lines.push(`  link ${(m.linkBandwidthBps / 1e6).toFixed(0)} Mbit/s: wire time ${ms(m.wireTimeMs)}, total/wire ${m.totalMs && m.wireTimeMs ? (m.totalMs / m.wireTimeMs).toFixed(2) : '-'}`);
   if (m.throughputBytesPerSec !== null) lines.push(`  throughput ${(m.throughputBytesPerSec / 1e6).toFixed(0)} MB/s`);
   return lines.join('\n') + '\n';
@@ -54,9 +57,10 @@ export function registerMigrationCommands(program: Command): void {
     .option('--downtime-limit <ms>', 'pre-copy: freeze once the rest would take this long to send (default 300)', (v) => Number(v))
     .option('--thesis-limits', 'pre-copy: the thesis\'s rule instead (freeze when under 30% of the address space is dirty)')
     .option('--auto-converge', 'throttle the process while it dirties memory faster than the link drains it (QEMU)')
+    .option('--postcopy-after-rounds <n>', 'pre-copy, queued-pre-copy: not converged after N rounds, switch to post-copy (the state alone moves at the freeze; the destination fetches the rest)', (v) => Number(v))
     .option('--cancel', 'cancel the migration of PID under way (the process stays where it is)')
     .option('--json', 'print the metrics as JSON (no progress bar)'))
-    .action(async (pid: string, flags: ClusterFlags & { to?: string; algorithm: string; pageSize: number; cancel?: boolean; json?: boolean; maxRounds?: number; downtimeLimit?: number; thesisLimits?: boolean; autoConverge?: boolean }) => {
+    .action(async (pid: string, flags: ClusterFlags & { to?: string; algorithm: string; pageSize: number; cancel?: boolean; json?: boolean; maxRounds?: number; downtimeLimit?: number; thesisLimits?: boolean; autoConverge?: boolean; postcopyAfterRounds?: number }) => {
       const target = clusterTarget(flags);
       if (flags.cancel) {
         const { conn } = await connectToProcess(target, pid);
@@ -69,6 +73,12 @@ export function registerMigrationCommands(program: Command): void {
       if (!flags.to) throw new FerryError('bad-argument', 'where to? give --to NODE (or --cancel)');
       if (!ALGORITHMS.includes(flags.algorithm)) throw new FerryError('bad-argument', `unknown algorithm '${flags.algorithm}' (known: ${ALGORITHMS.join(', ')})`);
       if (![4096, 16384, 65536].includes(flags.pageSize)) throw new FerryError('bad-argument', '--page-size must be 4096, 16384 or 65536');
+      if (flags.postcopyAfterRounds !== undefined) {
+        if (!Number.isInteger(flags.postcopyAfterRounds) || flags.postcopyAfterRounds < 1 || flags.postcopyAfterRounds > 1000)
+          throw new FerryError('bad-argument', '--postcopy-after-rounds must be a whole number of rounds from 1 to 1000');
+        if (!PRECOPY_ALGORITHMS.includes(flags.algorithm))
+          throw new FerryError('bad-argument', `--postcopy-after-rounds applies to ${PRECOPY_ALGORITHMS.join(' and ')}, not ${flags.algorithm}`);
+      }
       const showBar = !flags.json && process.stderr.isTTY;
       let metrics: MigrationMetrics | undefined;
       for (let attempt = 0; !metrics; attempt++) {
@@ -80,6 +90,7 @@ export function registerMigrationCommands(program: Command): void {
             ...(flags.maxRounds !== undefined ? { maxRounds: flags.maxRounds } : {}),
             ...(flags.downtimeLimit !== undefined ? { downtimeLimitMs: flags.downtimeLimit } : {}),
             ...(flags.thesisLimits ? { thesisLimits: true } : {}), ...(flags.autoConverge ? { autoConverge: true } : {}),
+            ...(flags.postcopyAfterRounds !== undefined ? { postcopyAfterRounds: flags.postcopyAfterRounds } : {}),
           }, undefined, MIGRATE_TIMEOUT_MS);
           metrics = r.metrics as unknown as MigrationMetrics;
         } catch (e) {

@@ -38,6 +38,13 @@ export class DirtyPages {
     return n;
   }
 
+  /** Whether migration page `page` is marked (its mark left as it is). */
+  marked(page: number): boolean {
+    const at = DIRTY_MAP + page * this.perPage;
+    for (let k = 0; k < this.perPage; k++) if (this.map[at + k]) return true;
+    return false;
+  }
+
   /** The marked migration pages below `pages`, their marks cleared. */
   take(pages: number): number[] {
     const map = this.map;

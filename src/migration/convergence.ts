@@ -24,6 +24,13 @@ export function shouldIterate(c: ConvergenceInput): boolean {
   return !nothingPending(c) && !fitsDowntime(c) && !roundsExhausted(c);
 }
 
+/** --postcopy-after-rounds N: the rounds are over (N of them, or the round budget ran out
+ *  first) and what is left still does not fit the down time: post-copy takes over. */
+export function switchesToPostCopy(c: ConvergenceInput & { postcopyAfterRounds?: number }): boolean {
+  if (c.postcopyAfterRounds === undefined) return false;
+  return !nothingPending(c) && !fitsDowntime(c) && c.rounds >= Math.min(c.postcopyAfterRounds, c.maxRounds);
+}
+
 export interface BudgetInput {
   /** --downtime-limit, ms. */
   downtimeLimitMs: number;

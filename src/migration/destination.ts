@@ -38,6 +38,8 @@ export interface IncomingSpec {
   pageSize: number;
   /** Resume in the faulting variant, pages fetched on first touch (post-copy, demand paging). */
   faulting?: boolean;
+  /** A pre-copy that may switch to post-copy at its commit: load the faulting variant too. */
+  mayPostCopy?: boolean;
 }
 
 /** Remote faults seen by the destination (thesis 5.3: execution delay). */
@@ -65,7 +67,7 @@ export class IncomingMigration {
    *  `expectBytes`: the source's memory in use, pre-faulted here (0: none). */
   async setup(program: Uint8Array, expectBytes = 0): Promise<void> {
     const loaded = await loadPrepared(program, 'tracked', this.spec.sha256);
-    if (this.spec.faulting) this.faultingModule = await loadPrepared(program, 'faulting', this.spec.sha256);
+    if (this.spec.faulting || this.spec.mayPostCopy) this.faultingModule = await loadPrepared(program, 'faulting', this.spec.sha256);
     if (this.state !== 'setup') throw this.refusal();
     this.loaded = loaded;
     this.memory = newGuestMemory();
@@ -160,6 +162,18 @@ export class IncomingMigration {
   pageSink(bodyLength: number): PageBatchWriter | undefined {
     if (this.state !== 'receiving') return undefined; // after commit, pushed pages are checked page by page
     return new PageBatchWriter(new Uint8Array(this.memory!.buffer), this.spec.pageSize, this.maxPages, bodyLength);
+  }
+
+  /** The commit of a pre-copy switched to post-copy: the pages set in `stale` (a bitmap) were
+   *  written on the source since they came; they count as not received, so the commit marks
+   *  them absent with every page that never came, and they are faulted in or pushed. */
+  switchToPostCopy(stale: Uint8Array): void {
+    if (this.state !== 'receiving') throw this.refusal('post-copy switch');
+    if (!this.faultingModule) throw new FerryError('bad-request', `migration ${this.spec.id}: post-copy switch, but MIG_SETUP did not ask for the faulting variant`);
+    if (stale.length * 8 > this.maxPages + 8) throw new FerryError('bad-request', `migration ${this.spec.id}: stale-page map of ${stale.length} bytes is larger than the address space`);
+    const upTo = Math.min(stale.length * 8, this.received.length);
+    for (let p = 0; p < upTo; p++) if (stale[p >> 3]! & (1 << (p & 7))) this.received[p] = 0;
+    this.spec.faulting = true;
   }
 
   /** The process state (an image whose pages came as batches). */

@@ -13,10 +13,10 @@ import { encodePageBatch, encodePageBatchParts, isZeroPage } from '../memory/pag
 import { MetricsRecorder, type MigrationMetrics, type Phase } from './metrics.ts';
 import { MigrationStateMachine } from './state.ts';
 import type { SourceContext, Strategy } from './strategy.ts';
-import { downtimeBudget, shouldIterate, throttleFor } from './convergence.ts';
+import { downtimeBudget, shouldIterate, switchesToPostCopy, throttleFor } from './convergence.ts';
 import { DirtyPages } from '../memory/dirty.ts';
 import type { FaultStats } from './destination.ts';
-import type { SendOptions } from './strategy.ts';
+import { pageRange, type SendOptions } from './strategy.ts';
 
 /** The destination, as the engine sees it. Implemented by the node over a connection. */
 export interface MigrationChannel {
@@ -30,8 +30,9 @@ export interface MigrationChannel {
   sendPages(batch: Buffer | readonly Uint8Array[]): Promise<number>;
   /** Send the process state and ask the destination to run it (one round trip). Resolves once
    *  it runs there (with the bytes sent); throws a FerryError with code 'migration-aborted'
-   *  when it definitely does not (then the source resumes it). */
-  commit(state: Buffer[]): Promise<number>;
+   *  when it definitely does not (then the source resumes it). `postcopy`: a pre-copy switched
+   *  to post-copy; `stale` is a bitmap of the pages the destination must not use (absent). */
+  commit(state: Buffer[], postcopy?: { stale: Uint8Array }): Promise<number>;
   /** Serve the destination's page faults from the source's memory (post-copy). */
   serveFaults(read: (pages: number[]) => Buffer | readonly Uint8Array[]): void;
   /** Post-processing done on this side: resolves once the destination holds every page, with its fault statistics. */
@@ -80,6 +81,9 @@ export interface MigrationOptions {
   thesisLimits?: boolean;
   /** Throttle the process while it dirties memory faster than the link drains it. */
   autoConverge?: boolean;
+  /** Pre-copy: not converged after this many rounds, switch to post-copy (the state alone
+   *  moves at the freeze; the destination faults in what it lacks, the source pushes it). */
+  postcopyAfterRounds?: number;
 }
 
 export const DEFAULT_MAX_ROUNDS = 6;
@@ -96,6 +100,10 @@ export class Migration extends EventEmitter {
   private phase: Phase | 'setup' = 'setup';
   private sent = new Uint8Array(0);
   private frozen: Captured | null = null;
+  /** --postcopy-after-rounds fired: the freeze ships the state alone, post-copy follows. */
+  private switched = false;
+  /** Time spent handing page batches to the link (the bandwidth a round measured). */
+  private sendingMs = 0;
 
   constructor(private readonly spec: MigrationSpec) {
     super();
@@ -138,7 +146,7 @@ export class Migration extends EventEmitter {
       this.metrics.addBytes('setup', await channel.setup());
       this.check();
       if (!this.sm.cas('setup', 'active')) this.check();
-      if (strategy.faulting) channel.serveFaults((pages) => this.serve(pages));
+      if (strategy.faulting || this.spec.options?.postcopyAfterRounds !== undefined) channel.serveFaults((pages) => this.serve(pages));
       await strategy.setup?.(ctx);
       if (strategy.iterate) {
         this.enter('preparation');
@@ -151,23 +159,28 @@ export class Migration extends EventEmitter {
       this.metrics.step('frozen');
       this.metrics.setAddressSpace(Math.ceil(this.frozen.logicalBytes / this.spec.pageSize));
       this.check();
-      await strategy.complete(ctx, this.frozen);
+      const stale = this.switched ? this.staleForPostCopy(ctx, this.frozen) : undefined;
+      if (!stale) await strategy.complete(ctx, this.frozen);
       this.metrics.step('pages');
       this.check();
       const state = proc.stateImage(this.frozen, this.spec.pageSize);
       this.metrics.step('state');
       this.check();
       this.committing = true; // from here the destination decides; no cancel
-      this.metrics.addBytes('downtime', await channel.commit(state));
+      this.metrics.addBytes('downtime', await channel.commit(state, stale ? { stale } : undefined));
       this.metrics.step('running');
       this.metrics.downtimeEnded();
       this.frozen = null;
       await proc.release();
-      if (strategy.postProcess) {
+      if (strategy.postProcess || stale) {
         this.sm.cas('active', 'postcopy-active');
         this.enter('postProcessing');
         this.metrics.m.residualDependencies = [this.spec.from];
-        await strategy.postProcess(ctx);
+        if (stale) {
+          // Post-copy's push: every page the destination lacks (stale ones were unmarked sent).
+          await ctx.sendPages(pageRange(0, this.metrics.m.pages.addressSpace), { zeroMarkers: true, skipSent: true });
+          await ctx.finish();
+        } else await strategy.postProcess!(ctx);
         this.metrics.m.residualDependencies = [];
       }
       this.metrics.end();
@@ -203,13 +216,21 @@ export class Migration extends EventEmitter {
         addressSpaceBytes: ctx.dirty.addressSpacePages() * ctx.pageSize, thesisLimits: o.thesisLimits ?? false,
       });
       this.metrics.m.rounds = rounds;
-      if (!shouldIterate({ pending, rounds, maxRounds: o.maxRounds ?? DEFAULT_MAX_ROUNDS, limitBytes })) return;
-      const t0 = performance.now(), b0 = this.metrics.m.bytes.total;
+      const c = { pending, rounds, maxRounds: o.maxRounds ?? DEFAULT_MAX_ROUNDS, limitBytes };
+      if (strategy.remaining && switchesToPostCopy({ ...c, postcopyAfterRounds: o.postcopyAfterRounds })) {
+        this.switched = true;
+        this.metrics.m.switchedToPostCopy = true;
+        return;
+      }
+      if (!shouldIterate(c)) return;
+      const t0 = performance.now(), b0 = this.metrics.m.bytes.total, s0 = this.sendingMs;
       await strategy.iterate!(ctx);
       this.check();
       const secs = (performance.now() - t0) / 1000;
       const sent = this.metrics.m.bytes.total - b0;
-      if (secs > 0 && sent > 0) bandwidth = sent / secs; // what the link really moved
+      // What the link really moved, over the time spent sending (a round may also wait: queued pre-copy).
+      const sendSecs = (this.sendingMs - s0) / 1000;
+      if (sendSecs > 0 && sent > 0) bandwidth = sent / sendSecs;
       // Dirty rate: what the process dirtied while the round ran.
       const dirtied = (strategy.pending?.(ctx) ?? 0);
       this.metrics.m.dirtyRateBytesPerSec = secs > 0 ? dirtied / secs : null;
@@ -253,10 +274,24 @@ export class Migration extends EventEmitter {
       clear: (n) => d.clear(n),
       count: (n) => d.count(n),
       take: (n) => d.take(n),
+      marked: (p) => d.marked(p),
     };
   }
 
-  /** Batch pages into frames; elide zero pages the destination never had. */
+  /** Switching to post-copy, frozen: the pages the destination lacks or holds an old copy of,
+   *  as a bitmap for the commit. They count as unsent from now on, so the push sends them
+   *  (unless a fault fetches one first). */
+  private staleForPostCopy(ctx: SourceContext, frozen: Captured): Uint8Array {
+    const all = Math.ceil(frozen.logicalBytes / this.spec.pageSize);
+    const map = new Uint8Array(Math.ceil(all / 8));
+    for (const p of this.spec.strategy.remaining!(ctx, frozen)) {
+      if (p >= all) continue;
+      map[p >> 3]! |= 1 << (p & 7);
+      if (p < this.sent.length) this.sent[p] = 0;
+    }
+    return map;
+  }
+
   /** A page fault of the destination: these pages' bytes, now (the source is frozen). */
   private serve(pages: number[]): readonly Uint8Array[] {
     const ps = this.spec.pageSize;
@@ -270,6 +305,7 @@ export class Migration extends EventEmitter {
     return encodePageBatchParts(mem, ps, data, zero);
   }
 
+  /** Batch pages into frames; elide zero pages the destination never had. */
   private async sendPages(indices: Iterable<number>, opts: SendOptions = {}): Promise<void> {
     const ps = this.spec.pageSize;
     const mem = this.spec.process.memory;
@@ -283,7 +319,10 @@ export class Migration extends EventEmitter {
       const body = phase !== 'preparation' ? encodePageBatchParts(mem, ps, pages, zero) : encodePageBatch(mem, ps, pages, zero);
       for (const i of pages) this.metrics.pageSent(i);
       pages = []; zero = [];
-      this.metrics.addBytes(phase, await this.spec.channel.sendPages(body));
+      const t0 = performance.now();
+      const n = await this.spec.channel.sendPages(body);
+      this.sendingMs += performance.now() - t0;
+      this.metrics.addBytes(phase, n);
       this.check();
       const t = performance.now();
       if (t - lastProgress > 100) { lastProgress = t; this.emit('progress', this.progress()); }

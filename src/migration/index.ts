@@ -4,11 +4,13 @@ import type { Strategy } from './strategy.ts';
 import { TotalCopy } from './total-copy.ts';
 import { PreCopy } from './pre-copy.ts';
 import { PostCopy } from './post-copy.ts';
+import { QueuedPreCopy } from './queued-pre-copy.ts';
 
 const STRATEGIES: Record<string, () => Strategy> = {
   'total-copy': () => new TotalCopy(),
   'pre-copy': () => new PreCopy(),
   'post-copy': () => new PostCopy(),
+  'queued-pre-copy': () => new QueuedPreCopy(),
 };
 
 export const ALGORITHMS = Object.keys(STRATEGIES);

@@ -38,6 +38,9 @@ export interface MigrationMetrics {
   dirtyRateBytesPerSec: number | null;
   /** Auto-converge's last throttle (share of time the process slept). */
   throttle: number;
+  /** --postcopy-after-rounds: the pre-copy did not converge and finished as a post-copy
+   *  (down time carried the state alone; the rest was pushed or faulted in afterwards). */
+  switchedToPostCopy: boolean;
   /** Post-copy: pages the destination fetched on first touch, their median round trip, and
    *  the time the process waited for them (the execution delay of thesis 5.3). */
   remoteFaults: number;
@@ -67,7 +70,7 @@ export class MetricsRecorder {
       bytes: { setup: 0, preparation: 0, downtime: 0, postProcessing: 0, total: 0 },
       pages: { addressSpace: 0, sent: 0, zero: 0, maxSendsPerPage: 0, resent: 0, pageSize: init.pageSize },
       linkBandwidthBps: init.linkBytesPerSec === null ? null : init.linkBytesPerSec * 8,
-      wireTimeMs: null, throughputBytesPerSec: null, rounds: 0, dirtyRateBytesPerSec: null, throttle: 0, downtimeSteps: {},
+      wireTimeMs: null, throughputBytesPerSec: null, rounds: 0, dirtyRateBytesPerSec: null, throttle: 0, switchedToPostCopy: false, downtimeSteps: {},
       remoteFaults: 0, faultRoundTripMs: null, executionDelayMs: 0, residualDependencies: [],
     };
     this.phaseStart.setup = this.t0;

@@ -36,12 +36,17 @@ export class PreCopy implements Strategy {
   }
 
   async complete(ctx: SourceContext, frozen: Captured): Promise<void> {
+    await ctx.sendPages(this.remaining(ctx, frozen));
+  }
+
+  /** What the freeze sends: the pages dirty since the last round, and those grown since. */
+  remaining(ctx: SourceContext, frozen: Captured): number[] {
     const all = Math.ceil(frozen.logicalBytes / ctx.pageSize);
     // No round ran (the whole process fitted the limit): this is a total copy.
-    if (this.round === 0) { await ctx.sendPages(range(0, all)); return; }
+    if (this.round === 0) return range(0, all);
     const pages = ctx.dirty.take(Math.min(this.covered, all));
     if (all > this.covered) pages.push(...range(this.covered, all));
-    await ctx.sendPages(pages);
+    return pages;
   }
 }
 

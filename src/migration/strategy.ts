@@ -45,6 +45,8 @@ export interface DirtyView {
   clear(pages: number): void;
   count(pages: number): number;
   take(pages: number): number[];
+  /** Whether this page was written since its mark was last cleared (the mark stays). */
+  marked(page: number): boolean;
 }
 
 export interface SendOptions {
@@ -67,6 +69,9 @@ export interface Strategy {
   iterate?(ctx: SourceContext): Promise<void>;
   /** Down time: send what the destination needs before the process can run there. */
   complete(ctx: SourceContext, frozen: Captured): Promise<void>;
+  /** The pages complete() would send (frozen): those the destination lacks or holds an old
+   *  copy of. A strategy that has it can switch to post-copy (--postcopy-after-rounds). */
+  remaining?(ctx: SourceContext, frozen: Captured): number[];
   /** After the destination runs the process; resolves when no dependency on the source remains. */
   postProcess?(ctx: SourceContext): Promise<void>;
   cleanup?(ctx: SourceContext): void;

@@ -11,7 +11,8 @@
 //   kill   {pid, scope?}                      -> {pid, node}
 //   status {}                                 -> {name, addr, processes}
 //   locate {pid}                              -> {pid, node, addr}    (who runs it now)
-//   migrate {pid, to, algorithm?, progress?}  -> {metrics}; MIG_PROGRESS {token, progress} frames meanwhile
+//   migrate {pid, to, algorithm?, progress?, maxRounds?, downtimeLimitMs?, thesisLimits?, autoConverge?, postcopyAfterRounds?}
+//                                             -> {metrics}; MIG_PROGRESS {token, progress} frames meanwhile
 //                                                (only on the node running pid: the CLI locates it first)
 //   migrate-cancel {pid}                      -> {id}                 (node running pid)
 //   migrations {scope?}                       -> {migrations, unreachable}
@@ -213,7 +214,9 @@ export class ControlApi {
     const options = {
       maxRounds: num('maxRounds', 0, 1000), downtimeLimitMs: num('downtimeLimitMs', 0, 3_600_000),
       thesisLimits: h.thesisLimits === true, autoConverge: h.autoConverge === true,
+      postcopyAfterRounds: num('postcopyAfterRounds', 1, 1000),
     };
+    if (options.postcopyAfterRounds !== undefined && !Number.isInteger(options.postcopyAfterRounds)) throw badRequest('migrate: postcopyAfterRounds must be a whole number of rounds');
     return this.ctx.migrator.migrate({ pid, to, algorithm, pageSize, options }, token === undefined ? undefined : (p) => {
       if (conn.isOpen) conn.send('MIG_PROGRESS', { token, progress: p as never }).catch(() => {});
     });

@@ -10,6 +10,9 @@
 //           (module bytes as a stream {kind: 'module', mid}, then MIG_SETUP again)
 //   S -> D  MIG_PAGES {mid} + page batch ...                       (one-way, bulk)
 //   S -> D  MIG_COMMIT {mid} + state image                         D: {state: 'running'} or ERROR migration-aborted
+//           (a pre-copy switched to post-copy: {mid, postcopy: true, staleBytes: n} + n bytes of
+//           bitmap of the pages the destination holds old copies of + state image; MIG_SETUP said
+//           postcopy: true, so the destination loaded the faulting variant too)
 //   S -> D  MIG_QUERY {mid} (fresh connection, if the commit's answer was lost)
 // Post-copy, after the commit, on the same connection:
 //   D -> S  PAGE_REQUEST {mid, pages} (urgent)                      S: PAGE_DATA + page batch
@@ -75,6 +78,9 @@ export class Migrator {
     if (req.to === this.ctx.name) throw new FerryError('bad-argument', `process ${req.pid} already runs on ${req.to}`);
     if (!membership.has(req.to)) throw new FerryError('no-such-node', `no node named ${req.to} in the cluster`);
     const strategy = strategyFor(req.algorithm ?? 'total-copy');
+    const switches = req.options?.postcopyAfterRounds !== undefined;
+    if (switches && !(strategy.iterate && strategy.remaining))
+      throw new FerryError('bad-argument', `--postcopy-after-rounds applies to pre-copy algorithms, not ${strategy.algorithm}`);
     const pageSize = req.pageSize ?? DEFAULT_PAGE_SIZE;
     const inUse = table.get(req.pid)?.memoryBytes ?? 0; // read before it is marked moving (the snapshot then skips it)
     const source = table.sourceProcess(req.pid, req.to);
@@ -84,7 +90,7 @@ export class Migrator {
     let conn: Connection;
     try { conn = await this.ctx.dialNode(req.to); } catch (e) { source.resume(); throw e; }
     const channel = new ConnectionChannel(conn, id, this.ctx.faults, {
-      pid: req.pid, sha256: hash, pageSize, algorithm: strategy.algorithm, memoryBytes: inUse,
+      pid: req.pid, sha256: hash, pageSize, algorithm: strategy.algorithm, memoryBytes: inUse, postcopy: switches,
       program: () => bytes,
       dialAgain: () => this.ctx.dialNode(req.to),
     });
@@ -154,7 +160,8 @@ export class Migrator {
       const algorithm = typeof h.algorithm === 'string' ? h.algorithm : 'total-copy';
       let faulting: boolean;
       try { faulting = strategyFor(algorithm).faulting === true; } catch (e) { throw new FerryError('bad-request', (e as Error).message); }
-      inc = new IncomingMigration({ id: mid, pid, from: conn.peer.node, sha256: hash, pageSize, faulting }, this.ctx.log);
+      const mayPostCopy = h.postcopy === true; // a pre-copy that may switch to post-copy at its freeze
+      inc = new IncomingMigration({ id: mid, pid, from: conn.peer.node, sha256: hash, pageSize, faulting, mayPostCopy }, this.ctx.log);
       this.incoming.set(mid, inc);
       conn.onClose(() => inc!.abort(`the connection from ${conn.peer.node} closed`));
       this.forgetLater(mid);
@@ -179,7 +186,16 @@ export class Migrator {
   private onCommit = async (msg: Message, conn: Connection): Promise<Reply> => {
     const inc = this.need(msg);
     if (this.ctx.faults.hit('dest-state', conn)) throw new FerryError('fault', 'dest-state');
-    try { inc.acceptState(msg.body); } catch (e) { inc.abort((e as Error).message); throw e; }
+    let body = msg.body;
+    if (msg.header.postcopy === true) {
+      const n = msg.header.staleBytes;
+      try {
+        if (typeof n !== 'number' || !Number.isInteger(n) || n < 0 || n > body.length) throw new FerryError('bad-request', `MIG_COMMIT: staleBytes ${String(n)} does not fit a ${body.length}-byte body`);
+        inc.switchToPostCopy(body.subarray(0, n));
+      } catch (e) { inc.abort((e as Error).message); throw e; }
+      body = body.subarray(n);
+    }
+    try { inc.acceptState(body); } catch (e) { inc.abort((e as Error).message); throw e; }
     if (this.ctx.faults.hit('dest-commit', conn)) throw new FerryError('fault', 'dest-commit');
     await inc.commit(async (m) => {
       const img = m.image!;
@@ -252,6 +268,8 @@ interface ChannelSpec {
   algorithm: string;
   /** The process's memory in use when the migration starts (the destination pre-faults as much). */
   memoryBytes: number;
+  /** It may switch to post-copy (--postcopy-after-rounds): the destination loads the faulting variant too. */
+  postcopy?: boolean;
   program: () => Uint8Array;
   dialAgain: () => Promise<Connection>;
 }
@@ -274,7 +292,7 @@ class ConnectionChannel implements MigrationChannel {
   private delta(): number { const now = this.conn.stats.bytesSent; const d = now - this.sent0; this.sent0 = now; return d; }
 
   async setup(): Promise<number> {
-    const head = { mid: this.mid, pid: this.spec.pid, sha256: this.spec.sha256, pageSize: this.spec.pageSize, algorithm: this.spec.algorithm, memoryBytes: this.spec.memoryBytes };
+    const head = { mid: this.mid, pid: this.spec.pid, sha256: this.spec.sha256, pageSize: this.spec.pageSize, algorithm: this.spec.algorithm, memoryBytes: this.spec.memoryBytes, ...(this.spec.postcopy ? { postcopy: true } : {}) };
     let r = await this.conn.request('MIG_SETUP', head, undefined, { timeoutMs: SETUP_TIMEOUT_MS });
     if (r.header.needModule === true) {
       await this.conn.sendStream(this.spec.program(), { kind: 'module', mid: this.mid });
@@ -290,9 +308,10 @@ class ConnectionChannel implements MigrationChannel {
     return this.delta();
   }
 
-  async commit(state: Buffer[]): Promise<number> {
+  async commit(state: Buffer[], postcopy?: { stale: Uint8Array }): Promise<number> {
     try {
-      const answer = this.conn.request('MIG_COMMIT', { mid: this.mid }, Buffer.concat(state), { timeoutMs: COMMIT_TIMEOUT_MS });
+      const head = postcopy ? { mid: this.mid, postcopy: true, staleBytes: postcopy.stale.length } : { mid: this.mid };
+      const answer = this.conn.request('MIG_COMMIT', head, Buffer.concat(postcopy ? [postcopy.stale, ...state] : state), { timeoutMs: COMMIT_TIMEOUT_MS });
       this.faults.hit('src-commit', this.conn);
       await answer;
       return this.delta();
