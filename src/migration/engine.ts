@@ -102,8 +102,6 @@ export class Migration extends EventEmitter {
   private frozen: Captured | null = null;
   /** --postcopy-after-rounds fired: the freeze ships the state alone, post-copy follows. */
   private switched = false;
-  /** Time spent handing page batches to the link (the bandwidth a round measured). */
-  private sendingMs = 0;
 
   constructor(private readonly spec: MigrationSpec) {
     super();
@@ -223,14 +221,12 @@ export class Migration extends EventEmitter {
         return;
       }
       if (!shouldIterate(c)) return;
-      const t0 = performance.now(), b0 = this.metrics.m.bytes.total, s0 = this.sendingMs;
+      const t0 = performance.now(), b0 = this.metrics.m.bytes.total;
       await strategy.iterate!(ctx);
       this.check();
       const secs = (performance.now() - t0) / 1000;
       const sent = this.metrics.m.bytes.total - b0;
-      // What the link really moved, over the time spent sending (a round may also wait: queued pre-copy).
-      const sendSecs = (this.sendingMs - s0) / 1000;
-      if (sendSecs > 0 && sent > 0) bandwidth = sent / sendSecs;
+      if (secs > 0 && sent > 0) bandwidth = sent / secs; // what the link really moved
       // Dirty rate: what the process dirtied while the round ran.
       const dirtied = (strategy.pending?.(ctx) ?? 0);
       this.metrics.m.dirtyRateBytesPerSec = secs > 0 ? dirtied / secs : null;
@@ -319,10 +315,7 @@ export class Migration extends EventEmitter {
       const body = phase !== 'preparation' ? encodePageBatchParts(mem, ps, pages, zero) : encodePageBatch(mem, ps, pages, zero);
       for (const i of pages) this.metrics.pageSent(i);
       pages = []; zero = [];
-      const t0 = performance.now();
-      const n = await this.spec.channel.sendPages(body);
-      this.sendingMs += performance.now() - t0;
-      this.metrics.addBytes(phase, n);
+      this.metrics.addBytes(phase, await this.spec.channel.sendPages(body));
       this.check();
       const t = performance.now();
       if (t - lastProgress > 100) { lastProgress = t; this.emit('progress', this.progress()); }
