@@ -32,8 +32,11 @@ export interface MigrationChannel {
    *  it runs there (with the bytes sent); throws a FerryError with code 'migration-aborted'
    *  when it definitely does not (then the source resumes it). */
   commit(state: Buffer[]): Promise<number>;
-  /** Serve the destination's page faults from the source's memory (post-copy). */
+  /** Serve the destination's page faults from the source's memory (post-copy, demand paging). */
   serveFaults(read: (pages: number[]) => Buffer | readonly Uint8Array[]): void;
+  /** The link broke during post-processing: reach the destination again on a new connection
+   *  (bounded retries); resolves with the pages it still lacks. */
+  recover?(): Promise<number[]>;
   /** Post-processing done on this side: resolves once the destination holds every page, with its fault statistics. */
   finish(): Promise<{ bytes: number; stats: FaultStats }>;
   /** Tell the destination to drop everything it has (best effort). */
@@ -83,6 +86,8 @@ export interface MigrationOptions {
 }
 
 export const DEFAULT_MAX_ROUNDS = 6;
+/** Errors that mean the link broke (post-processing recovers from these). */
+const LINK_ERRORS = ['connection-closed', 'connection-failed', 'request-timeout', 'fault'];
 export const DEFAULT_DOWNTIME_LIMIT_MS = 300;
 
 export interface Progress { id: string; state: string; phase: Phase | 'setup'; bytes: number; pagesSent: number; addressSpace: number }
@@ -105,6 +110,7 @@ export class Migration extends EventEmitter {
       id: spec.id, pid: spec.process.pid, from: spec.from, to: spec.to, algorithm: spec.strategy.algorithm,
       pageSize: spec.pageSize, linkBytesPerSec: spec.channel.linkBytesPerSec,
     });
+    if (spec.strategy.variant) this.metrics.m.variant = spec.strategy.variant;
     this.done = this.run();
     this.done.catch(() => {});
   }
@@ -169,6 +175,13 @@ export class Migration extends EventEmitter {
         this.metrics.m.residualDependencies = [this.spec.from];
         await strategy.postProcess(ctx);
         this.metrics.m.residualDependencies = [];
+      } else if (strategy.residual) {
+        // No push: the source serves pages for the life of the process. The migration is
+        // over for the user; its total time waits for the dependency to end (residualEnded).
+        this.enter('postProcessing');
+        this.metrics.m.residualDependencies = [this.spec.from];
+        this.sm.cas('active', 'completed');
+        return this.metrics.snapshot();
       }
       this.metrics.end();
       this.sm.cas(this.sm.state, 'completed');
@@ -188,6 +201,15 @@ export class Migration extends EventEmitter {
       channel.close();
       this.emit('progress', this.progress());
     }
+  }
+
+  /** The destination no longer needs the source (the process ended, has every page, or moved
+   *  on): the total time closes now, with the destination's fault statistics. */
+  residualEnded(stats?: FaultStats): MigrationMetrics {
+    if (stats) Object.assign(this.metrics.m, stats);
+    if (this.metrics.m.residualDependencies.length && this.sm.state === 'completed') this.metrics.end();
+    this.metrics.m.residualDependencies = [];
+    return this.metrics.snapshot();
   }
 
   /** Pre-copy rounds while the process runs, until a convergence predicate says freeze. */
@@ -241,6 +263,14 @@ export class Migration extends EventEmitter {
         this.metrics.addBytes('postProcessing', bytes);
         Object.assign(this.metrics.m, stats);
       },
+      recover: async (err) => {
+        const code = err instanceof FerryError ? err.code : '';
+        if (!this.spec.channel.recover || this.abort.signal.aborted || !LINK_ERRORS.includes(code)) throw err;
+        this.spec.log?.(`migration ${this.spec.id}: link to ${this.spec.to} broke during post-processing (${(err as Error).message}); reconnecting`);
+        const absent = await this.spec.channel.recover();
+        for (const i of absent) if (i < this.sent.length) this.sent[i] = 0;
+        this.spec.log?.(`migration ${this.spec.id}: reconnected to ${this.spec.to}; ${absent.length} pages still to push`);
+      },
       dirty: this.dirtyView(),
     };
   }
@@ -256,7 +286,6 @@ export class Migration extends EventEmitter {
     };
   }
 
-  /** Batch pages into frames; elide zero pages the destination never had. */
   /** A page fault of the destination: these pages' bytes, now (the source is frozen). */
   private serve(pages: number[]): readonly Uint8Array[] {
     const ps = this.spec.pageSize;
@@ -267,9 +296,12 @@ export class Migration extends EventEmitter {
       if (isZeroPage(mem, i, ps)) zero.push(i); else { data.push(i); this.metrics.pageSent(i); }
       this.sent[i] = 1;
     }
-    return encodePageBatchParts(mem, ps, data, zero);
+    const parts = encodePageBatchParts(mem, ps, data, zero);
+    this.metrics.addBytes('postProcessing', parts.reduce((n, p) => n + p.length, 0)); // served on the page server's connections
+    return parts;
   }
 
+  /** Batch pages into frames; elide zero pages the destination never had. */
   private async sendPages(indices: Iterable<number>, opts: SendOptions = {}): Promise<void> {
     const ps = this.spec.pageSize;
     const mem = this.spec.process.memory;

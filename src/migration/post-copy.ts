@@ -3,7 +3,8 @@
 // page is fetched from the source on the urgent class, while the source
 // pushes every page in the background (only pages still absent are taken).
 // Down time does not grow with the address space; the source is a residual
-// dependency until the push ends.
+// dependency until the push ends. A link that breaks meanwhile is re-dialled and
+// the push resumes with the pages the destination still lacks (QEMU's recover).
 import { pageRange, type SourceContext, type Strategy } from './strategy.ts';
 
 export class PostCopy implements Strategy {
@@ -15,7 +16,14 @@ export class PostCopy implements Strategy {
   async complete(): Promise<void> { /* the state alone: it travels with the commit */ }
 
   async postProcess(ctx: SourceContext): Promise<void> {
-    await ctx.sendPages(pageRange(0, ctx.metrics.m.pages.addressSpace), { zeroMarkers: true, skipSent: true });
-    await ctx.finish();
+    for (;;) {
+      try {
+        await ctx.sendPages(pageRange(0, ctx.metrics.m.pages.addressSpace), { zeroMarkers: true, skipSent: true });
+        await ctx.finish();
+        return;
+      } catch (e) {
+        await ctx.recover(e); // a broken link: push what the destination still lacks over a new connection
+      }
+    }
   }
 }
