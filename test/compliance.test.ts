@@ -5,13 +5,15 @@
 // are checked for every migration.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { ClusterClient, startCluster, type Cluster } from './helpers/cluster.ts';
+import { ClusterClient, eventually, startCluster, type Cluster } from './helpers/cluster.ts';
 import { clusterRun, oracle, type Outcome } from './helpers/modes.ts';
 import { prepareAllVariants, WORKLOADS, type Workload } from './helpers/workloads.ts';
-import { ALGORITHMS, type MigrationMetrics } from '../src/migration/index.ts';
+import { ALGORITHMS, VARIANTS, type MigrationMetrics } from '../src/migration/index.ts';
 
 interface Case {
   algorithm: string;
+  /** The algorithm's variant (`--variant`), for algorithms that have several. */
+  variant?: string;
   options?: Record<string, unknown>;
   workload: Workload;
   link: 'loopback' | '100mbit';
@@ -21,18 +23,18 @@ interface Case {
 /** Runs long enough for a few migrations on a loaded 2-core machine, short enough for CI. */
 const ARGS: Record<string, string[]> = {
   getpid: ['4000000'], rma: ['4', '400'], reference: ['20000'], pageinc: ['16', '20000'], recurse: ['5000', '20000'],
-  filecopy: ['/data/in.bin', '/data/out.bin', '4096', '1500'], sleeper: ['30', '50'], asobjects: ['3000'],
+  filecopy: ['/data/in.bin', '/data/out.bin', '4096', '1500'], sleeper: ['60', '50'], asobjects: ['3000'],
 };
 /** On a slow link a round of a heavy writer takes long: these run longer there. */
 const ARGS_SLOW: Record<string, string[]> = { rma: ['4', '2000'], pageinc: ['4', '800000'], reference: ['60000'], sleeper: ['80', '50'], getpid: ['10000000'] };
 const MIGRATIONS = Number(process.env.FERRY_COMPLIANCE_MIGRATIONS ?? 3);
 const LINKS = (process.env.FERRY_COMPLIANCE_LINKS ?? 'loopback,100mbit').split(',') as Case['link'][];
 
-const CASES: Case[] = ALGORITHMS.flatMap((algorithm) => LINKS.flatMap((link) =>
+const CASES: Case[] = ALGORITHMS.flatMap((algorithm) => (VARIANTS[algorithm] ?? [undefined]).flatMap((variant) => LINKS.flatMap((link) =>
   WORKLOADS.filter((w) => ARGS[w.name]).map((w) => ({
-    algorithm, link, migrations: MIGRATIONS,
+    algorithm, ...(variant ? { variant } : {}), link, migrations: MIGRATIONS,
     workload: { ...w, args: (link !== 'loopback' ? ARGS_SLOW[w.name] : undefined) ?? ARGS[w.name]! },
-  }))));
+  })))));
 
 /** What every migration of an algorithm must show in its metrics. */
 const INVARIANTS: Record<string, (m: MigrationMetrics) => void> = {
@@ -63,6 +65,23 @@ const INVARIANTS: Record<string, (m: MigrationMetrics) => void> = {
     assert.deepEqual(m.residualDependencies, []);
     assert.ok(m.pages.maxSendsPerPage <= 2, 'a page goes at most twice (pushed while a fault fetched it)');
   },
+  'demand-paging': (m) => {
+    assert.equal(m.preparationMs, 0);
+    assert.equal(m.totalMs, null, 'migrate returns while the dependency remains (total time open)');
+    assert.deepEqual(m.residualDependencies, [m.from]);
+    if (m.variant === 'copy-on-reference') assert.ok(m.bytes.downtime < 64 * 1024 + m.pages.addressSpace, `down time carries the state alone (${m.bytes.downtime} bytes)`);
+    assert.ok(m.pages.maxSendsPerPage <= 1, 'no page sent twice');
+  },
+};
+
+/** What every migration of an algorithm must show once the process has ended (residual dependencies closed). */
+const FINAL_INVARIANTS: Record<string, (m: MigrationMetrics) => void> = {
+  'demand-paging': (m) => {
+    assert.notEqual(m.totalMs, null, 'the dependency closed (the process ended or moved on)');
+    assert.deepEqual(m.residualDependencies, []);
+    assert.ok(m.pages.maxSendsPerPage <= 1, `each page sent at most once (${m.pages.maxSendsPerPage})`);
+    if (m.variant === 'copy-on-reference') assert.ok(m.remoteFaults > 0, 'copy-on-reference: every page it used came by a remote fault');
+  },
 };
 
 function same(actual: Outcome, expected: Outcome, what: string): void {
@@ -84,7 +103,7 @@ for (const link of LINKS) {
     after(async () => { await c?.stop(); });
 
     for (const k of CASES.filter((x) => x.link === link)) {
-      it(`${k.algorithm} ${k.workload.name}: ${k.migrations} migrations mid-run, output identical`, async () => {
+      it(`${k.algorithm}${k.variant ? ` ${k.variant}` : ''} ${k.workload.name}: ${k.migrations} migrations mid-run, output identical`, async () => {
         const key = `${k.workload.name} ${k.workload.args.join(' ')}`;
         if (!expected.has(key)) expected.set(key, await oracle(k.workload));
         const exp = expected.get(key)!;
@@ -93,7 +112,7 @@ for (const link of LINKS) {
           const done: MigrationMetrics[] = [];
           for (const to of ['b', 'c', 'a', 'b', 'c', 'a'].slice(0, k.migrations)) {
             let m: MigrationMetrics;
-            try { m = await client.migrate(pid, to, { algorithm: k.algorithm, ...k.options }); } catch (e) {
+            try { m = await client.migrate(pid, to, { algorithm: k.algorithm, ...(k.variant ? { variant: k.variant } : {}), ...k.options }); } catch (e) {
               if ((e as { code?: string }).code === 'no-such-process') break;
               throw e;
             }
@@ -105,7 +124,16 @@ for (const link of LINKS) {
         });
         same(outcome, exp, `${k.algorithm} over ${link}`);
         assert.ok(ms.length >= Math.min(2, k.migrations), `several migrations mid-run (${ms.length} of ${k.migrations} before it ended)`);
-        for (const m of ms) { assert.equal(m.algorithm, k.algorithm); INVARIANTS[k.algorithm]?.(m); }
+        for (const m of ms) { assert.equal(m.algorithm, k.algorithm); assert.equal(m.variant, k.variant); INVARIANTS[k.algorithm]?.(m); }
+        const final = FINAL_INVARIANTS[k.algorithm];
+        if (final) {
+          const ids = new Set(ms.map((m) => m.id));
+          const records = await eventually(async () => {
+            const all = ((await client.call('migrations')).migrations as unknown as MigrationMetrics[]).filter((m) => ids.has(m.id));
+            return all.length === ids.size && all.every((m) => m.totalMs !== null) && all;
+          }, 30_000, 'every residual dependency to close');
+          for (const m of records) final(m);
+        }
       });
     }
   });

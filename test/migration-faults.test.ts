@@ -19,15 +19,28 @@ interface FaultCase {
   action: 'crash' | 'cut';
   /** Where the process finishes ('b-fails': it runs on b and fails there, its pages lost with the link). */
   endsOn: 'a' | 'b' | 'either' | 'b-fails' | 'not-applicable';
+  /** A line the node carrying the fault (or the other one) must log: how it recovered. */
+  recovery?: { on: 'a' | 'b'; re: string };
 }
 
-/** Algorithms to run the cases with (CI: total-copy; FERRY_FAULT_ALGORITHMS=total-copy,pre-copy,queued-pre-copy,post-copy
- *  for the README's table; queued-pre-copy sends pages before the commit as pre-copy does: no override). */
+/** Algorithms to run the cases with (CI: total-copy; FERRY_FAULT_ALGORITHMS=total-copy,pre-copy,queued-pre-copy,post-copy,demand-paging
+ *  for the README's table; ALGORITHM:VARIANT picks a variant, e.g. demand-paging:eager-dirty; queued-pre-copy sends pages
+ *  before the commit as pre-copy does). */
 const ALGOS = (process.env.FERRY_FAULT_ALGORITHMS ?? 'total-copy').split(',');
-/** Where an algorithm's outcome differs from Total Copy's: post-copy needs its source after the commit. */
+/** Points of post-processing: only algorithms that fault pages in after the commit reach them. */
+const POST_PROCESSING: Record<string, FaultCase['endsOn']> = { 'src-push:cut': 'not-applicable', 'dest-fault:cut': 'not-applicable' };
+/** Where an algorithm's outcome differs from Total Copy's: post-copy and demand paging need their source after the commit. */
 const OVERRIDES: Record<string, Record<string, FaultCase['endsOn']>> = {
-  // Post-copy sends no page before the commit: its page faults come after (not covered yet).
-  'post-copy': { 'dest-running:cut': 'b-fails', 'src-commit:cut': 'either', 'dest-pages:crash': 'not-applicable', 'dest-pages:cut': 'not-applicable', 'src-pages:cut': 'not-applicable' },
+  'total-copy': POST_PROCESSING,
+  'pre-copy': POST_PROCESSING,
+  'queued-pre-copy': POST_PROCESSING,
+  // Post-copy sends no page before the commit. After it, a broken link is re-dialled: faults
+  // go to the source's page server on any connection, the push resumes on a new one.
+  'post-copy': { 'dest-running:cut': 'b', 'src-commit:cut': 'either', 'dest-pages:crash': 'not-applicable', 'dest-pages:cut': 'not-applicable', 'src-pages:cut': 'not-applicable' },
+  // Copy-on-reference: no page before the commit, no push after it.
+  'demand-paging': { 'dest-running:cut': 'b', 'src-commit:cut': 'either', 'dest-pages:crash': 'not-applicable', 'dest-pages:cut': 'not-applicable', 'src-pages:cut': 'not-applicable', 'src-push:cut': 'not-applicable' },
+  // Eager-dirty sends the dirty pages before the commit, as Total Copy does.
+  'demand-paging:eager-dirty': { 'dest-running:cut': 'b', 'src-commit:cut': 'either', 'src-push:cut': 'not-applicable' },
 };
 
 const CASES: FaultCase[] = [
@@ -43,6 +56,9 @@ const CASES: FaultCase[] = [
   { on: 'a', point: 'src-pages', action: 'cut', endsOn: 'a' },
   { on: 'a', point: 'src-commit', action: 'cut', endsOn: 'either' },
   { on: 'b', point: 'dest-running', action: 'cut', endsOn: 'b' },
+  // Post-processing (post-copy, demand paging): the link breaks, is re-dialled, and the process carries on.
+  { on: 'a', point: 'src-push', action: 'cut', endsOn: 'b', recovery: { on: 'a', re: 'reconnected to b; \\d+ pages still to push' } },
+  { on: 'b', point: 'dest-fault', action: 'cut', endsOn: 'b', recovery: { on: 'b', re: 'page faults of \\S+ resumed: a answered again' } },
 ];
 
 const rma: Workload = { ...WORKLOADS.find((w) => w.name === 'rma')!, args: ['8', '250'] };
@@ -62,6 +78,7 @@ describe('migrations under faults', { timeout: 1_800_000 }, () => {
 
   for (const algorithm of ALGOS) for (const base of CASES) {
     const k = { ...base, endsOn: OVERRIDES[algorithm]?.[`${base.point}:${base.action}`] ?? base.endsOn };
+    const [algo, variant] = algorithm.split(':') as [string, string | undefined];
     if (k.endsOn === 'not-applicable') continue;
     it(`${algorithm}: ${k.action} at ${k.point} (on ${k.on === 'a' ? 'the source' : 'the destination'}): ${k.endsOn === 'b-fails' ? 'fails on the destination naming the source' : `runs exactly once, on ${k.endsOn === 'a' ? 'the source' : k.endsOn === 'b' ? 'the destination' : 'one of them'}`}`, async () => {
       const c = await startCluster(2, { names: ['a', 'b'], env: { [k.on]: { FERRY_FAULTS: `${k.point}:${k.action}` } } });
@@ -70,7 +87,7 @@ describe('migrations under faults', { timeout: 1_800_000 }, () => {
         let pid = '';
         const { outcome, during: m } = await clusterRun(c, client, rma, { node: 'a' }, async (p): Promise<MigrationMetrics> => {
           pid = p;
-          return client.migrate(p, 'b', { algorithm });
+          return client.migrate(p, 'b', { algorithm: algo, ...(variant ? { variant } : {}) });
         });
         if (k.endsOn === 'b-fails') {
           assert.notEqual(outcome.exitCode, 0, 'it cannot finish without its pages');
@@ -91,6 +108,7 @@ describe('migrations under faults', { timeout: 1_800_000 }, () => {
           assert.equal(m.state, 'completed', `the migration completed (${m.error?.message ?? ''})`);
           assert.equal(arrivals(c, 1, pid), 1);
         }
+        if (k.recovery) assert.match(c.nodes[k.recovery.on === 'a' ? 0 : 1]!.log(), new RegExp(k.recovery.re), 'it recovered');
       } finally { await c.stop(); }
     });
   }

@@ -14,6 +14,8 @@ import { NodeDaemon } from '../node/daemon.ts';
 import { parseAddress } from '../node/fields.ts';
 import type { MemberInfo } from '../node/membership.ts';
 import type { ProcessInfo } from '../node/process-table.ts';
+import { describeDependents } from '../node/control.ts';
+import type { Dependent } from '../node/page-server.ts';
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 
@@ -75,16 +77,44 @@ export function registerClusterCommands(program: Command): void {
       process.stdout.write(`listening on ${d.addr}\n`);
       log(`node ${d.name} listening on ${d.addr}, data in ${d.dataDir}`);
       await new Promise<void>((done) => {
-        const stop = (sig: string) => {
-          log(`${sig}: stopping`);
+        let stopping = false;
+        let waiting: NodeJS.Timeout | undefined;
+        const stop = (why: string) => {
+          if (stopping) return;
+          stopping = true;
+          clearInterval(waiting);
+          log(`${why}: stopping`);
           const hard = setTimeout(() => { log('stop took too long; exiting'); process.exit(1); }, 10_000);
           hard.unref();
           d.stop().then(() => { log('stopped'); done(); }, (e) => { log(`stop failed: ${(e as Error).message}`); done(); });
         };
-        process.once('SIGTERM', () => stop('SIGTERM'));
-        process.once('SIGINT', () => stop('SIGINT'));
+        // Processes on other nodes that need pages held here would fail: the first signal does not
+        // stop the node while they run (it stops once none is left); a second one, or
+        // `ferry node stop NAME --force`, stops it anyway.
+        const onSignal = (sig: string) => {
+          if (stopping) return;
+          const deps = d.dependents();
+          if (!deps.length) { stop(sig); return; }
+          if (waiting) { stop(`second ${sig}: ${describeDependents(deps)} will fail`); return; }
+          log(`${sig}: not stopping: ${describeDependents(deps)} need pages held here and would fail. ` +
+            `Stopping once no process depends on this node; ${sig} again (or ferry node stop ${d.name} --force) stops it now`);
+          waiting = setInterval(() => { if (!d.dependents().length) stop(`${sig} (no process depends on this node any more)`); }, 250);
+        };
+        process.on('SIGTERM', () => onSignal('SIGTERM'));
+        process.on('SIGINT', () => onSignal('SIGINT'));
+        void d.stopRequested.then((why) => stop(why));
       });
       process.exit(0);
+    });
+
+  addClusterOptions(node.command('stop')
+    .description('stop a node of the cluster; refused while processes on other nodes need its pages, unless --force')
+    .argument('<name>', 'the node')
+    .option('--force', 'stop it anyway: the processes that need its pages will fail'))
+    .action(async (name: string, flags: ClusterFlags & { force?: boolean }) => {
+      const r = await withCluster(flags, (c) => call(c, 'node-stop', { name, ...(flags.force ? { force: true } : {}) }));
+      const deps = (r.dependents ?? []) as unknown as Dependent[];
+      process.stderr.write(`ferry: node ${String(r.node)} is stopping${deps.length ? `; these processes need its pages and will fail: ${describeDependents(deps)}` : ''}\n`);
     });
 
   program.command('keygen')
@@ -118,8 +148,8 @@ export function registerClusterCommands(program: Command): void {
       const unreachable = (r.unreachable ?? []) as { node: string; error: string }[];
       for (const u of unreachable) process.stderr.write(`ferry: node ${u.node} did not answer: ${u.error}\n`);
       if (flags.json) { process.stdout.write(JSON.stringify(procs, null, 2) + '\n'); return; }
-      process.stdout.write(table([['PID', 'NODE', 'HOME', 'STATE', 'MEMORY', 'MIGRATIONS', 'STARTED', 'PROGRAM'], ...procs.map((p) => [
-        p.pid, p.node, p.home, p.state, mib(p.memoryBytes), String(p.migrations), p.startedAt, [p.program, ...p.args].join(' '),
+      process.stdout.write(table([['PID', 'NODE', 'HOME', 'STATE', 'MEMORY', 'MIGRATIONS', 'DEPENDS ON', 'STARTED', 'PROGRAM'], ...procs.map((p) => [
+        p.pid, p.node, p.home, p.state, mib(p.memoryBytes), String(p.migrations), p.residualDependencies?.length ? p.residualDependencies.join(',') : '-', p.startedAt, [p.program, ...p.args].join(' '),
       ])]));
     });
 

@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { FerryError } from '../errors.ts';
 import { writeImageChunks } from '../image/index.ts';
 import type { MigrationMetrics, Progress } from '../migration/index.ts';
-import { ALGORITHMS } from '../migration/index.ts';
+import { ALGORITHMS, VARIANTS } from '../migration/index.ts';
 import { call, clusterTarget, connectToNode, connectToProcess, remoteRestore, type ClusterFlags } from '../node/client.ts';
 import type { Connection } from '../transport/index.ts';
 
@@ -27,11 +27,13 @@ const mb = (n: number) => `${(n / 1048576).toFixed(2)} MiB`;
 /** One line per migration, for humans. */
 export function formatMetrics(m: MigrationMetrics): string {
   const lines = [
-    `migration ${m.id}: ${m.pid} ${m.from} -> ${m.to} (${m.algorithm}): ${m.state}${m.error ? `: ${m.error.message}` : ''}`,
+    `migration ${m.id}: ${m.pid} ${m.from} -> ${m.to} (${m.algorithm}${m.variant ? ` ${m.variant}` : ''}): ${m.state}${m.error ? `: ${m.error.message}` : ''}`,
     `  setup ${ms(m.setupMs)}  preparation ${ms(m.preparationMs)}  down time ${ms(m.downtimeMs)}  post-processing ${ms(m.postProcessingMs)}  total ${ms(m.totalMs)}`,
     `  sent ${mb(m.bytes.total)} (setup ${mb(m.bytes.setup)}, preparation ${mb(m.bytes.preparation)}, down time ${mb(m.bytes.downtime)}, post-processing ${mb(m.bytes.postProcessing)})`,
     `  pages: ${m.pages.addressSpace} in the address space, ${m.pages.sent} sent, ${m.pages.zero} zero (not sent), at most ${m.pages.maxSendsPerPage} sends per page`,
   ];
+  if (m.residualDependencies?.length) lines.push(`  residual dependency on ${m.residualDependencies.join(', ')}: the process still fetches pages from there (total time open)`);
+  if (m.remoteFaults > 0) lines.push(`  ${m.remoteFaults} remote page faults, round trip ${ms(m.faultRoundTripMs)} (median), execution delay ${ms(m.executionDelayMs)}`);
   if (m.rounds > 0) lines.push(`  ${m.rounds} rounds while running, ${m.pages.resent} pages resent, dirty rate ${m.dirtyRateBytesPerSec === null ? '-' : `${(m.dirtyRateBytesPerSec / 1e6).toFixed(1)} MB/s`}${m.throttle ? `, throttled to ${((1 - m.throttle) * 100).toFixed(0)}%` : ''}`);
   if (m.switchedToPostCopy) lines.push(`  not converged after ${m.rounds} rounds: switched to post-copy (${m.remoteFaults} remote faults, execution delay ${ms(m.executionDelayMs)})`);
   if (m.linkBandwidthBps !== null) lines.push(`  link ${(m.linkBandwidthBps / 1e6).toFixed(0)} Mbit/s: wire time ${ms(m.wireTimeMs)}, total/wire ${m.totalMs && m.wireTimeMs ? (m.totalMs / m.wireTimeMs).toFixed(2) : '-'}`);
@@ -52,6 +54,7 @@ export function registerMigrationCommands(program: Command): void {
     .argument('<pid>', 'the process (NODE/N)')
     .option('--to <node>', 'the destination node')
     .option('--algorithm <name>', `how the address space moves (${ALGORITHMS.join(', ')})`, 'total-copy')
+    .option('--variant <name>', `the algorithm's variant (${Object.entries(VARIANTS).map(([a, v]) => `${a}: ${v.join(' (default) or ')}`).join('; ')})`)
     .option('--page-size <bytes>', 'transfer page size: 4096, 16384 or 65536', (v) => Number(v), 4096)
     .option('--max-rounds <n>', 'pre-copy: rounds while the process runs, at most (default 6, as in the thesis)', (v) => Number(v))
     .option('--downtime-limit <ms>', 'pre-copy: freeze once the rest would take this long to send (default 300)', (v) => Number(v))
@@ -60,7 +63,7 @@ export function registerMigrationCommands(program: Command): void {
     .option('--postcopy-after-rounds <n>', 'pre-copy, queued-pre-copy: not converged after N rounds, switch to post-copy (the state alone moves at the freeze; the destination fetches the rest)', (v) => Number(v))
     .option('--cancel', 'cancel the migration of PID under way (the process stays where it is)')
     .option('--json', 'print the metrics as JSON (no progress bar)'))
-    .action(async (pid: string, flags: ClusterFlags & { to?: string; algorithm: string; pageSize: number; cancel?: boolean; json?: boolean; maxRounds?: number; downtimeLimit?: number; thesisLimits?: boolean; autoConverge?: boolean; postcopyAfterRounds?: number }) => {
+    .action(async (pid: string, flags: ClusterFlags & { to?: string; algorithm: string; variant?: string; pageSize: number; cancel?: boolean; json?: boolean; maxRounds?: number; downtimeLimit?: number; thesisLimits?: boolean; autoConverge?: boolean; postcopyAfterRounds?: number }) => {
       const target = clusterTarget(flags);
       if (flags.cancel) {
         const { conn } = await connectToProcess(target, pid);
@@ -72,6 +75,8 @@ export function registerMigrationCommands(program: Command): void {
       }
       if (!flags.to) throw new FerryError('bad-argument', 'where to? give --to NODE (or --cancel)');
       if (!ALGORITHMS.includes(flags.algorithm)) throw new FerryError('bad-argument', `unknown algorithm '${flags.algorithm}' (known: ${ALGORITHMS.join(', ')})`);
+      if (flags.variant !== undefined && !VARIANTS[flags.algorithm]?.includes(flags.variant))
+        throw new FerryError('bad-argument', VARIANTS[flags.algorithm] ? `${flags.algorithm} has no variant '${flags.variant}' (known: ${VARIANTS[flags.algorithm]!.join(', ')})` : `${flags.algorithm} has no variants`);
       if (![4096, 16384, 65536].includes(flags.pageSize)) throw new FerryError('bad-argument', '--page-size must be 4096, 16384 or 65536');
       if (flags.postcopyAfterRounds !== undefined) {
         if (!Number.isInteger(flags.postcopyAfterRounds) || flags.postcopyAfterRounds < 1 || flags.postcopyAfterRounds > 1000)
@@ -87,6 +92,7 @@ export function registerMigrationCommands(program: Command): void {
           if (showBar) conn.on('MIG_PROGRESS', (m) => process.stderr.write(bar(m.header.progress as unknown as Progress)));
           const r = await call(conn, 'migrate', {
             pid, to: flags.to, algorithm: flags.algorithm, pageSize: flags.pageSize, progress: showBar,
+            ...(flags.variant !== undefined ? { variant: flags.variant } : {}),
             ...(flags.maxRounds !== undefined ? { maxRounds: flags.maxRounds } : {}),
             ...(flags.downtimeLimit !== undefined ? { downtimeLimitMs: flags.downtimeLimit } : {}),
             ...(flags.thesisLimits ? { thesisLimits: true } : {}), ...(flags.autoConverge ? { autoConverge: true } : {}),

@@ -40,6 +40,8 @@ export interface IncomingSpec {
   faulting?: boolean;
   /** A pre-copy that may switch to post-copy at its commit: load the faulting variant too. */
   mayPostCopy?: boolean;
+  /** No push: the source serves pages until the process ends or has them all (demand paging). */
+  residual?: boolean;
 }
 
 /** Remote faults seen by the destination (thesis 5.3: execution delay). */
@@ -145,6 +147,21 @@ export class IncomingMigration {
     this.faultWaitMs += ms;
   }
 
+  /** Pages of the address space still absent (post-copy, demand paging), at most `max`. */
+  absentPages(max = Infinity): number[] {
+    const out: number[] = [];
+    if (!this.memory) return out;
+    for (let p = 0; p < this.totalPages && out.length < max; p++) if (!this.isPresent(p)) out.push(p);
+    return out;
+  }
+
+  /** One bit per page of the address space, set where the page is still absent (a resumed push sends those). */
+  absentBitmap(): Uint8Array {
+    const bits = new Uint8Array(Math.ceil(this.totalPages / 8));
+    if (this.memory) for (let p = 0; p < this.totalPages; p++) if (!this.isPresent(p)) bits[p >> 3] = bits[p >> 3]! | (1 << (p & 7));
+    return bits;
+  }
+
   faultStats(): FaultStats {
     const t = [...this.faultTimes].sort((a, b) => a - b);
     return { remoteFaults: t.length, faultRoundTripMs: t.length ? t[Math.floor(t.length / 2)]! : null, executionDelayMs: this.faultWaitMs };
@@ -213,7 +230,8 @@ export class IncomingMigration {
     return true;
   }
 
-  private release(): void { this.memory = null; this.image = null; }
+  /** Let go of the memory (the process has its own reference) and the image. */
+  release(): void { this.memory = null; this.image = null; }
 
   private refusal(what?: string): FerryError {
     return new FerryError('migration-aborted', `migration ${this.spec.id} is ${this.state}${this.reason ? ` (${this.reason})` : ''}${what ? `: ${what} refused` : ''}`);

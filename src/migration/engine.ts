@@ -16,7 +16,8 @@ import type { SourceContext, Strategy } from './strategy.ts';
 import { downtimeBudget, shouldIterate, switchesToPostCopy, throttleFor } from './convergence.ts';
 import { DirtyPages } from '../memory/dirty.ts';
 import type { FaultStats } from './destination.ts';
-import { pageRange, type SendOptions } from './strategy.ts';
+import type { SendOptions } from './strategy.ts';
+import { pushRest } from './post-copy.ts';
 
 /** The destination, as the engine sees it. Implemented by the node over a connection. */
 export interface MigrationChannel {
@@ -33,8 +34,11 @@ export interface MigrationChannel {
    *  when it definitely does not (then the source resumes it). `postcopy`: a pre-copy switched
    *  to post-copy; `stale` is a bitmap of the pages the destination must not use (absent). */
   commit(state: Buffer[], postcopy?: { stale: Uint8Array }): Promise<number>;
-  /** Serve the destination's page faults from the source's memory (post-copy). */
+  /** Serve the destination's page faults from the source's memory (post-copy, demand paging). */
   serveFaults(read: (pages: number[]) => Buffer | readonly Uint8Array[]): void;
+  /** The link broke during post-processing: reach the destination again on a new connection
+   *  (bounded retries); resolves with the pages it still lacks. */
+  recover?(): Promise<number[]>;
   /** Post-processing done on this side: resolves once the destination holds every page, with its fault statistics. */
   finish(): Promise<{ bytes: number; stats: FaultStats }>;
   /** Tell the destination to drop everything it has (best effort). */
@@ -87,6 +91,8 @@ export interface MigrationOptions {
 }
 
 export const DEFAULT_MAX_ROUNDS = 6;
+/** Errors that mean the link broke (post-processing recovers from these). */
+const LINK_ERRORS = ['connection-closed', 'connection-failed', 'request-timeout', 'fault'];
 export const DEFAULT_DOWNTIME_LIMIT_MS = 300;
 
 export interface Progress { id: string; state: string; phase: Phase | 'setup'; bytes: number; pagesSent: number; addressSpace: number }
@@ -111,6 +117,7 @@ export class Migration extends EventEmitter {
       id: spec.id, pid: spec.process.pid, from: spec.from, to: spec.to, algorithm: spec.strategy.algorithm,
       pageSize: spec.pageSize, linkBytesPerSec: spec.channel.linkBytesPerSec,
     });
+    if (spec.strategy.variant) this.metrics.m.variant = spec.strategy.variant;
     this.done = this.run();
     this.done.catch(() => {});
   }
@@ -174,12 +181,16 @@ export class Migration extends EventEmitter {
         this.sm.cas('active', 'postcopy-active');
         this.enter('postProcessing');
         this.metrics.m.residualDependencies = [this.spec.from];
-        if (stale) {
-          // Post-copy's push: every page the destination lacks (stale ones were unmarked sent).
-          await ctx.sendPages(pageRange(0, this.metrics.m.pages.addressSpace), { zeroMarkers: true, skipSent: true });
-          await ctx.finish();
-        } else await strategy.postProcess!(ctx);
+        // Switched: post-copy's push of every page the destination lacks (stale ones were unmarked sent).
+        if (stale) await pushRest(ctx); else await strategy.postProcess!(ctx);
         this.metrics.m.residualDependencies = [];
+      } else if (strategy.residual) {
+        // No push: the source serves pages for the life of the process. The migration is
+        // over for the user; its total time waits for the dependency to end (residualEnded).
+        this.enter('postProcessing');
+        this.metrics.m.residualDependencies = [this.spec.from];
+        this.sm.cas('active', 'completed');
+        return this.metrics.snapshot();
       }
       this.metrics.end();
       this.sm.cas(this.sm.state, 'completed');
@@ -199,6 +210,15 @@ export class Migration extends EventEmitter {
       channel.close();
       this.emit('progress', this.progress());
     }
+  }
+
+  /** The destination no longer needs the source (the process ended, has every page, or moved
+   *  on): the total time closes now, with the destination's fault statistics. */
+  residualEnded(stats?: FaultStats): MigrationMetrics {
+    if (stats) Object.assign(this.metrics.m, stats);
+    if (this.metrics.m.residualDependencies.length && this.sm.state === 'completed') this.metrics.end();
+    this.metrics.m.residualDependencies = [];
+    return this.metrics.snapshot();
   }
 
   /** Pre-copy rounds while the process runs, until a convergence predicate says freeze. */
@@ -258,6 +278,14 @@ export class Migration extends EventEmitter {
         this.metrics.addBytes('postProcessing', bytes);
         Object.assign(this.metrics.m, stats);
       },
+      recover: async (err) => {
+        const code = err instanceof FerryError ? err.code : '';
+        if (!this.spec.channel.recover || this.abort.signal.aborted || !LINK_ERRORS.includes(code)) throw err;
+        this.spec.log?.(`migration ${this.spec.id}: link to ${this.spec.to} broke during post-processing (${(err as Error).message}); reconnecting`);
+        const absent = await this.spec.channel.recover();
+        for (const i of absent) if (i < this.sent.length) this.sent[i] = 0;
+        this.spec.log?.(`migration ${this.spec.id}: reconnected to ${this.spec.to}; ${absent.length} pages still to push`);
+      },
       dirty: this.dirtyView(),
     };
   }
@@ -298,7 +326,9 @@ export class Migration extends EventEmitter {
       if (isZeroPage(mem, i, ps)) zero.push(i); else { data.push(i); this.metrics.pageSent(i); }
       this.sent[i] = 1;
     }
-    return encodePageBatchParts(mem, ps, data, zero);
+    const parts = encodePageBatchParts(mem, ps, data, zero);
+    this.metrics.addBytes('postProcessing', parts.reduce((n, p) => n + p.length, 0)); // served on the page server's connections
+    return parts;
   }
 
   /** Batch pages into frames; elide zero pages the destination never had. */

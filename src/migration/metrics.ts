@@ -15,6 +15,8 @@ export interface MigrationMetrics {
   from: string;
   to: string;
   algorithm: string;
+  /** The algorithm's variant (demand paging: copy-on-reference or eager-dirty). */
+  variant?: string;
   state: MigrationState;
   startedAt: string;
   setupMs: number | null;

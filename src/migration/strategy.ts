@@ -34,6 +34,10 @@ export interface SourceContext {
   sendPages(indices: Iterable<number>, opts?: SendOptions): Promise<void>;
   /** Post-processing is over on the source side: wait for the destination to hold every page. */
   finish(): Promise<void>;
+  /** After `err` broke the link during post-processing: reach the destination again (bounded)
+   *  and mark the pages it still lacks unsent, so a sendPages with skipSent resends them.
+   *  Rethrows `err` if it was not the link's fault, throws if the destination stays unreachable. */
+  recover(err: unknown): Promise<void>;
   /** The process's dirty pages (pre-copy), in migration pages. */
   readonly dirty: DirtyView;
 }
@@ -63,6 +67,12 @@ export interface Strategy {
   /** The process resumes before it has all its pages: the destination runs the faulting
    *  variant and fetches absent pages from the source, which serves them until done. */
   readonly faulting?: boolean;
+  /** No push after the commit: the source serves pages for the life of the process (demand
+   *  paging). The migration completes once the process runs on the destination; its total
+   *  time stays open while the dependency remains. */
+  readonly residual?: boolean;
+  /** Which variant of the algorithm (`--variant`), if it has several. */
+  readonly variant?: string;
   setup?(ctx: SourceContext): Promise<void>;
   /** Bytes still to send before the process may be frozen. */
   pending?(ctx: SourceContext): number;

@@ -11,7 +11,7 @@
 //   kill   {pid, scope?}                      -> {pid, node}
 //   status {}                                 -> {name, addr, processes}
 //   locate {pid}                              -> {pid, node, addr}    (who runs it now)
-//   migrate {pid, to, algorithm?, progress?, maxRounds?, downtimeLimitMs?, thesisLimits?, autoConverge?, postcopyAfterRounds?}
+//   migrate {pid, to, algorithm?, variant?, progress?, maxRounds?, downtimeLimitMs?, thesisLimits?, autoConverge?, postcopyAfterRounds?}
 //                                             -> {metrics}; MIG_PROGRESS {token, progress} frames meanwhile
 //                                                (only on the node running pid: the CLI locates it first)
 //   migrate-cancel {pid}                      -> {id}                 (node running pid)
@@ -20,6 +20,8 @@
 //                                                (node running pid)
 //   restore {session, stream}                 -> {pid, node}; stdio as for run (the image came first as an
 //                                                upload stream {kind: 'upload', upload})
+//   node-stop {name?, force?}                 -> {node, stopping, dependents} (the named node answers, then stops);
+//                                                ERROR has-dependents while processes elsewhere need its pages, unless force
 import { FerryError } from '../errors.ts';
 import type { Connection, Message, Reply } from '../transport/index.ts';
 import { sha256 } from '../vm/module-meta.ts';
@@ -37,6 +39,12 @@ import type { MigrationMetrics } from '../migration/index.ts';
 import { decodeImage } from '../image/index.ts';
 import { programOfImage } from '../vm/snapshot.ts';
 import type { FilePolicy } from './process-table.ts';
+import type { Dependent } from './page-server.ts';
+
+/** "b/1 (on b), c/2 (on c)" */
+export function describeDependents(ds: Dependent[]): string {
+  return ds.map((d) => `${d.pid} (on ${d.node})`).join(', ');
+}
 
 export const RUN_TIMEOUT_MS = 15 * 60_000; // a large module's first preparation takes minutes
 const PEER_QUERY_TIMEOUT_MS = 5_000;
@@ -52,10 +60,12 @@ export interface ControlContext {
   homeFiles: HomeFiles;
   migrator: Migrator;
   uploads: Uploads;
+  /** Stop this node (after the answer has gone out). */
+  requestStop?: (why: string) => void;
 }
 
-export type Method = 'join' | 'nodes' | 'ps' | 'run' | 'kill' | 'status' | 'locate' | 'migrate' | 'migrate-cancel' | 'migrations' | 'checkpoint' | 'restore';
-const METHODS = 'join, nodes, status, ps, run, kill, locate, migrate, migrate-cancel, migrations, checkpoint, restore';
+export type Method = 'join' | 'nodes' | 'ps' | 'run' | 'kill' | 'status' | 'locate' | 'migrate' | 'migrate-cancel' | 'migrations' | 'checkpoint' | 'restore' | 'node-stop';
+const METHODS = 'join, nodes, status, ps, run, kill, locate, migrate, migrate-cancel, migrations, checkpoint, restore, node-stop';
 
 export class ControlApi {
   constructor(private readonly ctx: ControlContext) {}
@@ -89,6 +99,8 @@ export class ControlApi {
         return { header: await this.checkpoint(msg, conn) };
       case 'restore':
         return { header: { ...(await this.restore(msg, conn)) } };
+      case 'node-stop':
+        return { header: { ...(await this.nodeStop(msg)) } as never };
       default:
         throw badRequest(`unknown method '${method}' (known: ${METHODS})`);
     }
@@ -199,6 +211,7 @@ export class ControlApi {
     const pid = str(h, 'pid', 'migrate');
     const to = str(h, 'to', 'migrate');
     const algorithm = optStr(h, 'algorithm', 'migrate');
+    const variant = optStr(h, 'variant', 'migrate');
     const token = h.progress === true ? msg.id : undefined;
     if (!this.ctx.table.get(pid)) {
       const where = await this.locate(pid).catch(() => undefined);
@@ -217,9 +230,27 @@ export class ControlApi {
       postcopyAfterRounds: num('postcopyAfterRounds', 1, 1000),
     };
     if (options.postcopyAfterRounds !== undefined && !Number.isInteger(options.postcopyAfterRounds)) throw badRequest('migrate: postcopyAfterRounds must be a whole number of rounds');
-    return this.ctx.migrator.migrate({ pid, to, algorithm, pageSize, options }, token === undefined ? undefined : (p) => {
+    return this.ctx.migrator.migrate({ pid, to, algorithm, variant, pageSize, options }, token === undefined ? undefined : (p) => {
       if (conn.isOpen) conn.send('MIG_PROGRESS', { token, progress: p as never }).catch(() => {});
     });
+  }
+
+  /** Stop a node, unless processes on other nodes need its pages (then only with force: they will fail). */
+  private async nodeStop(msg: Message): Promise<{ node: string; stopping: boolean; dependents: Dependent[] }> {
+    const name = optStr(msg.header, 'name', 'node-stop') ?? this.ctx.name;
+    const force = msg.header.force === true;
+    if (name !== this.ctx.name) {
+      const peer = await this.ctx.membership.peer(name);
+      const r = await peer.request('REQUEST', { method: 'node-stop', name, force }, undefined, { timeoutMs: PEER_QUERY_TIMEOUT_MS });
+      return r.header as never;
+    }
+    const dependents = this.ctx.migrator.pageServer.dependents().filter((d) => d.nodeState === 'up');
+    if (dependents.length && !force)
+      throw new FerryError('has-dependents', `node ${name} holds pages of ${describeDependents(dependents)}: they would fail if it stopped (ferry node stop ${name} --force stops it anyway)`);
+    if (!this.ctx.requestStop) throw new FerryError('unsupported', `node ${name} cannot be stopped remotely`);
+    const stop = this.ctx.requestStop;
+    setTimeout(() => stop(dependents.length ? `stop forced (${describeDependents(dependents)} will fail)` : 'asked to stop'), 100).unref(); // the answer first
+    return { node: name, stopping: true, dependents };
   }
 
   private async migrations(localOnly: boolean): Promise<{ migrations: MigrationMetrics[]; unreachable: { node: string; error: string }[] }> {

@@ -22,6 +22,7 @@ import { Uploads } from './uploads.ts';
 import { Faults } from './faults.ts';
 import { HomeFiles } from './home-files.ts';
 import { FerryError } from '../errors.ts';
+import type { Dependent } from './page-server.ts';
 
 export const NODE_CAPABILITY = 'ferry-node/1';
 
@@ -52,6 +53,9 @@ export class NodeDaemon {
   private addrValue = '';
   private stopping: Promise<void> | undefined;
   private readonly dialled = new Set<Connection>();
+  private stopRequest!: (why: string) => void;
+  /** Resolves when the control API was asked to stop this node (`ferry node stop`): the owner stops it. */
+  readonly stopRequested: Promise<string> = new Promise((r) => (this.stopRequest = r));
 
   private constructor(private readonly opts: NodeOptions) {
     this.name = opts.name;
@@ -94,6 +98,7 @@ export class NodeDaemon {
       name: opts.name,
       get addr() { return self.addrValue; },
       membership: this.membership, table: this.table, stdio, programs, home, homeFiles, migrator: this.migrator, uploads,
+      requestStop: (why) => this.stopRequest(why),
     });
     this.install = (conn: Connection) => {
       conn.handle('REQUEST', control.handle);
@@ -137,6 +142,11 @@ export class NodeDaemon {
     }
     d.membership.start();
     return d;
+  }
+
+  /** Processes on other nodes, up, that need pages held here: stopping would make them fail. */
+  dependents(): Dependent[] {
+    return this.migrator.pageServer.dependents().filter((d) => d.nodeState === 'up');
   }
 
   /** Kill this node's processes, tell the members, close every connection. */

@@ -10,6 +10,8 @@
 //     dest-running    destination, the process runs, before answering the commit
 //     src-pages       source, after its first page batch is sent
 //     src-commit      source, right after sending MIG_COMMIT
+//     src-push        source, after its first background-push batch (post-copy, post-processing)
+//     dest-fault      destination, a remote page fault about to be sent to the page server
 //   actions
 //     crash           SIGKILL this node (kill -9 at exactly that point)
 //     cut             destroy the connection the migration runs on (both ends see it drop)
@@ -18,7 +20,7 @@
 import { FerryError } from '../errors.ts';
 import type { Connection } from '../transport/index.ts';
 
-export const FAULT_POINTS = ['dest-setup', 'dest-pages', 'dest-state', 'dest-commit', 'dest-running', 'src-pages', 'src-commit'] as const;
+export const FAULT_POINTS = ['dest-setup', 'dest-pages', 'dest-state', 'dest-commit', 'dest-running', 'src-pages', 'src-commit', 'src-push', 'dest-fault'] as const;
 export type FaultPoint = (typeof FAULT_POINTS)[number];
 type Action = 'crash' | 'cut';
 

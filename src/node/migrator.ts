@@ -14,9 +14,13 @@
 //           bitmap of the pages the destination holds old copies of + state image; MIG_SETUP said
 //           postcopy: true, so the destination loaded the faulting variant too)
 //   S -> D  MIG_QUERY {mid} (fresh connection, if the commit's answer was lost)
-// Post-copy, after the commit, on the same connection:
-//   D -> S  PAGE_REQUEST {mid, pages} (urgent)                      S: PAGE_DATA + page batch
+// Post-copy and demand paging, after the commit: page faults go to the source's
+// page server on any connection (page-server.ts, remote-pages.ts):
+//   D -> S  PAGE_REQUEST {mid, pid, pages} (urgent)                 S: PAGE_DATA + page batch
+//   D -> S  RESIDUAL_END {mid, pid, reason, stats}                  (demand paging: the dependency is over)
+// Post-copy's push, on the migration's connection:
 //   S -> D  MIG_PAGES ... (the background push), then MIG_DONE {mid} D: {remoteFaults, ...} once every page is here
+//   S -> D  MIG_RESUME {mid} (a fresh connection after the link broke) D: bitmap of the pages still absent
 import { randomUUID } from 'node:crypto';
 import { FerryError } from '../errors.ts';
 import { IncomingMigration, type FaultStats } from '../migration/destination.ts';
@@ -35,12 +39,13 @@ import type { ProgramStore } from './programs.ts';
 import { str } from './fields.ts';
 import type { Progress } from '../migration/engine.ts';
 import type { Faults } from './faults.ts';
+import { PageServer, type Hold } from './page-server.ts';
+import { RECOVERY_MS, RemotePages } from './remote-pages.ts';
 
 export const DEFAULT_PAGE_SIZE = 4096;
 const SETUP_TIMEOUT_MS = 15 * 60_000; // compiling a large module on the destination takes minutes
 const COMMIT_TIMEOUT_MS = 30_000;
 const QUERY_ATTEMPTS = 30;
-const FAULT_TIMEOUT_MS = 30_000;
 /** Largest page index a batch may name (4 GiB of 4 KiB pages). */
 const MAX_PAGES = 1 << 20;
 const HISTORY = 256;
@@ -60,15 +65,28 @@ export interface MigratorContext {
   log?: (m: string) => void;
 }
 
-export interface MigrateRequest { pid: string; to: string; algorithm?: string; pageSize?: number; options?: MigrationOptions }
+export interface MigrateRequest { pid: string; to: string; algorithm?: string; variant?: string; pageSize?: number; options?: MigrationOptions }
 
 export class Migrator {
   private readonly active = new Map<string, Migration>(); // pid -> its migration
   private readonly history: MigrationMetrics[] = [];
   private readonly incoming = new Map<string, IncomingMigration>();
   private readonly modules = new Map<string, Promise<Buffer>>(); // mid -> module bytes arriving as a stream
+  /** Completed migrations whose process still depends on this node (demand paging), by mid. */
+  private readonly residual = new Map<string, Migration>();
+  /** This node's pages of processes running elsewhere. */
+  readonly pageServer: PageServer;
+  /** Pages of processes running here that another node holds. */
+  readonly remotePages: RemotePages;
 
-  constructor(private readonly ctx: MigratorContext) {}
+  constructor(private readonly ctx: MigratorContext) {
+    this.pageServer = new PageServer({ name: ctx.name, membership: ctx.membership, log: ctx.log });
+    this.remotePages = new RemotePages({
+      name: ctx.name, membership: ctx.membership, dialNode: ctx.dialNode, faults: ctx.faults, log: ctx.log,
+      rehost: (pid, loaded) => ctx.table.rehost(pid, loaded),
+    });
+    ctx.table.onEnded((pid, how) => this.remotePages.processEnded(pid, how));
+  }
 
   // ---- source side ----
 
@@ -77,11 +95,13 @@ export class Migrator {
     const { table, membership } = this.ctx;
     if (req.to === this.ctx.name) throw new FerryError('bad-argument', `process ${req.pid} already runs on ${req.to}`);
     if (!membership.has(req.to)) throw new FerryError('no-such-node', `no node named ${req.to} in the cluster`);
-    const strategy = strategyFor(req.algorithm ?? 'total-copy');
+    const strategy = strategyFor(req.algorithm ?? 'total-copy', req.variant);
     const switches = req.options?.postcopyAfterRounds !== undefined;
     if (switches && !(strategy.iterate && strategy.remaining))
       throw new FerryError('bad-argument', `--postcopy-after-rounds applies to pre-copy algorithms, not ${strategy.algorithm}`);
     const pageSize = req.pageSize ?? DEFAULT_PAGE_SIZE;
+    // It depends on another node's pages: it pulls them first (it never depends on two nodes).
+    if (table.get(req.pid)) await this.remotePages.settle(req.pid);
     const inUse = table.get(req.pid)?.memoryBytes ?? 0; // read before it is marked moving (the snapshot then skips it)
     const source = table.sourceProcess(req.pid, req.to);
     const { sha256: hash } = table.get(req.pid)!; // now: it may end while we dial
@@ -91,7 +111,7 @@ export class Migrator {
     try { conn = await this.ctx.dialNode(req.to); } catch (e) { source.resume(); throw e; }
     const channel = new ConnectionChannel(conn, id, this.ctx.faults, {
       pid: req.pid, sha256: hash, pageSize, algorithm: strategy.algorithm, memoryBytes: inUse, postcopy: switches,
-      program: () => bytes,
+      program: () => bytes, to: req.to, pageServer: this.pageServer,
       dialAgain: () => this.ctx.dialNode(req.to),
     });
     const m = new Migration({ id, from: this.ctx.name, to: req.to, strategy, process: source, channel, pageSize, options: req.options, log: this.ctx.log });
@@ -101,6 +121,18 @@ export class Migrator {
     this.active.delete(req.pid);
     this.history.push(metrics);
     if (this.history.length > HISTORY) this.history.shift();
+    const hold = channel.hold;
+    if (hold && metrics.residualDependencies.length === 0) this.pageServer.release(id, { reason: metrics.state === 'completed' ? 'post-processing ended' : `migration ${metrics.state}` });
+    else if (hold) {
+      // The process runs on req.to with pages here: the record closes when the dependency ends.
+      this.residual.set(id, m);
+      void hold.ended.then((end) => {
+        this.residual.delete(id);
+        const final = m.residualEnded(end.stats);
+        const i = this.history.findIndex((x) => x.id === id);
+        if (i >= 0) this.history[i] = final;
+      });
+    }
     return metrics;
   }
 
@@ -114,9 +146,9 @@ export class Migrator {
 
   isMigrating(pid: string): boolean { return this.active.has(pid); }
 
-  /** Past migrations from this node, and the ones under way. */
+  /** Past migrations from this node (live for those whose process still depends on it), and the ones under way. */
   list(): MigrationMetrics[] {
-    return [...this.history, ...[...this.active.values()].map((m) => m.metrics.snapshot())];
+    return [...this.history.map((h) => this.residual.get(h.id)?.metrics.snapshot() ?? h), ...[...this.active.values()].map((m) => m.metrics.snapshot())];
   }
 
   // ---- destination side: handlers for every connection ----
@@ -128,6 +160,8 @@ export class Migrator {
     conn.handle('MIG_COMMIT', this.onCommit);
     conn.handle('MIG_QUERY', this.onQuery);
     conn.handle('MIG_DONE', this.onDone);
+    conn.handle('MIG_RESUME', this.onResume);
+    this.pageServer.install(conn);
     conn.on('MIG_ABORT', (m) => { this.incoming.get(String(m.header.mid))?.abort(`source aborted: ${String(m.header.reason ?? '')}`); });
   }
 
@@ -158,10 +192,10 @@ export class Migrator {
     let inc = this.incoming.get(mid);
     if (!inc) {
       const algorithm = typeof h.algorithm === 'string' ? h.algorithm : 'total-copy';
-      let faulting: boolean;
-      try { faulting = strategyFor(algorithm).faulting === true; } catch (e) { throw new FerryError('bad-request', (e as Error).message); }
+      let faulting: boolean, residual: boolean;
+      try { const s = strategyFor(algorithm); faulting = s.faulting === true; residual = s.residual === true; } catch (e) { throw new FerryError('bad-request', (e as Error).message); }
       const mayPostCopy = h.postcopy === true; // a pre-copy that may switch to post-copy at its freeze
-      inc = new IncomingMigration({ id: mid, pid, from: conn.peer.node, sha256: hash, pageSize, faulting, mayPostCopy }, this.ctx.log);
+      inc = new IncomingMigration({ id: mid, pid, from: conn.peer.node, sha256: hash, pageSize, faulting, residual, mayPostCopy }, this.ctx.log);
       this.incoming.set(mid, inc);
       conn.onClose(() => inc!.abort(`the connection from ${conn.peer.node} closed`));
       this.forgetLater(mid);
@@ -205,20 +239,16 @@ export class Migrator {
       let onFault: ((addr: number, len: number) => Promise<void>) | undefined;
       if (m.spec.faulting) {
         m.markAbsent(img.memory.logicalBytes); // before it runs: every page not here faults
-        const from = m.spec.from;
-        onFault = (addr, len) => m.fault(addr, len, async (pages) => {
-          try {
-            const r = await conn.request('PAGE_REQUEST', { mid: m.spec.id, pages }, undefined, { priority: 'urgent', timeoutMs: FAULT_TIMEOUT_MS });
-            return decodePageBatch(r.body, m.spec.pageSize, MAX_PAGES);
-          } catch (e) {
-            throw new FerryError('pages-lost', `process ${m.spec.pid} needs page ${pages[0]}, held by node ${from}, which cannot serve it: ${(e as Error).message}`, { cause: e });
-          }
-        });
+        // Faults go to the source's page server, on connections of their own (remote-pages.ts).
+        const dep = this.remotePages.track({ pid: m.spec.pid, mid: m.spec.id, holder: m.spec.from, inc: m, pushes: !m.spec.residual });
+        onFault = (addr, len) => dep.fault(addr, len);
       }
-      await this.ctx.table.adopt({
-        image: img, program, loaded: m.spec.faulting ? m.faultingModule! : m.loaded!, memory: m.memory!,
-        sink: this.ctx.home.routeFor(img.meta.pid, x.home), fileOps, onFault, residual: m.spec.faulting ? [m.spec.from] : [],
-      });
+      try {
+        await this.ctx.table.adopt({
+          image: img, program, loaded: m.spec.faulting ? m.faultingModule! : m.loaded!, memory: m.memory!,
+          sink: this.ctx.home.routeFor(img.meta.pid, x.home), fileOps, onFault, residual: m.spec.faulting ? [m.spec.from] : [],
+        });
+      } catch (e) { this.remotePages.finished(m.spec.pid, m.spec.id); throw e; }
       const offset = img.wasi.stdinTakenBytes ?? 0;
       if (x.home === this.ctx.name) this.ctx.home.attach(img.meta.pid, this.ctx.name, offset);
       else {
@@ -237,8 +267,18 @@ export class Migrator {
     const inc = this.need(msg);
     if (inc.state !== 'running' || !inc.spec.faulting) throw new FerryError('bad-request', `MIG_DONE: migration ${inc.spec.id} is ${inc.state}, not in post-copy`);
     inc.finish();
+    this.remotePages.finished(inc.spec.pid, inc.spec.id);
     await this.ctx.table.rehost(inc.spec.pid, inc.loaded!);
     return { header: { ...inc.faultStats() } };
+  };
+
+  /** Post-copy: the source lost the link during its push and reconnected: which pages are still absent. */
+  private onResume = (msg: Message): Reply => {
+    const inc = this.need(msg);
+    if (inc.state !== 'running' || !inc.spec.faulting) throw new FerryError('migration-aborted', `MIG_RESUME: migration ${inc.spec.id} is ${inc.state}, not in post-processing`);
+    const bits = inc.absentBitmap();
+    this.ctx.log?.(`migration ${inc.spec.id} of ${inc.spec.pid}: the source reconnected; ${inc.absent} pages still absent`);
+    return { header: { pages: bits.length * 8 }, body: bits };
   };
 
   private onQuery = (msg: Message): Reply => {
@@ -272,6 +312,9 @@ interface ChannelSpec {
   postcopy?: boolean;
   program: () => Uint8Array;
   dialAgain: () => Promise<Connection>;
+  /** The destination's name (the process runs there after the commit). */
+  to: string;
+  pageServer: PageServer;
 }
 
 /** MigrationChannel over a Connection (the transport side of the engine). */
@@ -280,8 +323,14 @@ class ConnectionChannel implements MigrationChannel {
   readonly batchBytes: number;
   private sent0: number;
   private batches = 0;
+  /** Bytes sent on connections given up since the last delta(). */
+  private carried = 0;
+  private committed = false;
+  private pushBatches = 0;
+  /** The page server's hold on the process's pages (faulting algorithms). */
+  hold: Hold | undefined;
 
-  constructor(private readonly conn: Connection, private readonly mid: string, private readonly faults: Faults, private readonly spec: ChannelSpec) {
+  constructor(private conn: Connection, private readonly mid: string, private readonly faults: Faults, private readonly spec: ChannelSpec) {
     const rate = conn.shaper?.rate;
     this.linkBytesPerSec = rate !== undefined && Number.isFinite(rate) ? rate : null;
     this.batchBytes = this.linkBytesPerSec === null ? BATCH_BYTES : conn.chunkSize;
@@ -289,7 +338,7 @@ class ConnectionChannel implements MigrationChannel {
   }
 
   /** Wire bytes since the last call. */
-  private delta(): number { const now = this.conn.stats.bytesSent; const d = now - this.sent0; this.sent0 = now; return d; }
+  private delta(): number { const now = this.conn.stats.bytesSent; const d = now - this.sent0 + this.carried; this.sent0 = now; this.carried = 0; return d; }
 
   async setup(): Promise<number> {
     const head = { mid: this.mid, pid: this.spec.pid, sha256: this.spec.sha256, pageSize: this.spec.pageSize, algorithm: this.spec.algorithm, memoryBytes: this.spec.memoryBytes, ...(this.spec.postcopy ? { postcopy: true } : {}) };
@@ -305,6 +354,7 @@ class ConnectionChannel implements MigrationChannel {
   async sendPages(batch: Buffer | readonly Uint8Array[]): Promise<number> {
     await this.conn.send('MIG_PAGES', { mid: this.mid }, batch);
     if (this.batches++ === 0) this.faults.hit('src-pages', this.conn);
+    if (this.committed && this.pushBatches++ === 0) this.faults.hit('src-push', this.conn);
     return this.delta();
   }
 
@@ -314,6 +364,7 @@ class ConnectionChannel implements MigrationChannel {
       const answer = this.conn.request('MIG_COMMIT', head, Buffer.concat(postcopy ? [postcopy.stale, ...state] : state), { timeoutMs: COMMIT_TIMEOUT_MS });
       this.faults.hit('src-commit', this.conn);
       await answer;
+      this.committed = true;
       return this.delta();
     } catch (e) {
       if (e instanceof FerryError && e.code === 'migration-aborted') throw e;
@@ -324,7 +375,7 @@ class ConnectionChannel implements MigrationChannel {
         try {
           c = await this.spec.dialAgain();
           const r = await c.request('MIG_QUERY', { mid: this.mid }, undefined, { timeoutMs: 5000 });
-          if (r.header.state === 'running') return this.delta();
+          if (r.header.state === 'running') { this.committed = true; return this.delta(); }
           throw new FerryError('migration-aborted', `destination reports the migration ${String(r.header.state)} (commit lost: ${last.message})`);
         } catch (qe) {
           if (qe instanceof FerryError && qe.code === 'migration-aborted') throw qe;
@@ -338,14 +389,39 @@ class ConnectionChannel implements MigrationChannel {
     }
   }
 
+  /** The node's page server answers the destination's faults, on any of its connections. */
   serveFaults(read: (pages: number[]) => Buffer | readonly Uint8Array[]): void {
-    this.conn.handle('PAGE_REQUEST', (msg) => {
-      const pages = msg.header.pages;
-      if (!Array.isArray(pages) || pages.length === 0 || pages.length > 256 || !pages.every((p) => Number.isInteger(p) && p >= 0 && p < MAX_PAGES))
-        throw new FerryError('bad-request', 'PAGE_REQUEST: pages must be 1 to 256 page numbers');
-      const body = read(pages as number[]);
-      return { code: 'PAGE_DATA', header: { mid: this.mid }, body: Buffer.isBuffer(body) ? body : Buffer.concat(body as Uint8Array[]), priority: 'urgent' };
-    });
+    this.hold = this.spec.pageServer.hold({ mid: this.mid, pid: this.spec.pid, runner: this.spec.to, read });
+  }
+
+  /** The link broke during post-processing: a new connection (re-dialled for up to RECOVERY_MS),
+   *  and the pages the destination still lacks. */
+  async recover(): Promise<number[]> {
+    const t0 = Date.now();
+    let last: Error | undefined;
+    while (Date.now() - t0 < RECOVERY_MS) {
+      let c: Connection | undefined;
+      try {
+        c = await this.spec.dialAgain();
+        const r = await c.request('MIG_RESUME', { mid: this.mid }, undefined, { timeoutMs: 10_000 });
+        const total = typeof r.header.pages === 'number' ? r.header.pages : 0;
+        const bits = r.body, absent: number[] = [];
+        for (let p = 0; p < total && (p >> 3) < bits.length; p++) if (bits[p >> 3]! & (1 << (p & 7))) absent.push(p);
+        this.carried += this.conn.stats.bytesSent - this.sent0;
+        this.conn.destroy();
+        this.conn = c;
+        this.sent0 = 0;
+        return absent;
+      } catch (e) {
+        c?.destroy();
+        if (e instanceof FerryError && (e.code === 'migration-aborted' || e.code === 'bad-request')) throw e;
+        if (e instanceof FerryError && e.code === 'connect-failed' && /ECONNREFUSED/.test(String((e.cause as Error)?.message ?? e.message)))
+          throw new FerryError('migration-failed', `destination ${this.spec.to} is gone (${e.message}) during post-processing`, { cause: e });
+        last = e as Error;
+        await new Promise((r) => setTimeout(r, 1000));
+      }
+    }
+    throw new FerryError('migration-failed', `lost the link to ${this.spec.to} during post-processing and could not reach it again within ${Math.round(RECOVERY_MS / 1000)} s${last ? `: ${last.message}` : ''}`);
   }
 
   async finish(): Promise<{ bytes: number; stats: FaultStats }> {

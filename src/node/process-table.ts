@@ -117,10 +117,21 @@ export class ProcessTable {
   private readonly entries = new Map<string, Entry>();
   private readonly recent = new Map<string, string>(); // pid -> how it ended
   private next = 1;
+  private readonly endListeners = new Set<(pid: string, how: string) => void>();
 
   constructor(private readonly node: string, private readonly log?: (m: string) => void) {}
 
   get size(): number { return this.entries.size; }
+
+  /** Called when a process leaves this table: it ended (exited, failed, killed) or moved away. */
+  onEnded(fn: (pid: string, how: string) => void): () => void {
+    this.endListeners.add(fn);
+    return () => this.endListeners.delete(fn);
+  }
+
+  private notifyEnded(pid: string, how: string): void {
+    for (const fn of this.endListeners) { try { fn(pid, how); } catch { /* a listener must not break the table */ } }
+  }
 
   /** A fresh pid of this (origin) node. */
   allocatePid(): string { return `${this.node}/${this.next++}`; }
@@ -229,6 +240,7 @@ export class ProcessTable {
         e.ended = true;
         this.entries.delete(pid);
         this.remember(pid, `moved to ${to}`);
+        this.notifyEnded(pid, `moved to ${to}`);
         e.stdin.destroy();
         await proc.kill();
         this.log?.(`${pid} moved to ${to}`);
@@ -245,6 +257,7 @@ export class ProcessTable {
     const e = this.entries.get(pid);
     e && (e.residual = []);
     if (!e || e.ended || !e.proc || e.moving) return; // it ended, or moves on: nothing to swap
+    if (e.proc.loaded === loaded) return; // already in the tracked variant
     e.moving = true;
     const old = e.proc;
     try {
@@ -324,6 +337,7 @@ export class ProcessTable {
     this.remember(e.info.pid, state === 'exited' ? `exited (code ${code})` : state === 'killed' ? 'been killed' : `failed (${error?.message ?? 'error'})`);
     this.log?.(`${e.info.pid} ${state} (exit code ${code})`);
     try { e.sink.exit(e.info.pid, e.seq, code, error); } catch { /* a sink must not break the table */ }
+    this.notifyEnded(e.info.pid, state === 'exited' ? `exited (code ${code})` : state === 'killed' ? 'was killed' : `failed (${error?.message ?? 'error'})`);
   }
 
   private remember(pid: string, how: string): void {

@@ -56,6 +56,9 @@ export const CODES = {
   MIG_ABORT:    { code: 0x0125, priority: 'urgent', header: true, body: false }, // {mid, reason}: drop it
   MIG_DONE:     { code: 0x0127, priority: 'bulk',   header: true, body: false }, // request {mid}: the source pushed every page (post-copy); answered with fault stats once all are here
   MIG_PROGRESS: { code: 0x0126, priority: 'bulk',   header: true, body: false }, // node -> client: {token, progress} while a migration runs
+  MIG_RESUME:   { code: 0x0141, priority: 'urgent', header: true, body: false }, // request {mid} on a fresh connection (post-copy push after a broken link): answered with a bitmap of the pages still absent
+  // Residual dependencies (src/node/page-server.ts): the node holding a process's pages serves them on any connection from the node running it.
+  RESIDUAL_END: { code: 0x0140, priority: 'urgent', header: true, body: false }, // request {mid, pid, reason, stats?}: the dependency is over (the process ended, has every page, or moved on)
   // Remote files (Sprite's home-node file policy, src/wasi/file-ops.ts): the running node asks the home node to do each file-system call.
   FILE_OP:      { code: 0x0110, priority: 'urgent', header: true, body: true  }, // request {pid, op, args...} (encodeFileOp) + write data: the guest blocks until answered
   FILE_REPLY:   { code: 0x0111, priority: 'urgent', header: true, body: true  }, // {re, ok, n?|stat?|entries?|code+message} (encodeFileReply) + read/readlink bytes
