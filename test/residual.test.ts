@@ -14,7 +14,7 @@ import type { MigrationMetrics } from '../src/migration/index.ts';
 
 const workload = (name: string, args: string[]): Workload => ({ ...WORKLOADS.find((w) => w.name === name)!, args });
 /** Mostly asleep, touching few pages: its dependency lasts as long as it runs. */
-const sleeper = workload('sleeper', ['60', '100']);
+const sleeper = workload('sleeper', ['120', '100']); // 12 s: a loaded destination may take seconds to compile both variants
 
 async function migrations(client: ClusterClient, pid: string): Promise<MigrationMetrics[]> {
   return ((await client.call('migrations')).migrations as unknown as MigrationMetrics[]).filter((m) => m.pid === pid);
