@@ -53,6 +53,16 @@ const INVARIANTS: Record<string, (m: MigrationMetrics) => void> = {
     assert.deepEqual(m.residualDependencies, []);
     assert.ok(m.pages.maxSendsPerPage <= 2, 'a page goes at most twice (pushed while a fault fetched it)');
   },
+  'assisted-post-copy': (m) => {
+    assert.equal(m.rounds, 1, 'one pass while running');
+    assert.ok(m.preparationMs !== null && m.preparationMs > 0);
+    assert.equal(m.bytes.downtime < 64 * 1024 + m.pages.addressSpace, true, `down time carries the state alone (${m.bytes.downtime} bytes)`);
+    assert.ok(m.pages.maxSendsPerPage <= 2, 'no page is sent more than twice (the pass, then once more if modified since)');
+    assert.ok(m.pages.resent <= m.modifiedSincePass, `only pages modified since the pass go again (${m.pages.resent} resent, ${m.modifiedSincePass} modified)`);
+    assert.ok(m.notModifiedAnswers <= m.pages.addressSpace);
+    assert.ok(m.postProcessingMs !== null && m.totalMs !== null, 'post-processing ended: no residual dependency left');
+    assert.deepEqual(m.residualDependencies, []);
+  },
 };
 
 function same(actual: Outcome, expected: Outcome, what: string): void {

@@ -31,6 +31,7 @@ export function formatMetrics(m: MigrationMetrics): string {
     `  pages: ${m.pages.addressSpace} in the address space, ${m.pages.sent} sent, ${m.pages.zero} zero (not sent), at most ${m.pages.maxSendsPerPage} sends per page`,
   ];
   if (m.rounds > 0) lines.push(`  ${m.rounds} rounds while running, ${m.pages.resent} pages resent, dirty rate ${m.dirtyRateBytesPerSec === null ? '-' : `${(m.dirtyRateBytesPerSec / 1e6).toFixed(1)} MB/s`}${m.throttle ? `, throttled to ${((1 - m.throttle) * 100).toFixed(0)}%` : ''}`);
+  if (m.remoteFaults > 0 || m.postProcessingMs) lines.push(`  ${m.remoteFaults} remote faults (median round trip ${ms(m.faultRoundTripMs)}), execution delay ${ms(m.executionDelayMs)}${m.algorithm === 'assisted-post-copy' ? `; ${m.modifiedSincePass} pages modified since the pass, ${m.notModifiedAnswers} faults answered "not modified"` : ''}`);
   if (m.linkBandwidthBps !== null) lines.push(`  link ${(m.linkBandwidthBps / 1e6).toFixed(0)} Mbit/s: wire time ${ms(m.wireTimeMs)}, total/wire ${m.totalMs && m.wireTimeMs ? (m.totalMs / m.wireTimeMs).toFixed(2) : '-'}`);
   if (m.throughputBytesPerSec !== null) lines.push(`  throughput ${(m.throughputBytesPerSec / 1e6).toFixed(0)} MB/s`);
   return lines.join('\n') + '\n';

@@ -33,13 +33,17 @@ export interface MigrationChannel {
    *  when it definitely does not (then the source resumes it). */
   commit(state: Buffer[]): Promise<number>;
   /** Serve the destination's page faults from the source's memory (post-copy). */
-  serveFaults(read: (pages: number[]) => Buffer | readonly Uint8Array[]): void;
+  serveFaults(read: (pages: number[]) => Buffer | readonly Uint8Array[] | PageAnswer): void;
   /** Post-processing done on this side: resolves once the destination holds every page, with its fault statistics. */
   finish(): Promise<{ bytes: number; stats: FaultStats }>;
   /** Tell the destination to drop everything it has (best effort). */
   abort(reason: FerryError): void;
   close(): void;
 }
+
+/** A fault's answer with pages sent as "not modified" or "in flight" (assisted post-copy):
+ *  `parts` is the page batch of the pages sent. */
+export interface PageAnswer { parts: readonly Uint8Array[]; notModified: number[]; inFlight: number[] }
 
 /** The process being moved, as the engine sees it. Implemented by the node's process table. */
 export interface SourceProcess {
@@ -258,7 +262,13 @@ export class Migration extends EventEmitter {
 
   /** Batch pages into frames; elide zero pages the destination never had. */
   /** A page fault of the destination: these pages' bytes, now (the source is frozen). */
-  private serve(pages: number[]): readonly Uint8Array[] {
+  private serve(pages: number[]): readonly Uint8Array[] | PageAnswer {
+    const plan = this.spec.strategy.planFault?.(pages);
+    if (plan) return { parts: this.servePages(plan.send), notModified: plan.notModified, inFlight: plan.inFlight };
+    return this.servePages(pages);
+  }
+
+  private servePages(pages: number[]): readonly Uint8Array[] {
     const ps = this.spec.pageSize;
     const mem = this.spec.process.memory;
     const data: number[] = [], zero: number[] = [];

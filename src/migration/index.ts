@@ -4,11 +4,13 @@ import type { Strategy } from './strategy.ts';
 import { TotalCopy } from './total-copy.ts';
 import { PreCopy } from './pre-copy.ts';
 import { PostCopy } from './post-copy.ts';
+import { AssistedPostCopy } from './assisted-post-copy.ts';
 
 const STRATEGIES: Record<string, () => Strategy> = {
   'total-copy': () => new TotalCopy(),
   'pre-copy': () => new PreCopy(),
   'post-copy': () => new PostCopy(),
+  'assisted-post-copy': () => new AssistedPostCopy(),
 };
 
 export const ALGORITHMS = Object.keys(STRATEGIES);

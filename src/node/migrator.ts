@@ -14,11 +14,14 @@
 // Post-copy, after the commit, on the same connection:
 //   D -> S  PAGE_REQUEST {mid, pages} (urgent)                      S: PAGE_DATA + page batch
 //   S -> D  MIG_PAGES ... (the background push), then MIG_DONE {mid} D: {remoteFaults, ...} once every page is here
+// Assisted post-copy: the MIG_PAGES before the commit fill the destination's temporary page
+// store; PAGE_DATA's header may list pages {notModified} (the stored copy is current: no
+// bytes) and {inFlight} (already pushed: wait for them); the batch carries the others.
 import { randomUUID } from 'node:crypto';
 import { FerryError } from '../errors.ts';
 import { IncomingMigration, type FaultStats } from '../migration/destination.ts';
 import { decodePageBatch } from '../memory/page-batch.ts';
-import { Migration, type MigrationChannel, type MigrationOptions } from '../migration/engine.ts';
+import { Migration, type MigrationChannel, type MigrationOptions, type PageAnswer } from '../migration/engine.ts';
 import type { MigrationMetrics } from '../migration/metrics.ts';
 import { strategyFor } from '../migration/index.ts';
 import type { Connection, IncomingStream, Message, Reply } from '../transport/index.ts';
@@ -152,11 +155,11 @@ export class Migrator {
     let inc = this.incoming.get(mid);
     if (!inc) {
       const algorithm = typeof h.algorithm === 'string' ? h.algorithm : 'total-copy';
-      let faulting: boolean;
-      try { faulting = strategyFor(algorithm).faulting === true; } catch (e) { throw new FerryError('bad-request', (e as Error).message); }
-      inc = new IncomingMigration({ id: mid, pid, from: conn.peer.node, sha256: hash, pageSize, faulting }, this.ctx.log);
+      let faulting: boolean, temporaryStore: boolean;
+      try { const s = strategyFor(algorithm); faulting = s.faulting === true; temporaryStore = s.temporaryStore === true; } catch (e) { throw new FerryError('bad-request', (e as Error).message); }
+      inc = new IncomingMigration({ id: mid, pid, from: conn.peer.node, sha256: hash, pageSize, faulting, temporaryStore }, this.ctx.log);
       this.incoming.set(mid, inc);
-      conn.onClose(() => inc!.abort(`the connection from ${conn.peer.node} closed`));
+      conn.onClose(() => { inc!.abort(`the connection from ${conn.peer.node} closed`); inc!.sourceLost(`the connection closed`); });
       this.forgetLater(mid);
     }
     await inc.setup(bytes, typeof h.memoryBytes === 'number' ? h.memoryBytes : 0);
@@ -193,7 +196,7 @@ export class Migrator {
         onFault = (addr, len) => m.fault(addr, len, async (pages) => {
           try {
             const r = await conn.request('PAGE_REQUEST', { mid: m.spec.id, pages }, undefined, { priority: 'urgent', timeoutMs: FAULT_TIMEOUT_MS });
-            return decodePageBatch(r.body, m.spec.pageSize, MAX_PAGES);
+            return { ...decodePageBatch(r.body, m.spec.pageSize, MAX_PAGES), notModified: pageList(r.header.notModified, pages), inFlight: pageList(r.header.inFlight, pages) };
           } catch (e) {
             throw new FerryError('pages-lost', `process ${m.spec.pid} needs page ${pages[0]}, held by node ${from}, which cannot serve it: ${(e as Error).message}`, { cause: e });
           }
@@ -243,6 +246,14 @@ export class Migrator {
   private forgetLater(mid: string): void {
     setTimeout(() => this.incoming.delete(mid), 10 * 60_000).unref();
   }
+}
+
+/** A page list in a PAGE_DATA header: only pages the fault asked for (anything else is refused). */
+function pageList(v: unknown, asked: number[]): number[] {
+  if (v === undefined) return [];
+  if (!Array.isArray(v) || !v.every((p) => asked.includes(p as number)))
+    throw new FerryError('bad-frame', `PAGE_DATA names pages that were not asked for: ${JSON.stringify(v).slice(0, 80)}`);
+  return v as number[];
 }
 
 interface ChannelSpec {
@@ -319,12 +330,14 @@ class ConnectionChannel implements MigrationChannel {
     }
   }
 
-  serveFaults(read: (pages: number[]) => Buffer | readonly Uint8Array[]): void {
+  serveFaults(read: (pages: number[]) => Buffer | readonly Uint8Array[] | PageAnswer): void {
     this.conn.handle('PAGE_REQUEST', (msg) => {
       const pages = msg.header.pages;
       if (!Array.isArray(pages) || pages.length === 0 || pages.length > 256 || !pages.every((p) => Number.isInteger(p) && p >= 0 && p < MAX_PAGES))
         throw new FerryError('bad-request', 'PAGE_REQUEST: pages must be 1 to 256 page numbers');
       const body = read(pages as number[]);
+      if ('parts' in body) // assisted post-copy: some pages answered without their bytes
+        return { code: 'PAGE_DATA', header: { mid: this.mid, notModified: body.notModified, inFlight: body.inFlight }, body: Buffer.concat(body.parts as Uint8Array[]), priority: 'urgent' };
       return { code: 'PAGE_DATA', header: { mid: this.mid }, body: Buffer.isBuffer(body) ? body : Buffer.concat(body as Uint8Array[]), priority: 'urgent' };
     });
   }
@@ -336,6 +349,7 @@ class ConnectionChannel implements MigrationChannel {
       remoteFaults: typeof h.remoteFaults === 'number' ? h.remoteFaults : 0,
       faultRoundTripMs: typeof h.faultRoundTripMs === 'number' ? h.faultRoundTripMs : null,
       executionDelayMs: typeof h.executionDelayMs === 'number' ? h.executionDelayMs : 0,
+      ...(typeof h.notModifiedAnswers === 'number' ? { notModifiedAnswers: h.notModifiedAnswers } : {}),
     };
     return { bytes: this.delta(), stats };
   }
