@@ -17,6 +17,7 @@ import { downtimeBudget, shouldIterate, throttleFor } from './convergence.ts';
 import { DirtyPages } from '../memory/dirty.ts';
 import type { FaultStats } from './destination.ts';
 import type { SendOptions } from './strategy.ts';
+import type { Codec } from '../memory/page-codec.ts';
 
 /** The destination, as the engine sees it. Implemented by the node over a connection. */
 export interface MigrationChannel {
@@ -36,6 +37,8 @@ export interface MigrationChannel {
   serveFaults(read: (pages: number[]) => Buffer | readonly Uint8Array[] | PageAnswer): void;
   /** Post-processing done on this side: resolves once the destination holds every page, with its fault statistics. */
   finish(): Promise<{ bytes: number; stats: FaultStats }>;
+  /** Page batches compressed so far (--compress): raw bytes and their bytes on the wire. */
+  compressionStats?(): { codec: string; rawBytes: number; wireBytes: number };
   /** Tell the destination to drop everything it has (best effort). */
   abort(reason: FerryError): void;
   close(): void;
@@ -84,6 +87,8 @@ export interface MigrationOptions {
   thesisLimits?: boolean;
   /** Throttle the process while it dirties memory faster than the link drains it. */
   autoConverge?: boolean;
+  /** Compress page batches on the wire (src/memory/page-codec.ts); 'none' by default. */
+  compress?: Codec;
 }
 
 export const DEFAULT_MAX_ROUNDS = 6;
@@ -175,6 +180,7 @@ export class Migration extends EventEmitter {
         this.metrics.m.residualDependencies = [];
       }
       this.metrics.end();
+      this.compressionMetrics();
       this.sm.cas(this.sm.state, 'completed');
       return this.metrics.snapshot();
     } catch (e) {
@@ -185,6 +191,7 @@ export class Migration extends EventEmitter {
       channel.abort(err);
       if (this.sm.state !== 'cancelled') this.sm.cas(this.sm.state, 'failed');
       this.metrics.fail({ code: err.code, message: err.message });
+      this.compressionMetrics();
       this.spec.log?.(`migration ${this.spec.id} of ${proc.pid} ${this.sm.state}: ${err.message}`);
       return this.metrics.snapshot();
     } finally {
@@ -223,6 +230,11 @@ export class Migration extends EventEmitter {
         this.metrics.m.throttle = throttle;
       }
     }
+  }
+
+  private compressionMetrics(): void {
+    const c = this.spec.channel.compressionStats?.();
+    if (c) this.metrics.m.compression = { ...c, ratio: c.wireBytes > 0 ? c.rawBytes / c.wireBytes : null };
   }
 
   private enter(phase: Phase): void {

@@ -11,7 +11,7 @@
 //   kill   {pid, scope?}                      -> {pid, node}
 //   status {}                                 -> {name, addr, processes}
 //   locate {pid}                              -> {pid, node, addr}    (who runs it now)
-//   migrate {pid, to, algorithm?, progress?}  -> {metrics}; MIG_PROGRESS {token, progress} frames meanwhile
+//   migrate {pid, to, algorithm?, progress?, compress?, ...}  -> {metrics}; MIG_PROGRESS {token, progress} frames meanwhile
 //                                                (only on the node running pid: the CLI locates it first)
 //   migrate-cancel {pid}                      -> {id}                 (node running pid)
 //   migrations {scope?}                       -> {migrations, unreachable}
@@ -31,6 +31,7 @@ import type { HomeRouter } from './home.ts';
 import type { HomeFiles } from './home-files.ts';
 import { parseDir } from './process-table.ts';
 import type { Migrator } from './migrator.ts';
+import { CODECS, isCodec } from '../memory/page-codec.ts';
 import type { Uploads } from './uploads.ts';
 import type { MigrationMetrics } from '../migration/index.ts';
 import { decodeImage } from '../image/index.ts';
@@ -210,9 +211,11 @@ export class ControlApi {
       if (typeof v !== 'number' || !(v >= min && v <= max)) throw badRequest(`migrate: ${k} must be a number from ${min} to ${max}`);
       return v;
     };
+    const compress = h.compress ?? 'none';
+    if (!isCodec(compress)) throw badRequest(`migrate: compress must be one of ${CODECS.join(', ')}`);
     const options = {
       maxRounds: num('maxRounds', 0, 1000), downtimeLimitMs: num('downtimeLimitMs', 0, 3_600_000),
-      thesisLimits: h.thesisLimits === true, autoConverge: h.autoConverge === true,
+      thesisLimits: h.thesisLimits === true, autoConverge: h.autoConverge === true, compress,
     };
     return this.ctx.migrator.migrate({ pid, to, algorithm, pageSize, options }, token === undefined ? undefined : (p) => {
       if (conn.isOpen) conn.send('MIG_PROGRESS', { token, progress: p as never }).catch(() => {});

@@ -14,6 +14,9 @@
 // Post-copy, after the commit, on the same connection:
 //   D -> S  PAGE_REQUEST {mid, pages} (urgent)                      S: PAGE_DATA + page batch
 //   S -> D  MIG_PAGES ... (the background push), then MIG_DONE {mid} D: {remoteFaults, ...} once every page is here
+// Compression (--compress): MIG_SETUP {compress: codec} is answered {ready, compress: codec} by a
+// destination that has it (one that has not refuses; one that does not echo it is refused by the
+// source); a compressed MIG_PAGES says {z: codec, raw: bytes before compression}.
 // Assisted post-copy: the MIG_PAGES before the commit fill the destination's temporary page
 // store; PAGE_DATA's header may list pages {notModified} (the stored copy is current: no
 // bytes) and {inFlight} (already pushed: wait for them); the batch carries the others.
@@ -21,6 +24,7 @@ import { randomUUID } from 'node:crypto';
 import { FerryError } from '../errors.ts';
 import { IncomingMigration, type FaultStats } from '../migration/destination.ts';
 import { decodePageBatch } from '../memory/page-batch.ts';
+import { compressBatch, decompressBatch, isCodec, loadCodec, CODECS, type Codec } from '../memory/page-codec.ts';
 import { Migration, type MigrationChannel, type MigrationOptions, type PageAnswer } from '../migration/engine.ts';
 import type { MigrationMetrics } from '../migration/metrics.ts';
 import { strategyFor } from '../migration/index.ts';
@@ -67,6 +71,7 @@ export class Migrator {
   private readonly history: MigrationMetrics[] = [];
   private readonly incoming = new Map<string, IncomingMigration>();
   private readonly modules = new Map<string, Promise<Buffer>>(); // mid -> module bytes arriving as a stream
+  private readonly codecs = new Map<string, Codec>(); // mid -> the compression agreed at setup
 
   constructor(private readonly ctx: MigratorContext) {}
 
@@ -87,7 +92,7 @@ export class Migrator {
     let conn: Connection;
     try { conn = await this.ctx.dialNode(req.to); } catch (e) { source.resume(); throw e; }
     const channel = new ConnectionChannel(conn, id, this.ctx.faults, {
-      pid: req.pid, sha256: hash, pageSize, algorithm: strategy.algorithm, memoryBytes: inUse,
+      pid: req.pid, sha256: hash, pageSize, algorithm: strategy.algorithm, memoryBytes: inUse, compress: req.options?.compress ?? 'none',
       program: () => bytes,
       dialAgain: () => this.ctx.dialNode(req.to),
     });
@@ -121,7 +126,7 @@ export class Migrator {
   install(conn: Connection): void {
     conn.handle('MIG_SETUP', this.onSetup);
     conn.on('MIG_PAGES', this.onPages);
-    conn.sinkBodies('MIG_PAGES', (h, n) => this.incoming.get(String(h.mid))?.pageSink(n)); // applied as they arrive
+    conn.sinkBodies('MIG_PAGES', (h, n) => (h.z === undefined ? this.incoming.get(String(h.mid))?.pageSink(n) : undefined)); // applied as they arrive (compressed ones: whole)
     conn.handle('MIG_COMMIT', this.onCommit);
     conn.handle('MIG_QUERY', this.onQuery);
     conn.handle('MIG_DONE', this.onDone);
@@ -142,6 +147,9 @@ export class Migrator {
     const pageSize = h.pageSize;
     if (pageSize !== 4096 && pageSize !== 16384 && pageSize !== 65536) throw new FerryError('bad-request', `MIG_SETUP: page size ${String(pageSize)} (4096, 16384 or 65536)`);
     if (this.ctx.table.get(pid)) throw new FerryError('duplicate-process', `process ${pid} already runs on ${this.ctx.name}`);
+    const compress = h.compress ?? 'none';
+    if (!isCodec(compress)) throw new FerryError('unsupported', `MIG_SETUP: compression '${String(compress)}' is not known on ${this.ctx.name} (known: ${CODECS.join(', ')})`);
+    loadCodec(compress);
     let bytes = this.ctx.programs.get(hash);
     if (!bytes && h.moduleStream === true) {
       const p = this.modules.get(mid);
@@ -163,19 +171,33 @@ export class Migrator {
       this.forgetLater(mid);
     }
     await inc.setup(bytes, typeof h.memoryBytes === 'number' ? h.memoryBytes : 0);
-    return { header: { ready: true } };
+    this.codecs.set(mid, compress);
+    return { header: { ready: true, ...(compress !== 'none' ? { compress } : {}) } };
   };
 
   private onPages = (msg: Message, conn: Connection): void => {
     const inc = this.incoming.get(String(msg.header.mid));
     if (!inc) return;
     if (this.ctx.faults.hit('dest-pages', conn)) return;
+    let body: Uint8Array = msg.body;
+    if (msg.header.z !== undefined) {
+      try {
+        const codec = this.codecs.get(inc.spec.id);
+        if (msg.header.z !== codec) throw new FerryError('bad-frame', `page batch compressed with ${String(msg.header.z)}, but ${codec ?? 'none'} was agreed`);
+        body = decompressBatch(codec as Codec, msg.body, Number(msg.header.raw));
+      } catch (e) {
+        const why = `from ${conn.peer.node}: ${(e as Error).message}`;
+        this.ctx.log?.(`migration ${inc.spec.id} of ${inc.spec.pid}: page batch refused ${why}`);
+        if (inc.state !== 'running') inc.abort(`page batch refused ${why}`);
+        return;
+      }
+    }
     if (inc.state === 'running' && inc.spec.faulting) {
       // The background push: pages still absent are taken.
-      try { inc.postPages(decodePageBatch(msg.body, inc.spec.pageSize, MAX_PAGES)); } catch (e) { this.ctx.log?.(`push of ${inc.spec.pid} refused: ${(e as Error).message}`); }
+      try { inc.postPages(decodePageBatch(body, inc.spec.pageSize, MAX_PAGES)); } catch (e) { this.ctx.log?.(`push of ${inc.spec.pid} refused: ${(e as Error).message}`); }
       return;
     }
-    try { inc.pages(msg.body, msg.sunk); } catch (e) { inc.abort((e as Error).message); }
+    try { inc.pages(body, msg.sunk); } catch (e) { inc.abort((e as Error).message); }
   };
 
   /** The state, and the order to run it: the destination decides here (see destination.ts). */
@@ -244,7 +266,7 @@ export class Migrator {
 
   /** Outcomes are kept a while for queries, then dropped. */
   private forgetLater(mid: string): void {
-    setTimeout(() => this.incoming.delete(mid), 10 * 60_000).unref();
+    setTimeout(() => { this.incoming.delete(mid); this.codecs.delete(mid); }, 10 * 60_000).unref();
   }
 }
 
@@ -263,6 +285,7 @@ interface ChannelSpec {
   algorithm: string;
   /** The process's memory in use when the migration starts (the destination pre-faults as much). */
   memoryBytes: number;
+  compress: Codec;
   program: () => Uint8Array;
   dialAgain: () => Promise<Connection>;
 }
@@ -273,30 +296,45 @@ class ConnectionChannel implements MigrationChannel {
   readonly batchBytes: number;
   private sent0: number;
   private batches = 0;
+  private readonly packed: { codec: string; rawBytes: number; wireBytes: number };
 
   constructor(private readonly conn: Connection, private readonly mid: string, private readonly faults: Faults, private readonly spec: ChannelSpec) {
     const rate = conn.shaper?.rate;
     this.linkBytesPerSec = rate !== undefined && Number.isFinite(rate) ? rate : null;
     this.batchBytes = this.linkBytesPerSec === null ? BATCH_BYTES : conn.chunkSize;
     this.sent0 = conn.stats.bytesSent;
+    this.packed = { codec: spec.compress, rawBytes: 0, wireBytes: 0 };
   }
 
   /** Wire bytes since the last call. */
   private delta(): number { const now = this.conn.stats.bytesSent; const d = now - this.sent0; this.sent0 = now; return d; }
 
   async setup(): Promise<number> {
-    const head = { mid: this.mid, pid: this.spec.pid, sha256: this.spec.sha256, pageSize: this.spec.pageSize, algorithm: this.spec.algorithm, memoryBytes: this.spec.memoryBytes };
+    const codec = this.spec.compress;
+    loadCodec(codec); // refuse here, before the destination does any work, if this node lacks it
+    const head = {
+      mid: this.mid, pid: this.spec.pid, sha256: this.spec.sha256, pageSize: this.spec.pageSize, algorithm: this.spec.algorithm, memoryBytes: this.spec.memoryBytes,
+      ...(codec !== 'none' ? { compress: codec } : {}),
+    };
     let r = await this.conn.request('MIG_SETUP', head, undefined, { timeoutMs: SETUP_TIMEOUT_MS });
     if (r.header.needModule === true) {
       await this.conn.sendStream(this.spec.program(), { kind: 'module', mid: this.mid });
       r = await this.conn.request('MIG_SETUP', { ...head, moduleStream: true }, undefined, { timeoutMs: SETUP_TIMEOUT_MS });
     }
     if (r.header.ready !== true) throw new FerryError('migration-failed', `destination did not get ready: ${JSON.stringify(r.header)}`);
+    if (codec !== 'none' && r.header.compress !== codec) throw new FerryError('unsupported', `destination does not take ${codec}-compressed pages (an older node?): migrate without --compress`);
     return this.delta();
   }
 
   async sendPages(batch: Buffer | readonly Uint8Array[]): Promise<number> {
-    await this.conn.send('MIG_PAGES', { mid: this.mid }, batch);
+    const codec = this.spec.compress;
+    const rawLength = Buffer.isBuffer(batch) ? batch.length : (batch as readonly Uint8Array[]).reduce((n, p) => n + p.length, 0);
+    const raw = codec !== 'none' || this.batches === 0 ? (Buffer.isBuffer(batch) ? batch : Buffer.concat(batch as Uint8Array[])) : null;
+    const z = codec !== 'none' ? await compressBatch(codec, raw!) : null; // null: it did not shrink, sent as it is
+    this.packed.rawBytes += rawLength;
+    this.packed.wireBytes += z ? z.length : rawLength;
+    const head = z ? { mid: this.mid, z: codec, raw: rawLength } : { mid: this.mid };
+    await this.conn.send('MIG_PAGES', head, this.batches === 0 ? this.faults.corrupt('src-batch', z ?? raw!) : (z ?? raw ?? batch));
     if (this.batches++ === 0) this.faults.hit('src-pages', this.conn);
     return this.delta();
   }
@@ -353,6 +391,8 @@ class ConnectionChannel implements MigrationChannel {
     };
     return { bytes: this.delta(), stats };
   }
+
+  compressionStats(): { codec: string; rawBytes: number; wireBytes: number } { return { ...this.packed }; }
 
   abort(reason: FerryError): void {
     if (this.conn.isOpen) this.conn.send('MIG_ABORT', { mid: this.mid, reason: reason.message }).catch(() => {});
