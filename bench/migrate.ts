@@ -30,6 +30,8 @@ function repsFor(link: string, mb: number): number {
 
 export interface MigrateRow {
   link: string;
+  /** Page codec (--compress). */
+  compress: string;
   /** bits/s, null when unshaped. */
   linkBps: number | null;
   mb: number;
@@ -54,10 +56,11 @@ async function startRma(c: Cluster, client: ClusterClient, mb: number): Promise<
   return { pid, run };
 }
 
-export async function runMigrate(opts: { sizes?: number[]; links?: string[] } = {}): Promise<MigrateRow[]> {
+export async function runMigrate(opts: { sizes?: number[]; links?: string[]; algorithm?: string; compress?: string[] } = {}): Promise<MigrateRow[]> {
   const sizes = opts.sizes ?? MIGRATE_SIZES, links = opts.links ?? MIGRATE_LINKS;
-  console.log(`\n-- migrate: Total Copy of rma (random writes everywhere) between two nodes on loopback, TLS-PSK; ` +
-    `sizes ${sizes.join(', ')} MB; links ${links.join(', ')} --`);
+  const algorithm = opts.algorithm ?? 'total-copy', codecs = opts.compress ?? ['none'];
+  console.log(`\n-- migrate: ${algorithm} of rma (random writes everywhere) between two nodes on loopback, TLS-PSK; ` +
+    `sizes ${sizes.join(', ')} MB; links ${links.join(', ')}; compression ${codecs.join(', ')} --`);
   const rows: MigrateRow[] = [];
   for (const link of links) {
     const shaped = link !== 'none';
@@ -66,18 +69,21 @@ export async function runMigrate(opts: { sizes?: number[]; links?: string[] } = 
     const client = ClusterClient.for(c);
     try {
       for (const mb of sizes) {
-        const row: MigrateRow = { link, linkBps: shaped ? parseBandwidth(link) * 8 : null, mb, runs: [] };
         const { pid, run } = await startRma(c, client, mb);
         const reps = repsFor(link, mb);
-        for (let i = 0; i < reps; i++) {
-          const m = await client.migrate(pid, i % 2 === 0 ? 'b' : 'a');
-          if (m.state !== 'completed') throw new Error(`migration of rma ${mb} MB over ${link} ${m.state}: ${m.error?.message}`);
-          row.runs.push(m);
+        let at = 0;
+        for (const compress of codecs) {
+          const row: MigrateRow = { link, compress, linkBps: shaped ? parseBandwidth(link) * 8 : null, mb, runs: [] };
+          for (let i = 0; i < reps; i++) {
+            const m = await client.migrate(pid, at++ % 2 === 0 ? 'b' : 'a', { algorithm, ...(compress !== 'none' ? { compress } : {}) });
+            if (m.state !== 'completed') throw new Error(`migration of rma ${mb} MB over ${link} ${m.state}: ${m.error?.message}`);
+            row.runs.push(m);
+          }
+          rows.push(row);
+          printRow(row);
         }
         await client.call('kill', { pid }).catch(() => {});
         await run;
-        rows.push(row);
-        printRow(row);
       }
     } finally { await c.stop(); }
     console.log(`   (${link}: ${((performance.now() - t0) / 1000).toFixed(0)} s with cluster start and workload warm-up)`);
@@ -88,18 +94,19 @@ export async function runMigrate(opts: { sizes?: number[]; links?: string[] } = 
 
 function printRow(r: MigrateRow): void {
   const ms = r.runs.map((m) => m.totalMs ?? NaN);
-  console.log(`   ${r.link} ${r.mb} MB: ${r.runs.length} migration(s), total ${ms.map((x) => x.toFixed(0)).join(', ')} ms`);
+  console.log(`   ${r.link} ${r.mb} MB${r.compress !== 'none' ? ` ${r.compress}` : ''}: ${r.runs.length} migration(s), total ${ms.map((x) => x.toFixed(0)).join(', ')} ms`);
 }
 
 export function migrateTable(rows: MigrateRow[]): string {
   return table(
-    ['link', 'rma', 'reps', 'addr space', 'bytes sent', 'down ms', 'total ms', 'wire ms', 'total/wire', 'over ms', 'MB/s'],
+    ['link', 'rma', 'compress', 'reps', 'addr space', 'bytes sent', 'z ratio', 'down ms', 'total ms', 'wire ms', 'total/wire', 'over ms', 'MB/s'],
     rows.map((r) => {
       const wire = med(r.runs, (m) => m.wireTimeMs);
       return [
-        r.link, `${r.mb} MB`, r.runs.length,
+        r.link, `${r.mb} MB`, r.compress, r.runs.length,
         `${f1(med(r.runs, (m) => m.pages.addressSpace * m.pages.pageSize) / MiB)} MiB`,
         `${f1(med(r.runs, (m) => m.bytes.total - m.bytes.setup) / MiB)} MiB`,
+        f2(med(r.runs, (m) => m.compression?.ratio ?? null)),
         f1(med(r.runs, (m) => m.downtimeMs)), f1(med(r.runs, (m) => m.totalMs)),
         r.linkBps === null ? '-' : f1(wire),
         r.linkBps === null ? '-' : f2(med(r.runs, ratioOf)),

@@ -12,6 +12,8 @@
 //   --v8 SET        V8 flags of this process, for stop and image (default turbofan)
 //   --only-sizes N,...  rma sizes in MB for migrate (default 4,64,512)
 //   --links L,...   link settings for migrate: a bandwidth (100mbit, 1gbit) or none (default 100mbit,1gbit,none)
+//   --algorithm A   migrate with this algorithm (default total-copy)
+//   --compress C[,C...]  migrate with each of these page codecs in turn (none, deflate, lz4; default none)
 // Ratios are measured within one process, interleaved; timings are medians of the reps.
 import v8 from 'node:v8';
 
@@ -37,6 +39,8 @@ const only = opt('only', '').split(',').filter(Boolean);
 const ownV8 = opt('v8', 'turbofan');
 const onlySizes = opt('only-sizes', '').split(',').filter(Boolean).map(Number);
 const links = opt('links', '').split(',').filter(Boolean);
+const algorithm = opt('algorithm', 'total-copy');
+const compress = opt('compress', 'none').split(',').filter(Boolean);
 const SECTIONS = ['speed', 'stop', 'image', 'image-synthetic', 'migrate'] as const;
 let sections = argv.filter((a) => a !== 'all');
 for (const s of sections) if (!(SECTIONS as readonly string[]).includes(s)) {
@@ -110,7 +114,7 @@ if (sections.includes('image-synthetic')) await runSyntheticImage(256);
 
 if (sections.includes('migrate')) {
   const { runMigrate, migrateVerdicts, MIGRATE_SIZES, MIGRATE_LINKS } = await import('./migrate.ts');
-  const rows = await runMigrate({ sizes: onlySizes.length ? onlySizes : MIGRATE_SIZES, links: links.length ? links : MIGRATE_LINKS });
+  const rows = await runMigrate({ sizes: onlySizes.length ? onlySizes : MIGRATE_SIZES, links: links.length ? links : MIGRATE_LINKS, algorithm, compress });
   summary.push(...migrateVerdicts(rows));
 }
 

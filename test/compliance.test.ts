@@ -72,6 +72,16 @@ const INVARIANTS: Record<string, (m: MigrationMetrics) => void> = {
     if (m.variant === 'copy-on-reference') assert.ok(m.bytes.downtime < 64 * 1024 + m.pages.addressSpace, `down time carries the state alone (${m.bytes.downtime} bytes)`);
     assert.ok(m.pages.maxSendsPerPage <= 1, 'no page sent twice');
   },
+  'assisted-post-copy': (m) => {
+    assert.equal(m.rounds, 1, 'one pass while running');
+    assert.ok(m.preparationMs !== null && m.preparationMs > 0);
+    assert.equal(m.bytes.downtime < 64 * 1024 + m.pages.addressSpace, true, `down time carries the state alone (${m.bytes.downtime} bytes)`);
+    assert.ok(m.pages.maxSendsPerPage <= 2, 'no page is sent more than twice (the pass, then once more if modified since)');
+    assert.ok(m.pages.resent <= m.modifiedSincePass, `only pages modified since the pass go again (${m.pages.resent} resent, ${m.modifiedSincePass} modified)`);
+    assert.ok(m.notModifiedAnswers <= m.pages.addressSpace);
+    assert.ok(m.postProcessingMs !== null && m.totalMs !== null, 'post-processing ended: no residual dependency left');
+    assert.deepEqual(m.residualDependencies, []);
+  },
 };
 
 /** What every migration of an algorithm must show once the process has ended (residual dependencies closed). */

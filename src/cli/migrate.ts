@@ -8,6 +8,7 @@ import { FerryError } from '../errors.ts';
 import { writeImageChunks } from '../image/index.ts';
 import type { MigrationMetrics, Progress } from '../migration/index.ts';
 import { ALGORITHMS, VARIANTS } from '../migration/index.ts';
+import { CODECS, isCodec } from '../memory/page-codec.ts';
 import { call, clusterTarget, connectToNode, connectToProcess, remoteRestore, type ClusterFlags } from '../node/client.ts';
 import type { Connection } from '../transport/index.ts';
 
@@ -33,9 +34,10 @@ export function formatMetrics(m: MigrationMetrics): string {
     `  pages: ${m.pages.addressSpace} in the address space, ${m.pages.sent} sent, ${m.pages.zero} zero (not sent), at most ${m.pages.maxSendsPerPage} sends per page`,
   ];
   if (m.residualDependencies?.length) lines.push(`  residual dependency on ${m.residualDependencies.join(', ')}: the process still fetches pages from there (total time open)`);
-  if (m.remoteFaults > 0) lines.push(`  ${m.remoteFaults} remote page faults, round trip ${ms(m.faultRoundTripMs)} (median), execution delay ${ms(m.executionDelayMs)}`);
   if (m.rounds > 0) lines.push(`  ${m.rounds} rounds while running, ${m.pages.resent} pages resent, dirty rate ${m.dirtyRateBytesPerSec === null ? '-' : `${(m.dirtyRateBytesPerSec / 1e6).toFixed(1)} MB/s`}${m.throttle ? `, throttled to ${((1 - m.throttle) * 100).toFixed(0)}%` : ''}`);
   if (m.switchedToPostCopy) lines.push(`  not converged after ${m.rounds} rounds: switched to post-copy (${m.remoteFaults} remote faults, execution delay ${ms(m.executionDelayMs)})`);
+  if (m.remoteFaults > 0 || m.postProcessingMs) lines.push(`  ${m.remoteFaults} remote faults (median round trip ${ms(m.faultRoundTripMs)}), execution delay ${ms(m.executionDelayMs)}${m.algorithm === 'assisted-post-copy' ? `; ${m.modifiedSincePass} pages modified since the pass, ${m.notModifiedAnswers} faults answered "not modified"` : ''}`);
+  if (m.compression && m.compression.codec !== 'none') lines.push(`  compressed (${m.compression.codec}): ${mb(m.compression.rawBytes)} of page batches sent as ${mb(m.compression.wireBytes)}, ratio ${m.compression.ratio === null ? '-' : m.compression.ratio.toFixed(2)}`);
   if (m.linkBandwidthBps !== null) lines.push(`  link ${(m.linkBandwidthBps / 1e6).toFixed(0)} Mbit/s: wire time ${ms(m.wireTimeMs)}, total/wire ${m.totalMs && m.wireTimeMs ? (m.totalMs / m.wireTimeMs).toFixed(2) : '-'}`);
   if (m.throughputBytesPerSec !== null) lines.push(`  throughput ${(m.throughputBytesPerSec / 1e6).toFixed(0)} MB/s`);
   return lines.join('\n') + '\n';
@@ -61,9 +63,10 @@ export function registerMigrationCommands(program: Command): void {
     .option('--thesis-limits', 'pre-copy: the thesis\'s rule instead (freeze when under 30% of the address space is dirty)')
     .option('--auto-converge', 'throttle the process while it dirties memory faster than the link drains it (QEMU)')
     .option('--postcopy-after-rounds <n>', 'pre-copy, queued-pre-copy: not converged after N rounds, switch to post-copy (the state alone moves at the freeze; the destination fetches the rest)', (v) => Number(v))
+    .option('--compress <codec>', `compress page batches on the wire: ${CODECS.join(', ')} (deflate: node:zlib, level 1; lz4: faster, for fast links); both nodes must have it`, 'none')
     .option('--cancel', 'cancel the migration of PID under way (the process stays where it is)')
     .option('--json', 'print the metrics as JSON (no progress bar)'))
-    .action(async (pid: string, flags: ClusterFlags & { to?: string; algorithm: string; variant?: string; pageSize: number; cancel?: boolean; json?: boolean; maxRounds?: number; downtimeLimit?: number; thesisLimits?: boolean; autoConverge?: boolean; postcopyAfterRounds?: number }) => {
+    .action(async (pid: string, flags: ClusterFlags & { to?: string; algorithm: string; variant?: string; pageSize: number; cancel?: boolean; json?: boolean; maxRounds?: number; downtimeLimit?: number; thesisLimits?: boolean; autoConverge?: boolean; postcopyAfterRounds?: number; compress: string }) => {
       const target = clusterTarget(flags);
       if (flags.cancel) {
         const { conn } = await connectToProcess(target, pid);
@@ -84,6 +87,7 @@ export function registerMigrationCommands(program: Command): void {
         if (!PRECOPY_ALGORITHMS.includes(flags.algorithm))
           throw new FerryError('bad-argument', `--postcopy-after-rounds applies to ${PRECOPY_ALGORITHMS.join(' and ')}, not ${flags.algorithm}`);
       }
+      if (!isCodec(flags.compress)) throw new FerryError('bad-argument', `--compress must be one of ${CODECS.join(', ')}`);
       const showBar = !flags.json && process.stderr.isTTY;
       let metrics: MigrationMetrics | undefined;
       for (let attempt = 0; !metrics; attempt++) {
@@ -97,6 +101,7 @@ export function registerMigrationCommands(program: Command): void {
             ...(flags.downtimeLimit !== undefined ? { downtimeLimitMs: flags.downtimeLimit } : {}),
             ...(flags.thesisLimits ? { thesisLimits: true } : {}), ...(flags.autoConverge ? { autoConverge: true } : {}),
             ...(flags.postcopyAfterRounds !== undefined ? { postcopyAfterRounds: flags.postcopyAfterRounds } : {}),
+            ...(flags.compress !== 'none' ? { compress: flags.compress } : {}),
           }, undefined, MIGRATE_TIMEOUT_MS);
           metrics = r.metrics as unknown as MigrationMetrics;
         } catch (e) {

@@ -15,6 +15,13 @@
 // the background are written only where still absent (a page the process has
 // faulted in may have changed since). When the source has pushed everything
 // (done), every page is present and the process moves to the tracked variant.
+//
+// Assisted post-copy (spec.temporaryStore): pages sent before the commit go to
+// a temporary page store, not the memory; after the commit every page is
+// absent. A fault's answer says which pages were "not modified" (taken from
+// the store) and which are "in flight" (pushed already: wait for them). A
+// pushed page makes its stored copy stale. When the source is done, every page
+// still absent is current in the store (or zero) and moves in from there.
 import { FerryError } from '../errors.ts';
 import { decodeImage, type ProcessImage } from '../image/index.ts';
 import { applyPageBatch, decodePageBatch, PageBatchWriter, type PageBatch } from '../memory/page-batch.ts';
@@ -24,11 +31,14 @@ import { WASM_PAGE } from '../vm/layout.ts';
 import { newGuestMemory, warmWorkers } from '../vm/process.ts';
 import { checkResumable } from '../vm/snapshot.ts';
 import { prefault } from '../memory/prefault.ts';
+import { PageStore } from '../memory/page-store.ts';
 
 export type IncomingState = 'setup' | 'receiving' | 'ready' | 'running' | 'aborted';
 
 /** How long a destination holds a ready process for its commit. */
 export const COMMIT_TIMEOUT_MS = 60_000;
+/** How long a fault waits for a page the source says it has pushed. */
+const FAULT_WAIT_MS = 30_000;
 
 export interface IncomingSpec {
   id: string;
@@ -42,10 +52,16 @@ export interface IncomingSpec {
   mayPostCopy?: boolean;
   /** No push: the source serves pages until the process ends or has them all (demand paging). */
   residual?: boolean;
+  /** Pages before the commit go to a temporary page store (assisted post-copy). */
+  temporaryStore?: boolean;
 }
 
+/** A fault's answer: the pages sent, and (assisted post-copy) pages whose stored copy is
+ *  current and pages on their way in the push. */
+export type FaultAnswer = PageBatch & { notModified?: readonly number[]; inFlight?: readonly number[] };
+
 /** Remote faults seen by the destination (thesis 5.3: execution delay). */
-export interface FaultStats { remoteFaults: number; faultRoundTripMs: number | null; executionDelayMs: number }
+export interface FaultStats { remoteFaults: number; faultRoundTripMs: number | null; executionDelayMs: number; notModifiedAnswers?: number }
 
 export class IncomingMigration {
   state: IncomingState = 'setup';
@@ -58,12 +74,19 @@ export class IncomingMigration {
   private received = new Uint8Array(0);
   private readonly faultTimes: number[] = [];
   private faultWaitMs = 0;
+  private notModified = 0;
+  /** Assisted post-copy: the pages of the pass, until they move in or go stale. */
+  readonly store: PageStore | null;
+  /** Faults waiting for pages in flight (assisted post-copy), by page. */
+  private readonly waiting = new Map<number, ((lost?: string) => void)[]>();
   pagesReceived = 0;
   reason: string | undefined;
   private maxPages = 0;
   private timer: NodeJS.Timeout | undefined;
 
-  constructor(readonly spec: IncomingSpec, private readonly log?: (m: string) => void) {}
+  constructor(readonly spec: IncomingSpec, private readonly log?: (m: string) => void) {
+    this.store = spec.temporaryStore ? new PageStore(spec.pageSize) : null;
+  }
 
   /** Compile the module and ready a memory and a worker: all before the source freezes.
    *  `expectBytes`: the source's memory in use, pre-faulted here (0: none). */
@@ -84,6 +107,7 @@ export class IncomingMigration {
   /** A page batch: its body, or the writer that took it as it arrived (pageSink). */
   pages(body: Uint8Array, written?: unknown): void {
     if (this.state !== 'receiving') throw this.refusal('pages');
+    if (this.store) { this.toStore(decodePageBatch(body, this.spec.pageSize, this.maxPages)); this.pagesReceived++; return; }
     let carried: { indices: Uint32Array; zero: Uint32Array };
     if (written instanceof PageBatchWriter) { written.end(); carried = written.carried; } else {
       const batch = decodePageBatch(body, this.spec.pageSize, this.maxPages);
@@ -92,6 +116,13 @@ export class IncomingMigration {
     }
     this.mark(carried.indices); this.mark(carried.zero);
     this.pagesReceived++;
+  }
+
+  /** Assisted post-copy's pass: pages kept aside, none present in the memory. */
+  private toStore(batch: PageBatch): void {
+    const ps = this.spec.pageSize;
+    for (let k = 0; k < batch.indices.length; k++) this.store!.put(batch.indices[k]!, batch.data.subarray(k * ps, (k + 1) * ps));
+    for (const p of batch.zero) this.store!.drop(p);
   }
 
   private mark(indices: Uint32Array): void {
@@ -124,27 +155,37 @@ export class IncomingMigration {
     const mem = new Uint8Array(this.memory.buffer);
     const ps = this.spec.pageSize, per = ps / TRACK_PAGE;
     const take = (p: number, bytes: Uint8Array | null) => {
+      this.store?.drop(p); // a newer copy than the pass's
       if (this.isPresent(p) || p >= this.totalPages) return;
       if (bytes) mem.set(bytes, p * ps); else mem.fill(0, p * ps, (p + 1) * ps);
       this.mark(Uint32Array.of(p));
       mem.fill(0, ABSENT_MAP + p * per, ABSENT_MAP + (p + 1) * per); // present from now on
       this.absent--;
+      this.wake(p);
     };
     for (let k = 0; k < batch.indices.length; k++) take(batch.indices[k]!, batch.data.subarray(k * ps, (k + 1) * ps));
     for (const p of batch.zero) take(p, null);
   }
 
   /** A remote fault on [addr, addr+len): fetch the absent pages it spans. */
-  async fault(addr: number, len: number, fetch: (pages: number[]) => Promise<PageBatch>): Promise<void> {
+  async fault(addr: number, len: number, fetch: (pages: number[]) => Promise<FaultAnswer>): Promise<void> {
     const ps = this.spec.pageSize;
     const want: number[] = [];
     for (let p = Math.floor(addr / ps); p <= Math.floor((addr + Math.max(1, len) - 1) / ps); p++) if (!this.isPresent(p)) want.push(p);
     if (!want.length) return;
     const t0 = performance.now();
-    this.postPages(await fetch(want));
+    await this.applyAnswer(await fetch(want));
     const ms = performance.now() - t0;
     this.faultTimes.push(ms);
     this.faultWaitMs += ms;
+  }
+
+  /** Apply a fault's (or a pull's) answer: the pages sent; (assisted post-copy) the stored copy of
+   *  pages not modified since the pass; and wait for pages already on their way in the push. */
+  async applyAnswer(answer: FaultAnswer): Promise<void> {
+    this.postPages(answer);
+    for (const p of answer.notModified ?? []) { this.fromStore(p); this.notModified++; }
+    await Promise.all((answer.inFlight ?? []).map((p) => this.arrival(p)));
   }
 
   /** Pages of the address space still absent (post-copy, demand paging), at most `max`. */
@@ -164,11 +205,53 @@ export class IncomingMigration {
 
   faultStats(): FaultStats {
     const t = [...this.faultTimes].sort((a, b) => a - b);
-    return { remoteFaults: t.length, faultRoundTripMs: t.length ? t[Math.floor(t.length / 2)]! : null, executionDelayMs: this.faultWaitMs };
+    return { remoteFaults: t.length, faultRoundTripMs: t.length ? t[Math.floor(t.length / 2)]! : null, executionDelayMs: this.faultWaitMs, ...(this.store ? { notModifiedAnswers: this.notModified } : {}) };
   }
 
-  /** Post-processing is over: every page is here (the caller swaps variants), memory let go. */
+  /** Assisted post-copy: the source says page p was not modified since the pass: the stored
+   *  copy is current (no stored copy: it was a zero page, elided by the pass). */
+  private fromStore(p: number): void {
+    if (!this.memory || this.isPresent(p) || p >= this.totalPages) return;
+    const mem = new Uint8Array(this.memory.buffer);
+    const ps = this.spec.pageSize, per = ps / TRACK_PAGE;
+    if (!this.store?.take(p, mem, p * ps)) mem.fill(0, p * ps, (p + 1) * ps);
+    this.mark(Uint32Array.of(p));
+    mem.fill(0, ABSENT_MAP + p * per, ABSENT_MAP + (p + 1) * per);
+    this.absent--;
+    this.wake(p);
+  }
+
+  /** Resolves once page p is present (a page in flight in the push). */
+  private arrival(p: number): Promise<void> {
+    if (!this.memory || this.isPresent(p) || p >= this.totalPages) return Promise.resolve();
+    return new Promise((res, rej) => {
+      const lost = (why: string) => new FerryError('pages-lost', `process ${this.spec.pid} needs page ${p}, held by node ${this.spec.from}, which pushed it but ${why}`);
+      const t = setTimeout(() => rej(lost(`it did not arrive in ${FAULT_WAIT_MS} ms`)), FAULT_WAIT_MS);
+      const list = this.waiting.get(p) ?? [];
+      list.push((why) => { clearTimeout(t); if (why) rej(lost(why)); else res(); });
+      this.waiting.set(p, list);
+    });
+  }
+
+  private wake(p: number): void {
+    const list = this.waiting.get(p);
+    if (!list) return;
+    this.waiting.delete(p);
+    for (const f of list) f();
+  }
+
+  /** The source's connection is gone: faults waiting for pushed pages fail now. */
+  sourceLost(why: string): void {
+    for (const list of this.waiting.values()) for (const f of list) f(why);
+    this.waiting.clear();
+  }
+
+  /** Post-processing is over: every page is here (the caller swaps variants), memory let go.
+   *  Assisted post-copy: every page still absent was not modified since the pass: it moves in
+   *  from the store now. */
   finish(): void {
+    if (this.store && this.memory) for (let p = 0; p < this.totalPages; p++) if (!this.isPresent(p)) this.fromStore(p);
+    this.store?.clear();
     if (this.absent > 0) throw new FerryError('migration-failed', `migration ${this.spec.id}: ${this.absent} pages still absent after the source finished`);
     this.memory = null;
     this.image = null;
@@ -177,7 +260,7 @@ export class IncomingMigration {
   /** A writer for a page batch of `bodyLength` bytes, to apply it as it arrives (a transport
    *  body sink); undefined unless receiving (the batch is then buffered, and refused). */
   pageSink(bodyLength: number): PageBatchWriter | undefined {
-    if (this.state !== 'receiving') return undefined; // after commit, pushed pages are checked page by page
+    if (this.state !== 'receiving' || this.store) return undefined; // a store takes the whole batch // after commit, pushed pages are checked page by page
     return new PageBatchWriter(new Uint8Array(this.memory!.buffer), this.spec.pageSize, this.maxPages, bodyLength);
   }
 
@@ -230,8 +313,8 @@ export class IncomingMigration {
     return true;
   }
 
-  /** Let go of the memory (the process has its own reference) and the image. */
-  release(): void { this.memory = null; this.image = null; }
+  /** Let go of the memory (the process has its own reference), the image and the temporary store. */
+  release(): void { this.memory = null; this.image = null; this.store?.clear(); }
 
   private refusal(what?: string): FerryError {
     return new FerryError('migration-aborted', `migration ${this.spec.id} is ${this.state}${this.reason ? ` (${this.reason})` : ''}${what ? `: ${what} refused` : ''}`);

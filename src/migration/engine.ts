@@ -18,6 +18,7 @@ import { DirtyPages } from '../memory/dirty.ts';
 import type { FaultStats } from './destination.ts';
 import type { SendOptions } from './strategy.ts';
 import { pushRest } from './post-copy.ts';
+import type { Codec } from '../memory/page-codec.ts';
 
 /** The destination, as the engine sees it. Implemented by the node over a connection. */
 export interface MigrationChannel {
@@ -34,17 +35,23 @@ export interface MigrationChannel {
    *  when it definitely does not (then the source resumes it). `postcopy`: a pre-copy switched
    *  to post-copy; `stale` is a bitmap of the pages the destination must not use (absent). */
   commit(state: Buffer[], postcopy?: { stale: Uint8Array }): Promise<number>;
-  /** Serve the destination's page faults from the source's memory (post-copy, demand paging). */
-  serveFaults(read: (pages: number[]) => Buffer | readonly Uint8Array[]): void;
+  /** Serve the destination's page faults from the source's memory (post-copy, demand paging, assisted post-copy). */
+  serveFaults(read: (pages: number[]) => Buffer | readonly Uint8Array[] | PageAnswer): void;
   /** The link broke during post-processing: reach the destination again on a new connection
    *  (bounded retries); resolves with the pages it still lacks. */
   recover?(): Promise<number[]>;
   /** Post-processing done on this side: resolves once the destination holds every page, with its fault statistics. */
   finish(): Promise<{ bytes: number; stats: FaultStats }>;
+  /** Page batches compressed so far (--compress): raw bytes and their bytes on the wire. */
+  compressionStats?(): { codec: string; rawBytes: number; wireBytes: number };
   /** Tell the destination to drop everything it has (best effort). */
   abort(reason: FerryError): void;
   close(): void;
 }
+
+/** A fault's answer with pages sent as "not modified" or "in flight" (assisted post-copy):
+ *  `parts` is the page batch of the pages sent. */
+export interface PageAnswer { parts: readonly Uint8Array[]; notModified: number[]; inFlight: number[] }
 
 /** The process being moved, as the engine sees it. Implemented by the node's process table. */
 export interface SourceProcess {
@@ -88,6 +95,8 @@ export interface MigrationOptions {
   /** Pre-copy: not converged after this many rounds, switch to post-copy (the state alone
    *  moves at the freeze; the destination faults in what it lacks, the source pushes it). */
   postcopyAfterRounds?: number;
+  /** Compress page batches on the wire (src/memory/page-codec.ts); 'none' by default. */
+  compress?: Codec;
 }
 
 export const DEFAULT_MAX_ROUNDS = 6;
@@ -193,6 +202,7 @@ export class Migration extends EventEmitter {
         return this.metrics.snapshot();
       }
       this.metrics.end();
+      this.compressionMetrics();
       this.sm.cas(this.sm.state, 'completed');
       return this.metrics.snapshot();
     } catch (e) {
@@ -203,6 +213,7 @@ export class Migration extends EventEmitter {
       channel.abort(err);
       if (this.sm.state !== 'cancelled') this.sm.cas(this.sm.state, 'failed');
       this.metrics.fail({ code: err.code, message: err.message });
+      this.compressionMetrics();
       this.spec.log?.(`migration ${this.spec.id} of ${proc.pid} ${this.sm.state}: ${err.message}`);
       return this.metrics.snapshot();
     } finally {
@@ -256,6 +267,11 @@ export class Migration extends EventEmitter {
         this.metrics.m.throttle = throttle;
       }
     }
+  }
+
+  private compressionMetrics(): void {
+    const c = this.spec.channel.compressionStats?.();
+    if (c) this.metrics.m.compression = { ...c, ratio: c.wireBytes > 0 ? c.rawBytes / c.wireBytes : null };
   }
 
   private enter(phase: Phase): void {
@@ -317,7 +333,13 @@ export class Migration extends EventEmitter {
   }
 
   /** A page fault of the destination: these pages' bytes, now (the source is frozen). */
-  private serve(pages: number[]): readonly Uint8Array[] {
+  private serve(pages: number[]): readonly Uint8Array[] | PageAnswer {
+    const plan = this.spec.strategy.planFault?.(pages);
+    if (plan) return { parts: this.servePages(plan.send), notModified: plan.notModified, inFlight: plan.inFlight };
+    return this.servePages(pages);
+  }
+
+  private servePages(pages: number[]): readonly Uint8Array[] {
     const ps = this.spec.pageSize;
     const mem = this.spec.process.memory;
     const data: number[] = [], zero: number[] = [];

@@ -6,6 +6,7 @@ import { PreCopy } from './pre-copy.ts';
 import { PostCopy } from './post-copy.ts';
 import { QueuedPreCopy } from './queued-pre-copy.ts';
 import { DemandPaging, DEMAND_PAGING_VARIANTS } from './demand-paging.ts';
+import { AssistedPostCopy } from './assisted-post-copy.ts';
 
 const STRATEGIES: Record<string, (variant?: string) => Strategy> = {
   'total-copy': () => new TotalCopy(),
@@ -13,6 +14,7 @@ const STRATEGIES: Record<string, (variant?: string) => Strategy> = {
   'post-copy': () => new PostCopy(),
   'queued-pre-copy': () => new QueuedPreCopy(),
   'demand-paging': (variant) => new DemandPaging(variant),
+  'assisted-post-copy': () => new AssistedPostCopy(),
 };
 
 export const ALGORITHMS = Object.keys(STRATEGIES);

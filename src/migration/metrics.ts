@@ -48,6 +48,12 @@ export interface MigrationMetrics {
   remoteFaults: number;
   faultRoundTripMs: number | null;
   executionDelayMs: number;
+  /** Assisted post-copy: pages written after the pass (resent once each), and faults the
+   *  source answered "not modified" (the destination's stored copy was current). */
+  modifiedSincePass: number;
+  notModifiedAnswers: number;
+  /** Page batches (every phase) before and after compression (--compress): ratio = raw / wire. */
+  compression: { codec: string; rawBytes: number; wireBytes: number; ratio: number | null };
   /** Nodes the process still depends on after the migration (until post-processing ends). */
   residualDependencies: string[];
   /** Where the down time went: ms from the freeze request to each step (frozen, pages, state, running). */
@@ -73,7 +79,8 @@ export class MetricsRecorder {
       pages: { addressSpace: 0, sent: 0, zero: 0, maxSendsPerPage: 0, resent: 0, pageSize: init.pageSize },
       linkBandwidthBps: init.linkBytesPerSec === null ? null : init.linkBytesPerSec * 8,
       wireTimeMs: null, throughputBytesPerSec: null, rounds: 0, dirtyRateBytesPerSec: null, throttle: 0, switchedToPostCopy: false, downtimeSteps: {},
-      remoteFaults: 0, faultRoundTripMs: null, executionDelayMs: 0, residualDependencies: [],
+      remoteFaults: 0, faultRoundTripMs: null, executionDelayMs: 0, modifiedSincePass: 0, notModifiedAnswers: 0, residualDependencies: [],
+      compression: { codec: 'none', rawBytes: 0, wireBytes: 0, ratio: null },
     };
     this.phaseStart.setup = this.t0;
   }

@@ -61,6 +61,10 @@ export interface SendOptions {
   skipSent?: boolean;
 }
 
+/** A fault's answer: pages whose bytes go now, pages whose stored copy is current ("not
+ *  modified": no bytes), pages already on their way in the background push. */
+export interface FaultPlan { send: number[]; notModified: number[]; inFlight: number[] }
+
 export interface Strategy {
   /** Its name on the command line (`--algorithm`). */
   readonly algorithm: string;
@@ -73,6 +77,12 @@ export interface Strategy {
   readonly residual?: boolean;
   /** Which variant of the algorithm (`--variant`), if it has several. */
   readonly variant?: string;
+  /** Pages sent before the commit go to the destination's temporary page store, not the
+   *  process's memory; after the commit every page is absent until the source says whether
+   *  the stored copy is current (assisted post-copy). */
+  readonly temporaryStore?: boolean;
+  /** How to answer a fault on these pages (default: send them all). */
+  planFault?(pages: number[]): FaultPlan;
   setup?(ctx: SourceContext): Promise<void>;
   /** Bytes still to send before the process may be frozen. */
   pending?(ctx: SourceContext): number;

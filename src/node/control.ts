@@ -11,7 +11,7 @@
 //   kill   {pid, scope?}                      -> {pid, node}
 //   status {}                                 -> {name, addr, processes}
 //   locate {pid}                              -> {pid, node, addr}    (who runs it now)
-//   migrate {pid, to, algorithm?, variant?, progress?, maxRounds?, downtimeLimitMs?, thesisLimits?, autoConverge?, postcopyAfterRounds?}
+//   migrate {pid, to, algorithm?, variant?, progress?, maxRounds?, downtimeLimitMs?, thesisLimits?, autoConverge?, postcopyAfterRounds?, compress?}
 //                                             -> {metrics}; MIG_PROGRESS {token, progress} frames meanwhile
 //                                                (only on the node running pid: the CLI locates it first)
 //   migrate-cancel {pid}                      -> {id}                 (node running pid)
@@ -34,6 +34,7 @@ import type { HomeRouter } from './home.ts';
 import type { HomeFiles } from './home-files.ts';
 import { parseDir } from './process-table.ts';
 import type { Migrator } from './migrator.ts';
+import { CODECS, isCodec } from '../memory/page-codec.ts';
 import type { Uploads } from './uploads.ts';
 import type { MigrationMetrics } from '../migration/index.ts';
 import { decodeImage } from '../image/index.ts';
@@ -224,9 +225,11 @@ export class ControlApi {
       if (typeof v !== 'number' || !(v >= min && v <= max)) throw badRequest(`migrate: ${k} must be a number from ${min} to ${max}`);
       return v;
     };
+    const compress = h.compress ?? 'none';
+    if (!isCodec(compress)) throw badRequest(`migrate: compress must be one of ${CODECS.join(', ')}`);
     const options = {
       maxRounds: num('maxRounds', 0, 1000), downtimeLimitMs: num('downtimeLimitMs', 0, 3_600_000),
-      thesisLimits: h.thesisLimits === true, autoConverge: h.autoConverge === true,
+      thesisLimits: h.thesisLimits === true, autoConverge: h.autoConverge === true, compress,
       postcopyAfterRounds: num('postcopyAfterRounds', 1, 1000),
     };
     if (options.postcopyAfterRounds !== undefined && !Number.isInteger(options.postcopyAfterRounds)) throw badRequest('migrate: postcopyAfterRounds must be a whole number of rounds');

@@ -12,17 +12,19 @@
 //     src-commit      source, right after sending MIG_COMMIT
 //     src-push        source, after its first background-push batch (post-copy, post-processing)
 //     dest-fault      destination, a remote page fault about to be sent to the page server
+//     src-batch       source, its first page batch as it goes out (action corrupt only)
 //   actions
 //     crash           SIGKILL this node (kill -9 at exactly that point)
 //     cut             destroy the connection the migration runs on (both ends see it drop)
+//     corrupt         send the batch's body cut in half (compressed or not): a malformed batch
 //
 // Each fault fires once. Unknown points or actions are refused at start-up.
 import { FerryError } from '../errors.ts';
 import type { Connection } from '../transport/index.ts';
 
-export const FAULT_POINTS = ['dest-setup', 'dest-pages', 'dest-state', 'dest-commit', 'dest-running', 'src-pages', 'src-commit', 'src-push', 'dest-fault'] as const;
+export const FAULT_POINTS = ['dest-setup', 'dest-pages', 'dest-state', 'dest-commit', 'dest-running', 'src-pages', 'src-commit', 'src-push', 'dest-fault', 'src-batch'] as const;
 export type FaultPoint = (typeof FAULT_POINTS)[number];
-type Action = 'crash' | 'cut';
+type Action = 'crash' | 'cut' | 'corrupt';
 
 export class Faults {
   private readonly armed = new Map<FaultPoint, Action>();
@@ -31,9 +33,18 @@ export class Faults {
     for (const item of (spec ?? '').split(',').map((s) => s.trim()).filter(Boolean)) {
       const [point, action] = item.split(':');
       if (!(FAULT_POINTS as readonly string[]).includes(point!)) throw new FerryError('bad-argument', `FERRY_FAULTS: unknown point '${point}' (known: ${FAULT_POINTS.join(', ')})`);
-      if (action !== 'crash' && action !== 'cut') throw new FerryError('bad-argument', `FERRY_FAULTS: unknown action '${action}' (crash or cut)`);
+      if (action !== 'crash' && action !== 'cut' && action !== 'corrupt') throw new FerryError('bad-argument', `FERRY_FAULTS: unknown action '${action}' (crash, cut or corrupt)`);
+      if ((action === 'corrupt') !== (point === 'src-batch')) throw new FerryError('bad-argument', `FERRY_FAULTS: ${item}: corrupt goes with src-batch, and only it`);
       this.armed.set(point as FaultPoint, action);
     }
+  }
+
+  /** A batch to send: damaged if a corrupt fault is armed at this point (once). */
+  corrupt(point: FaultPoint, body: Buffer): Buffer {
+    if (this.armed.get(point) !== 'corrupt') return body;
+    this.armed.delete(point);
+    this.log?.(`FAULT ${point}: corrupt`);
+    return body.subarray(0, body.length >> 1);
   }
 
   /** Fail here if a fault is armed at this point. Returns true if the connection was cut. */

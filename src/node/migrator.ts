@@ -21,11 +21,18 @@
 // Post-copy's push, on the migration's connection:
 //   S -> D  MIG_PAGES ... (the background push), then MIG_DONE {mid} D: {remoteFaults, ...} once every page is here
 //   S -> D  MIG_RESUME {mid} (a fresh connection after the link broke) D: bitmap of the pages still absent
+// Compression (--compress): MIG_SETUP {compress: codec} is answered {ready, compress: codec} by a
+// destination that has it (one that has not refuses; one that does not echo it is refused by the
+// source); a compressed MIG_PAGES says {z: codec, raw: bytes before compression}.
+// Assisted post-copy: the MIG_PAGES before the commit fill the destination's temporary page
+// store; PAGE_DATA's header may list pages {notModified} (the stored copy is current: no
+// bytes) and {inFlight} (already pushed: wait for them); the batch carries the others.
 import { randomUUID } from 'node:crypto';
 import { FerryError } from '../errors.ts';
 import { IncomingMigration, type FaultStats } from '../migration/destination.ts';
 import { decodePageBatch } from '../memory/page-batch.ts';
-import { Migration, type MigrationChannel, type MigrationOptions } from '../migration/engine.ts';
+import { compressBatch, decompressBatch, isCodec, loadCodec, CODECS, type Codec } from '../memory/page-codec.ts';
+import { Migration, type MigrationChannel, type MigrationOptions, type PageAnswer } from '../migration/engine.ts';
 import type { MigrationMetrics } from '../migration/metrics.ts';
 import { strategyFor } from '../migration/index.ts';
 import type { Connection, IncomingStream, Message, Reply } from '../transport/index.ts';
@@ -78,6 +85,7 @@ export class Migrator {
   readonly pageServer: PageServer;
   /** Pages of processes running here that another node holds. */
   readonly remotePages: RemotePages;
+  private readonly codecs = new Map<string, Codec>(); // mid -> the compression agreed at setup
 
   constructor(private readonly ctx: MigratorContext) {
     this.pageServer = new PageServer({ name: ctx.name, membership: ctx.membership, log: ctx.log });
@@ -110,7 +118,7 @@ export class Migrator {
     let conn: Connection;
     try { conn = await this.ctx.dialNode(req.to); } catch (e) { source.resume(); throw e; }
     const channel = new ConnectionChannel(conn, id, this.ctx.faults, {
-      pid: req.pid, sha256: hash, pageSize, algorithm: strategy.algorithm, memoryBytes: inUse, postcopy: switches,
+      pid: req.pid, sha256: hash, pageSize, algorithm: strategy.algorithm, memoryBytes: inUse, postcopy: switches, compress: req.options?.compress ?? 'none',
       program: () => bytes, to: req.to, pageServer: this.pageServer,
       dialAgain: () => this.ctx.dialNode(req.to),
     });
@@ -156,7 +164,7 @@ export class Migrator {
   install(conn: Connection): void {
     conn.handle('MIG_SETUP', this.onSetup);
     conn.on('MIG_PAGES', this.onPages);
-    conn.sinkBodies('MIG_PAGES', (h, n) => this.incoming.get(String(h.mid))?.pageSink(n)); // applied as they arrive
+    conn.sinkBodies('MIG_PAGES', (h, n) => (h.z === undefined ? this.incoming.get(String(h.mid))?.pageSink(n) : undefined)); // applied as they arrive (compressed ones: whole)
     conn.handle('MIG_COMMIT', this.onCommit);
     conn.handle('MIG_QUERY', this.onQuery);
     conn.handle('MIG_DONE', this.onDone);
@@ -179,6 +187,9 @@ export class Migrator {
     const pageSize = h.pageSize;
     if (pageSize !== 4096 && pageSize !== 16384 && pageSize !== 65536) throw new FerryError('bad-request', `MIG_SETUP: page size ${String(pageSize)} (4096, 16384 or 65536)`);
     if (this.ctx.table.get(pid)) throw new FerryError('duplicate-process', `process ${pid} already runs on ${this.ctx.name}`);
+    const compress = h.compress ?? 'none';
+    if (!isCodec(compress)) throw new FerryError('unsupported', `MIG_SETUP: compression '${String(compress)}' is not known on ${this.ctx.name} (known: ${CODECS.join(', ')})`);
+    loadCodec(compress);
     let bytes = this.ctx.programs.get(hash);
     if (!bytes && h.moduleStream === true) {
       const p = this.modules.get(mid);
@@ -192,28 +203,42 @@ export class Migrator {
     let inc = this.incoming.get(mid);
     if (!inc) {
       const algorithm = typeof h.algorithm === 'string' ? h.algorithm : 'total-copy';
-      let faulting: boolean, residual: boolean;
-      try { const s = strategyFor(algorithm); faulting = s.faulting === true; residual = s.residual === true; } catch (e) { throw new FerryError('bad-request', (e as Error).message); }
+      let faulting: boolean, residual: boolean, temporaryStore: boolean;
+      try { const s = strategyFor(algorithm); faulting = s.faulting === true; residual = s.residual === true; temporaryStore = s.temporaryStore === true; } catch (e) { throw new FerryError('bad-request', (e as Error).message); }
       const mayPostCopy = h.postcopy === true; // a pre-copy that may switch to post-copy at its freeze
-      inc = new IncomingMigration({ id: mid, pid, from: conn.peer.node, sha256: hash, pageSize, faulting, residual, mayPostCopy }, this.ctx.log);
+      inc = new IncomingMigration({ id: mid, pid, from: conn.peer.node, sha256: hash, pageSize, faulting, residual, mayPostCopy, temporaryStore }, this.ctx.log);
       this.incoming.set(mid, inc);
-      conn.onClose(() => inc!.abort(`the connection from ${conn.peer.node} closed`));
+      conn.onClose(() => { inc!.abort(`the connection from ${conn.peer.node} closed`); inc!.sourceLost(`the connection closed`); });
       this.forgetLater(mid);
     }
     await inc.setup(bytes, typeof h.memoryBytes === 'number' ? h.memoryBytes : 0);
-    return { header: { ready: true } };
+    this.codecs.set(mid, compress);
+    return { header: { ready: true, ...(compress !== 'none' ? { compress } : {}) } };
   };
 
   private onPages = (msg: Message, conn: Connection): void => {
     const inc = this.incoming.get(String(msg.header.mid));
     if (!inc) return;
     if (this.ctx.faults.hit('dest-pages', conn)) return;
+    let body: Uint8Array = msg.body;
+    if (msg.header.z !== undefined) {
+      try {
+        const codec = this.codecs.get(inc.spec.id);
+        if (msg.header.z !== codec) throw new FerryError('bad-frame', `page batch compressed with ${String(msg.header.z)}, but ${codec ?? 'none'} was agreed`);
+        body = decompressBatch(codec as Codec, msg.body, Number(msg.header.raw));
+      } catch (e) {
+        const why = `from ${conn.peer.node}: ${(e as Error).message}`;
+        this.ctx.log?.(`migration ${inc.spec.id} of ${inc.spec.pid}: page batch refused ${why}`);
+        if (inc.state !== 'running') inc.abort(`page batch refused ${why}`);
+        return;
+      }
+    }
     if (inc.state === 'running' && inc.spec.faulting) {
       // The background push: pages still absent are taken.
-      try { inc.postPages(decodePageBatch(msg.body, inc.spec.pageSize, MAX_PAGES)); } catch (e) { this.ctx.log?.(`push of ${inc.spec.pid} refused: ${(e as Error).message}`); }
+      try { inc.postPages(decodePageBatch(body, inc.spec.pageSize, MAX_PAGES)); } catch (e) { this.ctx.log?.(`push of ${inc.spec.pid} refused: ${(e as Error).message}`); }
       return;
     }
-    try { inc.pages(msg.body, msg.sunk); } catch (e) { inc.abort((e as Error).message); }
+    try { inc.pages(body, msg.sunk); } catch (e) { inc.abort((e as Error).message); }
   };
 
   /** The state, and the order to run it: the destination decides here (see destination.ts). */
@@ -297,7 +322,7 @@ export class Migrator {
 
   /** Outcomes are kept a while for queries, then dropped. */
   private forgetLater(mid: string): void {
-    setTimeout(() => this.incoming.delete(mid), 10 * 60_000).unref();
+    setTimeout(() => { this.incoming.delete(mid); this.codecs.delete(mid); }, 10 * 60_000).unref();
   }
 }
 
@@ -310,6 +335,7 @@ interface ChannelSpec {
   memoryBytes: number;
   /** It may switch to post-copy (--postcopy-after-rounds): the destination loads the faulting variant too. */
   postcopy?: boolean;
+  compress: Codec;
   program: () => Uint8Array;
   dialAgain: () => Promise<Connection>;
   /** The destination's name (the process runs there after the commit). */
@@ -329,30 +355,45 @@ class ConnectionChannel implements MigrationChannel {
   private pushBatches = 0;
   /** The page server's hold on the process's pages (faulting algorithms). */
   hold: Hold | undefined;
+  private readonly packed: { codec: string; rawBytes: number; wireBytes: number };
 
   constructor(private conn: Connection, private readonly mid: string, private readonly faults: Faults, private readonly spec: ChannelSpec) {
     const rate = conn.shaper?.rate;
     this.linkBytesPerSec = rate !== undefined && Number.isFinite(rate) ? rate : null;
     this.batchBytes = this.linkBytesPerSec === null ? BATCH_BYTES : conn.chunkSize;
     this.sent0 = conn.stats.bytesSent;
+    this.packed = { codec: spec.compress, rawBytes: 0, wireBytes: 0 };
   }
 
   /** Wire bytes since the last call. */
   private delta(): number { const now = this.conn.stats.bytesSent; const d = now - this.sent0 + this.carried; this.sent0 = now; this.carried = 0; return d; }
 
   async setup(): Promise<number> {
-    const head = { mid: this.mid, pid: this.spec.pid, sha256: this.spec.sha256, pageSize: this.spec.pageSize, algorithm: this.spec.algorithm, memoryBytes: this.spec.memoryBytes, ...(this.spec.postcopy ? { postcopy: true } : {}) };
+    const codec = this.spec.compress;
+    loadCodec(codec); // refuse here, before the destination does any work, if this node lacks it
+    const head = {
+      mid: this.mid, pid: this.spec.pid, sha256: this.spec.sha256, pageSize: this.spec.pageSize, algorithm: this.spec.algorithm, memoryBytes: this.spec.memoryBytes,
+      ...(codec !== 'none' ? { compress: codec } : {}), ...(this.spec.postcopy ? { postcopy: true } : {}),
+    };
     let r = await this.conn.request('MIG_SETUP', head, undefined, { timeoutMs: SETUP_TIMEOUT_MS });
     if (r.header.needModule === true) {
       await this.conn.sendStream(this.spec.program(), { kind: 'module', mid: this.mid });
       r = await this.conn.request('MIG_SETUP', { ...head, moduleStream: true }, undefined, { timeoutMs: SETUP_TIMEOUT_MS });
     }
     if (r.header.ready !== true) throw new FerryError('migration-failed', `destination did not get ready: ${JSON.stringify(r.header)}`);
+    if (codec !== 'none' && r.header.compress !== codec) throw new FerryError('unsupported', `destination does not take ${codec}-compressed pages (an older node?): migrate without --compress`);
     return this.delta();
   }
 
   async sendPages(batch: Buffer | readonly Uint8Array[]): Promise<number> {
-    await this.conn.send('MIG_PAGES', { mid: this.mid }, batch);
+    const codec = this.spec.compress;
+    const rawLength = Buffer.isBuffer(batch) ? batch.length : (batch as readonly Uint8Array[]).reduce((n, p) => n + p.length, 0);
+    const raw = codec !== 'none' || this.batches === 0 ? (Buffer.isBuffer(batch) ? batch : Buffer.concat(batch as Uint8Array[])) : null;
+    const z = codec !== 'none' ? await compressBatch(codec, raw!) : null; // null: it did not shrink, sent as it is
+    this.packed.rawBytes += rawLength;
+    this.packed.wireBytes += z ? z.length : rawLength;
+    const head = z ? { mid: this.mid, z: codec, raw: rawLength } : { mid: this.mid };
+    await this.conn.send('MIG_PAGES', head, this.batches === 0 ? this.faults.corrupt('src-batch', z ?? raw!) : (z ?? raw ?? batch));
     if (this.batches++ === 0) this.faults.hit('src-pages', this.conn);
     if (this.committed && this.pushBatches++ === 0) this.faults.hit('src-push', this.conn);
     return this.delta();
@@ -390,7 +431,7 @@ class ConnectionChannel implements MigrationChannel {
   }
 
   /** The node's page server answers the destination's faults, on any of its connections. */
-  serveFaults(read: (pages: number[]) => Buffer | readonly Uint8Array[]): void {
+  serveFaults(read: (pages: number[]) => Buffer | readonly Uint8Array[] | PageAnswer): void {
     this.hold = this.spec.pageServer.hold({ mid: this.mid, pid: this.spec.pid, runner: this.spec.to, read });
   }
 
@@ -431,9 +472,12 @@ class ConnectionChannel implements MigrationChannel {
       remoteFaults: typeof h.remoteFaults === 'number' ? h.remoteFaults : 0,
       faultRoundTripMs: typeof h.faultRoundTripMs === 'number' ? h.faultRoundTripMs : null,
       executionDelayMs: typeof h.executionDelayMs === 'number' ? h.executionDelayMs : 0,
+      ...(typeof h.notModifiedAnswers === 'number' ? { notModifiedAnswers: h.notModifiedAnswers } : {}),
     };
     return { bytes: this.delta(), stats };
   }
+
+  compressionStats(): { codec: string; rawBytes: number; wireBytes: number } { return { ...this.packed }; }
 
   abort(reason: FerryError): void {
     if (this.conn.isOpen) this.conn.send('MIG_ABORT', { mid: this.mid, reason: reason.message }).catch(() => {});

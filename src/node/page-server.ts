@@ -9,13 +9,14 @@
 // ends (post-copy's push), or when the running node is gone (it left the
 // cluster, or has been down longer than a fault's recovery window).
 //
-//   D -> S  PAGE_REQUEST {mid, pid, pages} (urgent)      S: PAGE_DATA {mid} + page batch (urgent)
+//   D -> S  PAGE_REQUEST {mid, pid, pages} (urgent)      S: PAGE_DATA {mid, notModified?, inFlight?} + page batch (urgent)
 //   D -> S  RESIDUAL_END {mid, pid, reason, stats?}       S: {} (the hold is dropped)
 //
 // A node holding pages of processes that run elsewhere has dependents: it
 // refuses to stop while they run (daemon.ts, control.ts `node-stop`).
 import { FerryError } from '../errors.ts';
 import type { FaultStats } from '../migration/destination.ts';
+import type { PageAnswer } from '../migration/engine.ts';
 import type { Connection, Message, Reply } from '../transport/index.ts';
 import type { Membership } from './membership.ts';
 
@@ -36,7 +37,7 @@ export interface HoldSpec {
   /** The node running the process: the only one served. */
   runner: string;
   /** These pages' bytes as a page batch (the engine's view of the frozen memory). */
-  read(pages: number[]): Buffer | readonly Uint8Array[];
+  read(pages: number[]): Buffer | readonly Uint8Array[] | PageAnswer;
 }
 
 export interface Hold {
@@ -123,6 +124,8 @@ export class PageServer {
     const e = this.find(msg.header, 'PAGE_REQUEST', conn);
     e.requests++;
     const body = e.spec.read(pages as number[]);
+    if ('parts' in body) // assisted post-copy: some pages answered without their bytes
+      return { code: 'PAGE_DATA', header: { mid: e.spec.mid, notModified: body.notModified, inFlight: body.inFlight }, body: Buffer.concat(body.parts as Uint8Array[]), priority: 'urgent' };
     return { code: 'PAGE_DATA', header: { mid: e.spec.mid }, body: Buffer.isBuffer(body) ? body : Buffer.concat(body as Uint8Array[]), priority: 'urgent' };
   };
 

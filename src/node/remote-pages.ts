@@ -14,8 +14,8 @@
 // Before the process migrates again it pulls every absent page (settle), so a
 // process depends on one node at most and never loses a page by moving on.
 import { FerryError } from '../errors.ts';
-import { decodePageBatch, type PageBatch } from '../memory/page-batch.ts';
-import type { IncomingMigration } from '../migration/destination.ts';
+import { decodePageBatch } from '../memory/page-batch.ts';
+import type { FaultAnswer, IncomingMigration } from '../migration/destination.ts';
 import type { Connection } from '../transport/index.ts';
 import type { LoadedModule } from '../vm/cache.ts';
 import type { Faults } from './faults.ts';
@@ -69,7 +69,7 @@ class Dependency {
       await this.spec.inc.fault(addr, len, async (pages) => {
         // A host call may span more pages than one request carries: all but the last batch are applied here.
         for (; pages.length > MAX_PAGES_PER_REQUEST; pages = pages.slice(MAX_PAGES_PER_REQUEST))
-          this.spec.inc.postPages(await this.owner.fetch(this, pages.slice(0, MAX_PAGES_PER_REQUEST)));
+          await this.spec.inc.applyAnswer(await this.owner.fetch(this, pages.slice(0, MAX_PAGES_PER_REQUEST)));
         return this.owner.fetch(this, pages);
       });
       if (!this.spec.pushes && !this.ended && this.spec.inc.absent === 0) void this.owner.complete(this, 'every page is here');
@@ -81,7 +81,7 @@ class Dependency {
     while (!this.ended) {
       const more = await this.serial(async () => {
         const pages = this.spec.inc.absentPages(PULL_BATCH);
-        if (pages.length) this.spec.inc.postPages(await this.owner.fetch(this, pages));
+        if (pages.length) await this.spec.inc.applyAnswer(await this.owner.fetch(this, pages));
         return pages.length > 0;
       });
       if (!more) return;
@@ -171,7 +171,7 @@ export class RemotePages {
   }
 
   /** PAGE_REQUEST to the holder; a broken link pauses the fault and re-dials (see the header). */
-  async fetch(d: Dependency, pages: number[]): Promise<PageBatch> {
+  async fetch(d: Dependency, pages: number[]): Promise<FaultAnswer> {
     const { pid, mid, holder, inc } = d.spec;
     const lost = (why: string, cause?: unknown) =>
       new FerryError('pages-lost', `process ${pid} needs page ${pages[0]}, held by node ${holder}, ${why}`, { cause });
@@ -182,7 +182,7 @@ export class RemotePages {
         this.ctx.faults.hit('dest-fault', conn);
         const r = await conn.request('PAGE_REQUEST', { mid, pid, pages }, undefined, { priority: 'urgent', timeoutMs: ATTEMPT_TIMEOUT_MS });
         if (attempt > 0) this.ctx.log?.(`page faults of ${pid} resumed: ${holder} answered again after ${Date.now() - first} ms (${attempt} retries)`);
-        return decodePageBatch(r.body, inc.spec.pageSize, MAX_PAGES);
+        return { ...decodePageBatch(r.body, inc.spec.pageSize, MAX_PAGES), notModified: pageList(r.header.notModified, pages), inFlight: pageList(r.header.inFlight, pages) };
       } catch (e) {
         const err = e as Error;
         if (e instanceof FerryError && (e.code === 'pages-gone' || e.code === 'refused' || e.code === 'bad-request' || e.code === 'bad-frame'))
@@ -226,3 +226,11 @@ export class RemotePages {
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** A page list in a PAGE_DATA header (assisted post-copy): only pages the fault asked for. */
+function pageList(v: unknown, asked: number[]): number[] {
+  if (v === undefined) return [];
+  if (!Array.isArray(v) || !v.every((p) => asked.includes(p as number)))
+    throw new FerryError('bad-frame', `PAGE_DATA names pages that were not asked for: ${JSON.stringify(v).slice(0, 80)}`);
+  return v as number[];
+}
