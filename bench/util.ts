@@ -43,7 +43,7 @@ export async function prepare(name: string): Promise<{ program: Program; loaded:
   let p = prepared.get(name);
   if (!p) {
     const program = loadProgram(wasmPath(name));
-    const loaded = await loadPrepared(program.bytes, 'tracked', program.hash);
+    const loaded = await loadPrepared(program.bytes, 'plain', program.hash);
     p = { program, loaded };
     prepared.set(name, p);
   }

@@ -50,7 +50,7 @@ describe('assisted post-copy: the source\'s answers', () => {
       sendPages: async (ix: Iterable<number>) => { const b: number[] = []; for (const i of ix) b.push(i); sent.push(b); },
       finish: async () => {},
       recover: async (e: unknown) => { throw e; },
-      dirty: { addressSpacePages: () => covered, clear: (n: number) => { cleared = n; }, count: () => written.length, take: () => written, marked: (p: number) => written.includes(p) },
+      dirty: { addressSpacePages: () => covered, clear: (n: number) => { cleared = n; }, count: () => written.length, take: () => written, marked: (p: number) => written.includes(p), tracked: () => true },
     } satisfies SourceContext;
     const s = new AssistedPostCopy();
     await s.setup(ctx);

@@ -1,7 +1,9 @@
 // Dirty tracking: between two freezes, every 4 KiB page whose content changed is
 // marked dirty, whoever wrote it: plain stores, memory.fill/copy, atomics, SIMD
 // stores, and the WASI host writing into guest memory (fd_read). Each case would fail
-// without its tracking (checked by disabling each kind of mark in turn).
+// without its tracking (checked by disabling each kind of mark in turn). A process runs
+// the plain variant (no marks) until a pre-copy switches it to tracked: from the switch
+// on, the same holds.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { Readable } from 'node:stream';
@@ -93,6 +95,28 @@ describe('dirty tracking: every changed page is marked dirty', () => {
       const { changed } = await checkDirty(() => WasmProcess.start(loaded, initialWasiState({ args: ['writer'], env: [], preopens: [] }), { stdin }));
       stdin.destroy();
       assert.ok(changed >= 4, `the writer changed pages (${changed})`);
+    });
+  }
+});
+
+describe('dirty tracking after a switch from the plain variant (what pre-copy does)', () => {
+  for (const [name, write] of Object.entries(WRITES)) {
+    it(name, async () => {
+      const bytes = writerModule(write);
+      const h = sha256(bytes);
+      const plain = await loadPrepared(bytes, 'plain', h), tracked = await loadPrepared(bytes, 'tracked', h);
+      const stdin = Readable.from((function* () { for (;;) yield Buffer.alloc(65536, 0x5a); })());
+      const proc = WasmProcess.start(plain, initialWasiState({ args: ['writer'], env: [], preopens: [] }), { stdin });
+      try {
+        await new Promise((r) => proc.once('running', r));
+        await sleep(60);
+        assert.ok(await proc.switchVariant(tracked), 'switched while it runs');
+        const { changed } = await rounds(proc);
+        assert.ok(changed >= 4, `the writer changed pages (${changed})`);
+      } finally {
+        await proc.kill();
+        stdin.destroy();
+      }
     });
   }
 });

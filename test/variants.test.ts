@@ -1,7 +1,8 @@
-// The two prepared variants: 'faulting' checks every access against the absent map
-// and faults missing pages in (post-copy, demand paging); 'tracked' has no checks.
-// A process moves between them at any freeze: once every page is local, the checks
-// are swapped out.
+// The prepared variants: 'faulting' checks every access against the absent map and
+// faults missing pages in (post-copy, demand paging); 'tracked' has no checks but marks
+// dirty pages (pre-copy); 'plain' does neither (steady state). A process moves between
+// them at any freeze: once every page is local the checks are swapped out, and a plain
+// process switches to tracked before pre-copy (and back if the migration fails).
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
@@ -9,7 +10,7 @@ import { join } from 'node:path';
 import { loadPrepared } from '../src/vm/cache.ts';
 import { newGuestMemory, WasmProcess, type Captured } from '../src/vm/process.ts';
 import { initialWasiState } from '../src/wasi/host.ts';
-import { ABSENT_MAP, TRACK_PAGE } from '../src/vm/layout.ts';
+import { ABSENT_MAP, DIRTY_MAP, TRACK_PAGE } from '../src/vm/layout.ts';
 import { runNodeWasi } from './helpers/oracle.ts';
 import { ROOT, TEST_CACHE } from './helpers/ferry.ts';
 
@@ -75,3 +76,71 @@ for (const [name, args] of [['pageinc', ['8', '10000']], ['rma', ['4', '150']]] 
 }
 
 function isAbsent(mem: Uint8Array, page: number): boolean { return mem[ABSENT_MAP + page] !== 0; }
+
+// Plain and tracked share their asyncify frames: a process switches between them in its
+// own worker (continue with another variant, what a pre-copy does before its rounds)
+// and in a fresh one (a capture resumed elsewhere), many times, with deep stacks.
+describe('plain <-> tracked (<- faulting): frozen in one variant, resumed in another', () => {
+  for (const [name, args] of [['recurse', ['3000', '6000']], ['asobjects', ['400', '1000']], ['rma', ['4', '120']]] as const) {
+    it(`${name}: output identical to node:wasi`, async () => {
+      const wasm = join(ROOT, 'workloads', 'bin', `${name}.wasm`);
+      const bytes = readFileSync(wasm);
+      const expected = await runNodeWasi({ wasm, args: [wasm, ...args] });
+      const loaded = { plain: await loadPrepared(bytes, 'plain'), tracked: await loadPrepared(bytes, 'tracked'), faulting: await loadPrepared(bytes, 'faulting') };
+      const out: Buffer[] = [];
+      const collect = (p: WasmProcess) => p.on('stdout', (d: Uint8Array) => out.push(Buffer.from(d)));
+      let p = WasmProcess.start(loaded.plain, initialWasiState({ args: [wasm, ...args], env: [], preopens: [] }), { stdin: null, stdio: 'message' });
+      collect(p);
+      await new Promise((r) => p.once('running', r));
+      let switched = 0;
+      const steps = [['same worker', 'tracked'], ['same worker', 'plain'], ['fresh worker', 'tracked'], ['fresh worker', 'plain'],
+        ['fresh worker', 'faulting'], ['fresh worker', 'plain'], ['same worker', 'tracked'], ['same worker', 'plain']] as const;
+      for (const [how, next] of steps) {
+        await sleep(30);
+        if (how === 'same worker') {
+          if (!(await p.switchVariant(loaded[next]))) break; // it ended: the output still has to match
+          assert.equal(p.loaded.meta.variant, next);
+        } else {
+          const c = await p.freeze().catch(() => null);
+          if (!c) break;
+          const mem = newGuestMemory();
+          new Uint8Array(mem.buffer).set(c.memory.subarray(0, c.logicalBytes));
+          const q = WasmProcess.resume(loaded[next], mem, c.exec, c.wasi, { stdin: null, stdio: 'message' });
+          collect(q);
+          await p.kill();
+          p = q;
+        }
+        switched++;
+      }
+      assert.equal(await p.exited, expected.exitCode);
+      assert.equal(Buffer.concat(out).toString(), expected.stdout.toString());
+      assert.ok(switched >= 4, `it switched variants while running (${switched} of ${steps.length} switches before it ended)`);
+    });
+  }
+});
+
+describe('plain variant: nothing marked, and the switch to tracked marks every page', () => {
+  it('rma: no dirty mark while plain; right after the switch every page of its memory is dirty; from then on its writes are marked', async () => {
+    const wasm = join(ROOT, 'workloads', 'bin', 'rma.wasm');
+    const bytes = readFileSync(wasm);
+    const plain = await loadPrepared(bytes, 'plain'), tracked = await loadPrepared(bytes, 'tracked');
+    const p = WasmProcess.start(plain, initialWasiState({ args: [wasm, '4', '100000'], env: [], preopens: [] }), { stdin: null, stdio: 'message' });
+    try {
+      await new Promise((r) => p.once('running', r));
+      await sleep(100);
+      const c = await p.freeze();
+      const pages = c.logicalBytes / TRACK_PAGE;
+      assert.ok(c.logicalBytes >= 4 << 20 && p.logicalBytes === c.logicalBytes, `its memory size is known without tracking (${p.logicalBytes} bytes, captured ${c.logicalBytes})`);
+      const map = () => p.bytes.subarray(DIRTY_MAP, DIRTY_MAP + pages);
+      assert.equal(map().indexOf(1), -1, 'plain: no page marked');
+      p.continue(tracked);
+      assert.equal(map().indexOf(0), -1, 'after the switch: every page of its memory counts as dirty');
+      p.bytes.fill(0, DIRTY_MAP, DIRTY_MAP + pages);
+      await sleep(100);
+      await p.freeze();
+      const marked = map().reduce((n, x) => n + x, 0);
+      assert.ok(marked > pages / 2, `tracked: its random writes are marked (${marked} of ${pages} pages)`);
+      assert.equal(p.loaded.meta.variant, 'tracked');
+    } finally { await p.kill(); }
+  });
+});

@@ -93,7 +93,7 @@ export function buildCli(): Command {
       const env = flags.env.map(parseEnv);
       const sopts = superviseOptions(flags, 'local/1');
       const p = loadProgram(prog);
-      const loaded = await loadPrepared(p.bytes, 'tracked', p.hash, () => {
+      const loaded = await loadPrepared(p.bytes, 'plain', p.hash, () => {
         if (process.stderr.isTTY || flags.verbose) process.stderr.write(`ferry: preparing ${prog} (${(p.bytes.length / 1048576).toFixed(1)} MiB) for migration; cached for next time\n`);
       });
       const proc = WasmProcess.start(loaded, initialWasiState({ args: [flags.argv0 ?? prog, ...args], env, preopens }));

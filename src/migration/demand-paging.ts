@@ -16,10 +16,13 @@
 //     the down time, the all-zero ones as 4-byte zero markers. The clean pages
 //     (the module's initial data never written, memory only read, pages
 //     brought by an earlier migration and not written since) are what MOSIX
-//     left to be faulted in: here from the source.
+//     left to be faulted in: here from the source. A process that ran in the plain
+//     variant (no dirty tracking: ferry's steady state) has no such history: every
+//     page with content counts as dirty, its zero pages are faulted in.
 import type { Captured } from '../vm/process.ts';
 import { DIRTY_MAP, TRACK_PAGE } from '../vm/layout.ts';
 import { FerryError } from '../errors.ts';
+import { isZeroPage } from '../memory/page-batch.ts';
 import type { SourceContext, Strategy } from './strategy.ts';
 
 export const DEMAND_PAGING_VARIANTS = ['copy-on-reference', 'eager-dirty'] as const;
@@ -41,7 +44,10 @@ export class DemandPaging implements Strategy {
 
   async complete(ctx: SourceContext, frozen: Captured): Promise<void> {
     if (this.variant === 'copy-on-reference') return; // the state alone: it travels with the commit
-    await ctx.sendPages(dirtyPages(ctx.memory, ctx.pageSize, Math.ceil(frozen.logicalBytes / ctx.pageSize)), { zeroMarkers: true });
+    const pages = Math.ceil(frozen.logicalBytes / ctx.pageSize);
+    // A process that ran untracked (the plain variant) has no dirty history: every page with
+    // content counts as dirty (its zero pages are faulted in, as zeros).
+    await ctx.sendPages(ctx.dirty.tracked() ? dirtyPages(ctx.memory, ctx.pageSize, pages) : nonZeroPages(ctx.memory, ctx.pageSize, pages), { zeroMarkers: true });
   }
 }
 
@@ -54,5 +60,12 @@ export function dirtyPages(memory: Uint8Array, pageSize: number, pages: number):
     const at = DIRTY_MAP + p * per;
     for (let k = 0; k < per; k++) if (memory[at + k]) { out.push(p); break; }
   }
+  return out;
+}
+
+/** Migration pages below `pages` with any non-zero byte. */
+function nonZeroPages(memory: Uint8Array, pageSize: number, pages: number): number[] {
+  const out: number[] = [];
+  for (let p = 0; p < pages; p++) if (!isZeroPage(memory, p, pageSize)) out.push(p);
   return out;
 }

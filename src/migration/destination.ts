@@ -91,7 +91,7 @@ export class IncomingMigration {
   /** Compile the module and ready a memory and a worker: all before the source freezes.
    *  `expectBytes`: the source's memory in use, pre-faulted here (0: none). */
   async setup(program: Uint8Array, expectBytes = 0): Promise<void> {
-    const loaded = await loadPrepared(program, 'tracked', this.spec.sha256);
+    const loaded = await loadPrepared(program, 'plain', this.spec.sha256); // steady state (and after post-copy)
     if (this.spec.faulting || this.spec.mayPostCopy) this.faultingModule = await loadPrepared(program, 'faulting', this.spec.sha256);
     if (this.state !== 'setup') throw this.refusal();
     this.loaded = loaded;

@@ -66,6 +66,10 @@ export interface SourceProcess {
   addressSpaceBytes(): number;
   /** Auto-converge: sleep this share of the time (0 = full speed). */
   throttle?(share: number): void;
+  /** Mark dirty pages from now on (a process runs without dirty tracking until asked). */
+  ensureTracked?(): Promise<void>;
+  /** Whether its dirty map holds its writes (false: it ran untracked, the map says nothing). */
+  tracksWrites?(): boolean;
   /** Its state (everything but the pages) as an image, for the destination. */
   stateImage(frozen: Captured, pageSize: number): Buffer[];
 }
@@ -161,6 +165,9 @@ export class Migration extends EventEmitter {
       this.check();
       if (!this.sm.cas('setup', 'active')) this.check();
       if (strategy.faulting || this.spec.options?.postcopyAfterRounds !== undefined) channel.serveFaults((pages) => this.serve(pages));
+      // Rounds read the dirty map: the process tracks its writes from here on.
+      if (strategy.iterate) await proc.ensureTracked?.();
+      this.check();
       await strategy.setup?.(ctx);
       if (strategy.iterate) {
         this.enter('preparation');
@@ -208,7 +215,9 @@ export class Migration extends EventEmitter {
     } catch (e) {
       const err = e instanceof FerryError ? e : new FerryError('migration-failed', (e as Error).message, { cause: e });
       // Resume here unless the destination may run it (an unanswerable commit keeps it frozen).
-      if (this.frozen && err.code !== 'commit-unknown') { proc.resume(); this.frozen = null; }
+      // (Before the commit it may be running still, e.g. a failure during rounds: it stays
+      // here and must no longer count as moving or be throttled.)
+      if ((this.frozen || !this.committing) && err.code !== 'commit-unknown') { proc.resume(); this.frozen = null; }
       if (!this.abort.signal.aborted) this.abort.abort(err);
       channel.abort(err);
       if (this.sm.state !== 'cancelled') this.sm.cas(this.sm.state, 'failed');
@@ -311,6 +320,7 @@ export class Migration extends EventEmitter {
     const ps = this.spec.pageSize;
     return {
       addressSpacePages: () => Math.ceil(this.spec.process.addressSpaceBytes() / ps),
+      tracked: () => this.spec.process.tracksWrites?.() ?? true,
       clear: (n) => d.clear(n),
       count: (n) => d.count(n),
       take: (n) => d.take(n),

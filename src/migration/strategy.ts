@@ -46,6 +46,8 @@ export interface SourceContext {
 export interface DirtyView {
   /** Migration pages of the address space as the source sees it while the process runs. */
   addressSpacePages(): number;
+  /** Whether the map holds the process's writes (false: it ran in the plain variant, untracked). */
+  tracked(): boolean;
   clear(pages: number): void;
   count(pages: number): number;
   take(pages: number): number[];

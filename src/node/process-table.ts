@@ -17,7 +17,7 @@ import { resolve } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { FerryError } from '../errors.ts';
 import { loadPrepared } from '../vm/cache.ts';
-import { DIRTY_MAP, TRACK_PAGE, WASM_PAGE, MAX_LOGICAL_PAGES } from '../vm/layout.ts';
+import { WASM_PAGE } from '../vm/layout.ts';
 import { WasmProcess } from '../vm/process.ts';
 import type { Program } from '../vm/snapshot.ts';
 import { initialWasiState } from '../wasi/host.ts';
@@ -40,7 +40,7 @@ export interface ProcessInfo {
   home: string;
   state: NodeProcessState;
   startedAt: string;
-  /** Guest memory in use: the highest page the program has touched, at least its initial memory. */
+  /** Guest memory: its memory size as the program sees it (memory.size), the most it has had. */
   memoryBytes: number;
   migrations: number;
   sha256: string;
@@ -84,6 +84,9 @@ interface Entry {
   moving: boolean;
   /** Nodes holding pages it has not received (post-copy). */
   residual: string[];
+  /** The variant it ran before a migration switched it to 'tracked' (it returns to it if
+   *  the migration fails while it is frozen). */
+  steady?: LoadedModule;
 }
 
 /** What travels with a process besides its image's standard sections (meta.extra). */
@@ -152,7 +155,7 @@ export class ProcessTable {
     const entry = this.newEntry(info, spec.program, spec.sink);
     this.entries.set(pid, entry);
     try {
-      const loaded = await loadPrepared(spec.program.bytes, 'tracked', spec.program.hash, () => this.log?.(`preparing ${spec.program.path} (${spec.program.hash.slice(0, 12)}) for ${pid}`));
+      const loaded = await loadPrepared(spec.program.bytes, 'plain', spec.program.hash, () => this.log?.(`preparing ${spec.program.path} (${spec.program.hash.slice(0, 12)}) for ${pid}`));
       if (entry.ended) throw new FerryError('killed', `process ${pid} was killed before it started`);
       entry.initialBytes = loaded.meta.initialPages * WASM_PAGE;
       const wasi = initialWasiState({ args: [spec.argv0 ?? spec.program.path, ...spec.args], env, preopens });
@@ -227,15 +230,22 @@ export class ProcessTable {
     if (!e.proc || (e.proc.state !== 'running' && e.proc.state !== 'starting')) throw new FerryError('busy', `process ${pid} is ${e.info.state}: it can move once it runs`);
     e.moving = true;
     const proc = e.proc;
-    this.snapshot(e); // records the address space before a pre-copy clears the dirty map
+    this.snapshot(e); // records the address space (the snapshot skips a moving process)
     return {
       pid, memory: proc.bytes,
       freeze: async () => { e.info.state = 'migrating'; return proc.freeze(); },
       resume: () => {
         e.moving = false;
         proc.throttle(0);
-        if (!e.ended && proc.state === 'frozen') { proc.continue(); e.info.state = 'running'; }
+        if (!e.ended && proc.state === 'frozen') {
+          const steady = e.steady; // back to the variant it ran before (a running one stays tracked)
+          e.steady = undefined;
+          proc.continue(steady);
+          e.info.state = 'running';
+        }
       },
+      ensureTracked: () => this.ensureTracked(e),
+      tracksWrites: () => proc.loaded.meta.variant !== 'plain',
       release: async () => {
         e.ended = true;
         this.entries.delete(pid);
@@ -251,8 +261,22 @@ export class ProcessTable {
     };
   }
 
-  /** Every page is here (post-copy done): freeze it for a moment and carry on in the tracked
-   *  variant (no present checks), in a fresh worker over the same memory. */
+  /** Dirty tracking from now on (pre-copy): load the tracked variant while the process runs,
+   *  then freeze it for a moment and carry on in that variant (same worker, same memory;
+   *  every page counts as dirty). A process already tracking stays as it is. */
+  private async ensureTracked(e: Entry): Promise<void> {
+    const proc = e.proc;
+    if (!proc || proc.loaded.meta.variant !== 'plain') return;
+    const tracked = await loadPrepared(e.program.bytes, 'tracked', e.program.hash, () => this.log?.(`preparing the tracked variant of ${e.program.path} for ${e.info.pid}`));
+    if (e.ended || e.proc !== proc || proc.loaded.meta.variant !== 'plain') return;
+    const steady = proc.loaded;
+    if (!(await proc.switchVariant(tracked))) return; // it ended meanwhile: the migration's freeze says so
+    e.steady = steady;
+    this.log?.(`${e.info.pid} now tracks dirty pages`);
+  }
+
+  /** Every page is here (post-copy done): freeze it for a moment and carry on in the plain
+   *  variant (no present checks, no dirty marks), in a fresh worker over the same memory. */
   async rehost(pid: string, loaded: LoadedModule): Promise<void> {
     const e = this.entries.get(pid);
     e && (e.residual = []);
@@ -266,7 +290,7 @@ export class ProcessTable {
       const proc = WasmProcess.resume(loaded, old.memory, { ...cap.exec }, cap.wasi, { stdio: 'message', stdin: e.stdin });
       this.attach(e, proc);
       await old.kill();
-      this.log?.(`${pid} has all its pages: now in the tracked variant`);
+      this.log?.(`${pid} has all its pages: now in the ${loaded.meta.variant} variant`);
     } finally { e.moving = false; }
   }
 
@@ -389,19 +413,11 @@ export class ProcessTable {
     const info = e.info;
     if (e.proc && !e.ended && !e.moving) {
       info.state = e.proc.state === 'running' || e.proc.state === 'starting' ? info.state : e.proc.state;
-      info.memoryBytes = Math.max(info.memoryBytes, e.initialBytes, touchedBytes(e.proc));
+      info.memoryBytes = Math.max(info.memoryBytes, e.initialBytes, e.proc.logicalBytes);
     }
     const residualDependencies = [...new Set([...(info.files === 'home' && info.home !== this.node ? [info.home] : []), ...e.residual])];
     return { ...info, args: [...info.args], residualDependencies };
   }
-}
-
-/** The end of the highest 4 KiB page the program has written, rounded up to a wasm page. */
-function touchedBytes(p: WasmProcess): number {
-  const map = p.bytes.subarray(DIRTY_MAP, DIRTY_MAP + (MAX_LOGICAL_PAGES * WASM_PAGE) / TRACK_PAGE);
-  const last = map.lastIndexOf(1);
-  if (last < 0) return 0;
-  return Math.ceil(((last + 1) * TRACK_PAGE) / WASM_PAGE) * WASM_PAGE;
 }
 
 /** --dir HOST::GUEST (or DIR): a directory on this node. */

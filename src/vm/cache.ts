@@ -62,7 +62,7 @@ export async function preparedBytes(original: Uint8Array, variant: Variant = 'tr
 
 /** Compiled modules of this OS process, by hash and variant: a node compiles each program once. */
 const compiled = new Map<string, Promise<LoadedModule>>();
-const COMPILED_KEEP = 16;
+const COMPILED_KEEP = 48; // three variants of a node's programs: a cluster moving a dozen programs keeps them all
 
 export async function loadPrepared(original: Uint8Array, variant: Variant = 'tracked', hash?: string, onTransform?: () => void): Promise<LoadedModule> {
   const h = hash ?? sha256(original);

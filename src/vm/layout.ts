@@ -18,6 +18,9 @@ export const TRACK_PAGE = 1 << TRACK_SHIFT;          // 4 KiB
 export const TRACK_PAGES = 2 ** 32 / TRACK_PAGE;     // 1 Mi entries, one byte each
 
 export const STOP_FLAG = BOOKKEEPING_BASE;           // i32: non-zero = reach a safe point
+/** i32: the program's logical memory size in wasm pages (memory.size), written by its
+ *  memory.grow and by the runtime at start: how big the process is, without dirty tracking. */
+export const LOGICAL_PAGES_WORD = BOOKKEEPING_BASE + 4;
 export const ASYNCIFY_DATA = BOOKKEEPING_BASE + 8;   // {i32 current, i32 end}
 export const DIRTY_MAP = BOOKKEEPING_BASE + 0x1000;  // 1 byte per 4 KiB page: 1 = written
 // 1 byte per 4 KiB page: 1 = not local yet (post-copy, demand paging). Zero (fresh memory) = all local.

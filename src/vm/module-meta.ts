@@ -3,9 +3,12 @@
 import { createHash } from 'node:crypto';
 
 /** Bump when the transform's output changes: it keys the on-disk cache. */
-export const TRANSFORM_VERSION = 7;
+export const TRANSFORM_VERSION = 8;
 
-export type Variant = 'tracked' | 'faulting';
+/** 'plain': no dirty marks, no present checks (steady state); 'tracked': dirty marks
+ *  (pre-copy); 'faulting': dirty marks and present checks (post-copy, demand paging).
+ *  All three share their asyncify frames: a process captured in one resumes in another. */
+export type Variant = 'plain' | 'tracked' | 'faulting';
 export type ValType = 'i32' | 'i64' | 'f32' | 'f64';
 
 export interface PreparedMeta {

@@ -11,10 +11,12 @@
 //  3. dirty tracking: every write (stores, atomics, SIMD lane stores, memory.copy/
 //     fill/init) marks its 4 KiB page(s) in the dirty map;
 //  4. variant 'faulting' adds a present check before every access (post-copy and
-//     demand paging); variant 'tracked' has none. Both hand asyncify the same code (a
-//     call to a check function, empty in 'tracked' and inlined after asyncify in
-//     'faulting'), so their asyncify frames match and a process captured in one
-//     resumes in the other: once all pages are local the runtime swaps the checks out;
+//     demand paging); variant 'tracked' has none; variant 'plain' (steady state) has
+//     neither checks nor dirty marks. All three hand asyncify the same code (a call to
+//     a check function, empty in 'tracked' and 'plain' and inlined after asyncify in
+//     'faulting'; the marks, dropped after asyncify in 'plain'), so their asyncify
+//     frames match and a process captured in one resumes in another: a process runs
+//     plain, switches to tracked for pre-copy, and leaves faulting once all pages are local;
 //  5. every mutable global is exported so the execution state can be captured;
 //  6. asyncify (optimizing the functions it instruments), with only the safe-point and
 //     blocking imports able to unwind.
@@ -25,7 +27,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
   ABSENT_MAP, DIRTY_MAP, EXPORT_GLOBAL_PREFIX, EXPORT_LOGICAL_PAGES, EXPORT_START_FN,
-  FERRY_MODULE, IMPORT_FAULT, IMPORT_MEMORY, IMPORT_SAFEPOINT, MAX_LOGICAL_PAGES,
+  FERRY_MODULE, IMPORT_FAULT, IMPORT_MEMORY, IMPORT_SAFEPOINT, LOGICAL_PAGES_WORD, MAX_LOGICAL_PAGES,
   PHYSICAL_PAGES, STOP_FLAG, TRACK_SHIFT,
 } from './layout.ts';
 import { SUSPENDABLE_IMPORTS } from '../wasi/types.ts';
@@ -389,6 +391,29 @@ function inlineChecks(m: binaryen.Module, ctx: Ctx, names: string[]): void {
   }
 }
 
+/** Plain variant, after asyncify: every dirty mark becomes nothing. A mark is a one-byte
+ *  store at offset DIRTY_MAP (wrapWrite; no store of the program reaches the bookkeeping
+ *  region); its operands are kept as drops (the optimizer removes them, unless asyncify's
+ *  optimizer moved a local.tee into them). ferry$mark_range (bulk writes) becomes empty,
+ *  and the optimizer drops the calls. */
+function dropMarks(m: binaryen.Module, ctx: Ctx, names: string[]): void {
+  for (const name of names) {
+    const fn = m.getFunction(name);
+    const stack: { e: number; set: Slot }[] = [{ e: b.Function.getBody(fn), set: (r) => b.Function.setBody(fn, r) }];
+    while (stack.length) {
+      const { e, set } = stack.pop()!;
+      const cls = classById.get(binaryen.getExpressionId(e));
+      if (cls === undefined) throw new FerryError('unsupported-module', `unsupported instruction (binaryen expression id ${binaryen.getExpressionId(e)})`);
+      if (cls === 'Store' && b.Store.getBytes(e) === 1 && (b.Store.getOffset(e) >>> 0) === DIRTY_MAP) {
+        set(m.block(null, [m.drop(b.Store.getPtr(e)), m.drop(b.Store.getValue(e))], binaryen.none));
+        continue;
+      }
+      for (const s of childSlots(e, cls)) stack.push({ e: s.child, set: s.set });
+    }
+  }
+  b.Function.setBody(m.getFunction(ctx.markRangeFn), m.nop());
+}
+
 function valType(t: number): ValType {
   if (t === binaryen.i32) return 'i32';
   if (t === binaryen.i64) return 'i64';
@@ -405,6 +430,7 @@ function addHelpers(m: binaryen.Module, ctx: Ctx, maxPages: number): void {
     m.local.set(1, m.global.get(ctx.logicalGlobal, i32)),
     m.if(m.i32.gt_u(get(0), m.i32.sub(m.i32.const(maxPages), get(1))), m.return(m.i32.const(-1))),
     m.global.set(ctx.logicalGlobal, m.i32.add(get(1), get(0))),
+    m.i32.atomic.store(0, m.i32.const(LOGICAL_PAGES_WORD | 0), m.global.get(ctx.logicalGlobal, i32)), // the owner reads it
     get(1),
   ], i32));
   // ferry_mark_range(addr, len): mark every 4 KiB page of [addr, addr+len) dirty.
@@ -422,7 +448,7 @@ function addHelpers(m: binaryen.Module, ctx: Ctx, maxPages: number): void {
     pageLoop((p) => m.i32.store8(DIRTY_MAP, 1, get(p), m.i32.const(1))));
   // ferry_check_range(addr, len): fault the range in if any page of it is absent.
   // ferry_check(addr, bytes): fault [addr, addr+bytes) in if either end's page is absent.
-  // Both are empty in the 'tracked' variant (the optimizer then drops every call to them).
+  // Both are empty in 'tracked' and 'plain' (the optimizer then drops every call to them).
   const pair = binaryen.createType([i32, i32]);
   if (ctx.variant === 'faulting') {
     m.addFunction(ctx.checkRangeFn, pair, binaryen.none, [i32, i32],
@@ -562,6 +588,8 @@ function transform(m: binaryen.Module, original: Uint8Array, variant: Variant): 
   if (native) {
     // binaryen.js lives in a 4 GB wasm heap that asyncify on a very large program
     // (yosys: 34k functions) outgrows; a native wasm-opt, when given, does these steps.
+    // Its output is the same for every variant but 'faulting' (present checks stay calls;
+    // 'plain' keeps its dirty marks): slower, equally correct.
     const instrumented = m.emitBinary();
     stage('emit for native wasm-opt', t0);
     const bytes = runNativeAsyncify(native, instrumented, asyncImports);
@@ -582,6 +610,7 @@ function transform(m: binaryen.Module, original: Uint8Array, variant: Variant): 
   }
   stage('asyncify', t0);
   if (variant === 'faulting') inlineChecks(m, ctx, funcNames);
+  if (variant === 'plain') dropMarks(m, ctx, funcNames);
   binaryen.setOptimizeLevel(2);
   m.optimize();
   stage('optimize', t0);

@@ -3,7 +3,7 @@
 import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
 import { EventEmitter } from 'node:events';
 import {
-  ABSENT_MAP, PHYSICAL_PAGES, STOP_FLAG, TRACK_SHIFT, WASM_PAGE,
+  ABSENT_MAP, DIRTY_MAP, LOGICAL_PAGES_WORD, PHYSICAL_PAGES, STOP_FLAG, TRACK_PAGE, TRACK_SHIFT, WASM_PAGE,
 } from './layout.ts';
 import {
   CONTROL_BYTES, CTL_FAULT, CTL_FILE, CTL_HEADER_BYTES, CTL_STDIN_EOF, CTL_STDIN_READ, CTL_STDIN_WRITE,
@@ -98,8 +98,11 @@ export class WasmProcess extends EventEmitter {
   private settle!: { resolve: (code: number) => void; reject: (e: Error) => void };
   lastWasi: WasiState;
 
+  /** The module it runs (a variant switch replaces it). */
+  get loaded(): LoadedModule { return this.running; }
+
   private constructor(
-    readonly loaded: LoadedModule,
+    private running: LoadedModule,
     readonly memory: WebAssembly.Memory,
     wasi: WasiState,
     exec: ExecState | undefined,
@@ -120,7 +123,7 @@ export class WasmProcess extends EventEmitter {
     this.worker.on('message', (m: FromWorker) => this.onMessage(m));
     this.worker.on('error', (e) => this.fail(e));
     this.worker.on('exit', (code) => { if (this.state === 'running' || this.state === 'starting' || this.state === 'stopping') this.fail(new FerryError('runtime', `worker thread exited unexpectedly (code ${code})`)); });
-    const start: ToWorker = { type: 'start', module: loaded.module, meta: loaded.meta, memory, control: this.control, wasi, stdio: opts.stdio ?? 'inherit', exec };
+    const start: ToWorker = { type: 'start', module: running.module, meta: running.meta, memory, control: this.control, wasi, stdio: opts.stdio ?? 'inherit', exec };
     if (opts.fileOps) {
       const ch = new MessageChannel();
       this.filePort = ch.port1;
@@ -154,13 +157,45 @@ export class WasmProcess extends EventEmitter {
     });
   }
 
-  /** After a freeze: carry on in the same worker (a checkpoint that keeps running). */
-  continue(): void {
+  /** After a freeze: carry on in the same worker (a checkpoint that keeps running); with
+   *  `variant`, another variant of the same program (prepare.ts: their frames match),
+   *  instantiated in that worker over the same memory. From a variant without dirty marks
+   *  ('plain') to one with them, every page of the address space counts as dirty. */
+  continue(variant?: LoadedModule): void {
     if (this.state !== 'frozen') throw new FerryError('runtime', `cannot continue a process that is ${this.state}`);
+    const msg: ToWorker = { type: 'continue' };
+    if (variant && variant !== this.running) {
+      if (variant.meta.originalHash !== this.running.meta.originalHash)
+        throw new FerryError('runtime', `cannot continue a process of module ${this.running.meta.originalHash.slice(0, 12)}... in module ${variant.meta.originalHash.slice(0, 12)}...`);
+      if (this.running.meta.variant === 'plain' && variant.meta.variant !== 'plain')
+        this.bytes.fill(1, DIRTY_MAP, DIRTY_MAP + Math.ceil(this.logicalBytes / TRACK_PAGE));
+      msg.module = variant.module;
+      msg.meta = variant.meta;
+      this.running = variant;
+    }
     Atomics.store(this.ctl, CTL_STOP, 0);
     this.state = 'running';
-    this.worker.postMessage({ type: 'continue' } satisfies ToWorker);
+    this.worker.postMessage(msg);
     if (this.stdinWanted) this.pumpStdin();
+  }
+
+  /** Carry on in another variant of its program (e.g. 'tracked' before pre-copy): freeze at
+   *  the next safe point, continue in `variant`. Resolves false if the process ended first. */
+  async switchVariant(variant: LoadedModule): Promise<boolean> {
+    if (variant === this.running) return true;
+    try {
+      await this.freeze();
+    } catch (e) {
+      if (this.state === 'exited' || this.state === 'failed' || this.state === 'killed') return false;
+      throw e;
+    }
+    this.continue(variant);
+    return true;
+  }
+
+  /** Its memory size as the program sees it (memory.size), in bytes. */
+  get logicalBytes(): number {
+    return (Atomics.load(this.memI32, LOGICAL_PAGES_WORD >>> 2) >>> 0) * WASM_PAGE;
   }
 
   /** End the worker. A frozen process that moved elsewhere is released this way. */

@@ -32,7 +32,9 @@ export type ToWorker =
        *  (FileReplyMessage from src/wasi/remote-fs.ts) and the per-call timeout. */
       files?: { port: MessagePort; timeoutMs: number };
     }
-  | { type: 'continue' }; // after a capture that keeps running here (periodic checkpoint)
+  /** After a capture that keeps running here (periodic checkpoint); with a module, in that
+   *  variant of the same program (its frames match: prepare.ts), instantiated over the same memory. */
+  | { type: 'continue'; module?: WebAssembly.Module; meta?: PreparedMeta };
 
 export type FromWorker =
   | { type: 'running' }

@@ -63,7 +63,7 @@ export async function resumeFromImage(img: ProcessImage, opts: ProcessOptions & 
   checkResumable(img);
   const program = programOfImage(img, opts.program);
   const loaded = opts.loaded && opts.loaded.meta.originalHash === program.hash ? opts.loaded
-    : await loadPrepared(program.bytes, opts.variant ?? 'tracked', program.hash);
+    : await loadPrepared(program.bytes, opts.variant ?? 'plain', program.hash);
   const memory = newGuestMemory();
   img.memory.applyTo(new Uint8Array(memory.buffer), { zeroFill: false });
   return { proc: resumeInMemory(img, loaded, memory, opts), loaded, program };

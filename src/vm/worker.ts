@@ -4,13 +4,13 @@ import { parentPort } from 'node:worker_threads';
 import { writeSync } from 'node:fs';
 import {
   ABSENT_MAP, ASYNCIFY_DATA, ASYNCIFY_STACK, ASYNCIFY_STACK_END, DIRTY_MAP, EXPORT_LOGICAL_PAGES,
-  EXPORT_START_FN, FERRY_MODULE, IMPORT_FAULT, IMPORT_MEMORY, IMPORT_SAFEPOINT, STOP_FLAG, TRACK_SHIFT,
+  EXPORT_START_FN, FERRY_MODULE, IMPORT_FAULT, IMPORT_MEMORY, IMPORT_SAFEPOINT, LOGICAL_PAGES_WORD, STOP_FLAG, TRACK_SHIFT,
 } from './layout.ts';
 import {
   CTL_FAULT, CTL_FILE, CTL_HEADER_BYTES, CTL_STDIN_EOF, CTL_STDIN_READ, CTL_STDIN_WRITE, CTL_STOP, CTL_THROTTLE, CTL_WAKE,
   STDIN_RING_BYTES, type ExecState, type FromWorker, type ToWorker,
 } from './protocol.ts';
-import { WASI_MODULE } from './module-meta.ts';
+import { WASI_MODULE, type PreparedMeta } from './module-meta.ts';
 import { SUSPEND, SUSPENDABLE_IMPORTS, WasiExit, type GuestMemory, type WasiIo, type WaitResult } from '../wasi/types.ts';
 import { WasiHost, nodeFs } from '../wasi/host.ts';
 import { RemoteFs, atomicsFileCall } from '../wasi/remote-fs.ts';
@@ -29,7 +29,10 @@ let session: Session | null = null;
 port.on('message', (msg: ToWorker) => {
   try {
     if (msg.type === 'start') { session = new Session(msg); session.run(msg.exec); }
-    else if (msg.type === 'continue') session!.run(session!.lastExec ?? undefined, true);
+    else if (msg.type === 'continue') {
+      if (msg.module) session!.switchModule(msg.module, msg.meta!);
+      session!.run(session!.lastExec ?? undefined, true);
+    }
   } catch (e) {
     post({ type: 'failed', error: serializeError(e) });
   }
@@ -40,13 +43,21 @@ class Session {
   readonly ctl: Int32Array;
   readonly ctlBytes: Uint8Array;
   readonly i32: Int32Array;
-  readonly instance: WebAssembly.Instance;
+  instance!: WebAssembly.Instance;
   readonly wasi: WasiHost;
-  readonly exports: Record<string, any>;
+  exports!: Record<string, any>;
+  /** The running variant's meta (a switch of variant replaces it). */
+  meta: PreparedMeta;
+  /** Host writes mark dirty pages (every variant but 'plain'). */
+  private tracking = false;
+  /** WASI imports as the plain variant gets them, and with re-marking after each call. */
+  private readonly plainImports: Record<string, unknown>;
+  private readonly trackedImports: Record<string, unknown>;
   mode: Mode = 'normal';
   lastExec: ExecState | null = null;
 
   constructor(private readonly msg: Extract<ToWorker, { type: 'start' }>) {
+    this.meta = msg.meta;
     this.mem = new Uint8Array(msg.memory.buffer);
     this.i32 = new Int32Array(msg.memory.buffer);
     this.ctl = new Int32Array(msg.control);
@@ -66,31 +77,57 @@ class Session {
       send: (id, req) => post({ type: 'file-op', id, req }, req.op === 'write' ? [req.data.buffer as ArrayBuffer] : undefined),
     })) : nodeFs;
     this.wasi = new WasiHost(msg.wasi, memory, this.io(), fs);
-    const wasiImports = this.wasi.imports();
+    const raw = this.wasi.imports();
     // The host marks pages before it writes them; mark them again once the call returns, so
     // a pre-copy round that cleared a mark in between still sees the write (see prepare.ts).
-    for (const [name, impl] of Object.entries(wasiImports)) {
-      wasiImports[name] = (...args: unknown[]) => {
+    // The plain variant tracks nothing: its imports go straight to the host.
+    const remarking: Record<string, unknown> = {};
+    for (const [name, impl] of Object.entries(raw)) {
+      remarking[name] = (...args: unknown[]) => {
         try { return impl(...(args as never[])); } finally { if (this.marked.length) this.remark(); }
       };
     }
-    for (const name of SUSPENDABLE_IMPORTS) {
-      const impl = wasiImports[name];
-      if (impl) wasiImports[name] = (...args: unknown[]) => this.suspendable(impl, args) as number;
-    }
-    // Instantiation writes the data segments; a resumed process's memory already holds
-    // its own content there (the owner wrote it), so keep what was there.
-    const saved = msg.exec ? msg.meta.dataRanges.map(([a, z]) => this.mem.slice(a, z)) : [];
-    this.instance = new WebAssembly.Instance(msg.module, {
-      [WASI_MODULE]: wasiImports,
+    const suspending = (imports: Record<string, unknown>) => {
+      const out = { ...imports };
+      for (const name of SUSPENDABLE_IMPORTS) {
+        const impl = imports[name] as ((...a: any[]) => any) | undefined;
+        if (impl) out[name] = (...args: unknown[]) => this.suspendable(impl, args) as number;
+      }
+      return out;
+    };
+    this.plainImports = suspending(raw);
+    this.trackedImports = suspending(remarking);
+    this.instantiate(msg.module, msg.meta, !!msg.exec);
+    if (!msg.exec) this.i32[LOGICAL_PAGES_WORD >>> 2] = msg.meta.initialPages;
+  }
+
+  /** An instance of the module over the shared memory. Instantiation writes the data
+   *  segments; a resumed process's memory already holds its own content there (the owner
+   *  wrote it, or the process did), so `resumed` keeps what was there. */
+  private instantiate(module: WebAssembly.Module, meta: PreparedMeta, resumed: boolean): void {
+    this.meta = meta;
+    this.tracking = meta.variant !== 'plain';
+    const saved = resumed ? meta.dataRanges.map(([a, z]) => this.mem.slice(a, z)) : [];
+    this.instance = new WebAssembly.Instance(module, {
+      [WASI_MODULE]: this.tracking ? this.trackedImports : this.plainImports,
       [FERRY_MODULE]: {
-        [IMPORT_MEMORY]: msg.memory,
+        [IMPORT_MEMORY]: this.msg.memory,
         [IMPORT_SAFEPOINT]: () => this.safepoint(),
         [IMPORT_FAULT]: (addr: number, len: number) => this.ensurePresent(addr >>> 0, len >>> 0),
       },
     } as WebAssembly.Imports);
     this.exports = this.instance.exports as Record<string, any>;
-    msg.meta.dataRanges.forEach(([a], i) => { if (saved[i]) this.mem.set(saved[i], a); });
+    meta.dataRanges.forEach(([a], i) => { if (saved[i]) this.mem.set(saved[i], a); });
+  }
+
+  /** While stopped (unwound, frames on the asyncify stack): carry on in another variant of
+   *  the same module. Its frames are the same (prepare.ts), so the next run rewinds them;
+   *  the fresh instance gets the captured globals. */
+  switchModule(module: WebAssembly.Module, meta: PreparedMeta): void {
+    const exec = this.lastExec;
+    if (!exec || this.mode !== 'normal') throw new Error('a variant switch needs a stopped process');
+    this.instantiate(module, meta, true);
+    this.restoreExec(exec);
   }
 
   /** Run from the beginning, or rewind the captured stack and carry on. */
@@ -105,7 +142,7 @@ class Session {
       Atomics.store(this.i32, STOP_FLAG >>> 2, 1); // the poll must fire again to reach the safe point
       this.mode = 'rewinding';
       this.exports.asyncify_start_rewind(ASYNCIFY_DATA);
-    } else if (this.msg.meta.hasStartFunction) this.exports[EXPORT_START_FN]();
+    } else if (this.meta.hasStartFunction) this.exports[EXPORT_START_FN]();
     post({ type: 'running' });
     let exitCode = 0;
     try {
@@ -183,26 +220,27 @@ class Session {
   private captureExec(): ExecState {
     const current = this.i32[ASYNCIFY_DATA >>> 2] >>> 0;
     const asyncify = this.mem.slice(ASYNCIFY_STACK, current);
-    const globals = this.msg.meta.globals.map((g) => ({ name: g.name, type: g.type, value: globalValueToString(g.type, (this.exports[g.export] as WebAssembly.Global).value) }));
+    const globals = this.meta.globals.map((g) => ({ name: g.name, type: g.type, value: globalValueToString(g.type, (this.exports[g.export] as WebAssembly.Global).value) }));
     const logicalPages = (this.exports[EXPORT_LOGICAL_PAGES] as WebAssembly.Global).value as number;
     return { logicalPages, asyncify, globals };
   }
 
   private restoreExec(exec: ExecState): void {
     const byName = new Map(exec.globals.map((g) => [g.name, g]));
-    for (const g of this.msg.meta.globals) {
+    for (const g of this.meta.globals) {
       const saved = byName.get(g.name);
       if (!saved) throw new Error(`image has no value for global ${g.name}`);
       (this.exports[g.export] as WebAssembly.Global).value = parseGlobalValue(saved);
     }
     (this.exports[EXPORT_LOGICAL_PAGES] as WebAssembly.Global).value = exec.logicalPages;
+    Atomics.store(this.i32, LOGICAL_PAGES_WORD >>> 2, exec.logicalPages);
   }
 
   /** Ranges marked during the current host call (marked again when it returns). */
   private marked: number[] = [];
 
   private markDirty(addr: number, len: number): void {
-    if (len === 0) return;
+    if (len === 0 || !this.tracking) return; // plain: nothing is absent, nobody reads the marks
     this.ensurePresent(addr, len); // a partial write needs the rest of the page (post-copy)
     const first = addr >>> TRACK_SHIFT, last = (addr + len - 1) >>> TRACK_SHIFT;
     // A loop: fill() on a 4 GiB shared array costs ~50 ns a call, this ~3 ns a page.

@@ -52,9 +52,9 @@ export function readOutputs(w: Workload, dir: string): Record<string, Buffer> {
   return Object.fromEntries((w.outputs ?? []).map((f) => [f, readFileSync(join(dir, f))]));
 }
 
-/** Both variants of every workload in the suite's shared cache: a destination's first
+/** Every variant of every workload in the suite's shared cache: a destination's first
  *  post-copy would otherwise transform the faulting variant while the program runs out. */
 export async function prepareAllVariants(): Promise<void> {
   process.env.FERRY_CACHE_DIR = TEST_CACHE;
-  for (const w of WORKLOADS) for (const v of ['tracked', 'faulting'] as const) await preparedBytes(readFileSync(w.wasm), v);
+  for (const w of WORKLOADS) for (const v of ['plain', 'tracked', 'faulting'] as const) await preparedBytes(readFileSync(w.wasm), v);
 }
