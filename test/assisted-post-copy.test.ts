@@ -84,7 +84,7 @@ describe('assisted post-copy: the source\'s answers', () => {
   });
 });
 
-describe('assisted post-copy', { timeout: 900_000 }, () => {
+describe('assisted post-copy', { timeout: 2_400_000 }, () => {
   before(async () => { await prepareAllVariants(); process.env.FERRY_CACHE_DIR = TEST_CACHE; });
 
   it('readmostly over 100 Mb/s: faults on its table (not written since the pass) are answered without bytes; only the hot region goes twice; output identical', async () => {
@@ -123,7 +123,7 @@ describe('assisted post-copy', { timeout: 900_000 }, () => {
   });
 
   it('RMA 8 MB over 100 Mb/s, there and back: every page at most twice, the state alone in down time, output identical', async () => {
-    const w = workload('rma', ['8', '1500']);
+    const w = workload('rma', ['8', '600']);
     const expected = await oracle(w);
     const c = await startCluster(2, { names: ['a', 'b'], extraArgs: ['--link-bandwidth', '100mbit'] });
     try {
