@@ -4,9 +4,13 @@
 import { before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { ClusterClient, startCluster } from './helpers/cluster.ts';
-import { clusterRun, oracle } from './helpers/modes.ts';
+import { clusterRun, ferryRun, oracle } from './helpers/modes.ts';
 import { prepareAllVariants, WORKLOADS, type Workload } from './helpers/workloads.ts';
 import { PageStore } from '../src/memory/page-store.ts';
+import { preparedBytes } from '../src/vm/cache.ts';
+import { ROOT, TEST_CACHE } from './helpers/ferry.ts';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import type { MigrationMetrics } from '../src/migration/index.ts';
 import { AssistedPostCopy } from '../src/migration/assisted-post-copy.ts';
 import { MetricsRecorder } from '../src/migration/metrics.ts';
@@ -81,14 +85,16 @@ describe('assisted post-copy: the source\'s answers', () => {
   });
 });
 
-describe('assisted post-copy', { timeout: 900_000 }, () => {
-  before(prepareAllVariants);
+describe('assisted post-copy', { timeout: 2_400_000 }, () => {
+  before(async () => { await prepareAllVariants(); process.env.FERRY_CACHE_DIR = TEST_CACHE; });
 
-  it('a copier computing on a chunk over 100 Mb/s: its faults on pages not modified since the pass are answered without bytes; output identical', async () => {
-    // filecopy with much work per byte: it hardly writes memory while the pass runs, and
-    // faults on its buffers as soon as it resumes (before the source is done).
-    const w = workload('filecopy', ['/data/in.bin', '/data/out.bin', '4096', '1500']);
-    const expected = await oracle(w);
+  it('readmostly over 100 Mb/s: faults on its table (not written since the pass) are answered without bytes; only the hot region goes twice; output identical', async () => {
+    // A 16 MB table it only reads, a 4 MB region it writes everywhere all the time: after the
+    // pass only the hot region is modified; while it is pushed, table reads fault.
+    const w: Workload = { name: 'readmostly', wasm: join(ROOT, 'workloads', 'bin', 'readmostly.wasm'), args: ['16', '4', '40'] };
+    for (const v of ['tracked', 'faulting'] as const) await preparedBytes(readFileSync(w.wasm), v);
+    const expected = await ferryRun(w); // node:wasi crashes now and then (SIGSEGV) on a memory this size: ferry's unmigrated run is the reference
+    assert.equal(expected.exitCode, 0, expected.stderr);
     const c = await startCluster(2, { names: ['a', 'b'], extraArgs: ['--link-bandwidth', '100mbit'] });
     try {
       const client = ClusterClient.for(c);
@@ -96,32 +102,29 @@ describe('assisted post-copy', { timeout: 900_000 }, () => {
         const out: MigrationMetrics[] = [];
         for (const to of ['b', 'a']) {
           const m = await client.migrate(pid, to, { algorithm: 'assisted-post-copy' });
-          if (m.error?.code === 'process-ended') break;
           assert.equal(m.state, 'completed', m.error?.message);
           out.push(m);
         }
         return out;
       });
       assert.equal(outcome.stdout, expected.stdout);
-      assert.deepEqual(outcome.files, expected.files);
       assert.equal(outcome.exitCode, 0);
-      assert.ok(ms.length >= 1);
+      const hotPages = (4 << 20) / 4096;
       for (const m of ms) {
-        console.log(`# filecopy ${m.from} -> ${m.to}: ${brief(m)}`);
-        assert.ok(m.modifiedSincePass < m.pages.addressSpace - m.pages.zero, 'it leaves most of its pages alone');
-        assert.ok(m.notModifiedAnswers <= m.remoteFaults * 2);
+        console.log(`# readmostly ${m.from} -> ${m.to}: ${brief(m)}`);
+        assert.ok(m.modifiedSincePass >= hotPages * 0.9 && m.modifiedSincePass < hotPages + 64, `the hot region, and little else, was modified (${m.modifiedSincePass} pages)`);
+        assert.ok(m.notModifiedAnswers > 0, 'faults on the table were answered "not modified"');
         assert.ok(m.pages.maxSendsPerPage <= 2);
         assert.ok(m.pages.resent <= m.modifiedSincePass);
-        // After the commit only modified pages carry bytes: not the address space again.
-        assert.ok(m.bytes.postProcessing < (m.modifiedSincePass + m.remoteFaults) * (m.pages.pageSize + 64) + 16 * 1024,
+        // After the commit only modified pages carry bytes: not the table again.
+        assert.ok(m.bytes.postProcessing < (m.modifiedSincePass + m.remoteFaults) * (m.pages.pageSize + 64) + 64 * 1024,
           `post-processing sent ${m.bytes.postProcessing} bytes for ${m.modifiedSincePass} modified pages`);
       }
-      assert.ok(ms.reduce((n, m) => n + m.notModifiedAnswers, 0) > 0, 'faults were answered "not modified"');
     } finally { await c.stop(); }
   });
 
   it('RMA 8 MB over 100 Mb/s, there and back: every page at most twice, the state alone in down time, output identical', async () => {
-    const w = workload('rma', ['8', '1500']);
+    const w = workload('rma', ['8', '600']);
     const expected = await oracle(w);
     const c = await startCluster(2, { names: ['a', 'b'], extraArgs: ['--link-bandwidth', '100mbit'] });
     try {
