@@ -42,6 +42,8 @@ export interface IncomingSpec {
   mayPostCopy?: boolean;
   /** No push: the source serves pages until the process ends or has them all (demand paging). */
   residual?: boolean;
+  /** The node serving the pages, if not the source (flushing: the file server). */
+  holder?: string;
 }
 
 /** Remote faults seen by the destination (thesis 5.3: execution delay). */

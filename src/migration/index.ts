@@ -6,6 +6,8 @@ import { PreCopy } from './pre-copy.ts';
 import { PostCopy } from './post-copy.ts';
 import { QueuedPreCopy } from './queued-pre-copy.ts';
 import { DemandPaging, DEMAND_PAGING_VARIANTS } from './demand-paging.ts';
+import { Flushing } from './flushing.ts';
+import { FreezeFree } from './freeze-free.ts';
 
 const STRATEGIES: Record<string, (variant?: string) => Strategy> = {
   'total-copy': () => new TotalCopy(),
@@ -13,6 +15,8 @@ const STRATEGIES: Record<string, (variant?: string) => Strategy> = {
   'post-copy': () => new PostCopy(),
   'queued-pre-copy': () => new QueuedPreCopy(),
   'demand-paging': (variant) => new DemandPaging(variant),
+  'flushing': () => new Flushing(),
+  'freeze-free': () => new FreezeFree(),
 };
 
 export const ALGORITHMS = Object.keys(STRATEGIES);
@@ -29,5 +33,5 @@ export function strategyFor(name: string, variant?: string): Strategy {
   return make(variant);
 }
 
-export { Migration, type MigrationChannel, type MigrationOptions, type SourceProcess, type Progress } from './engine.ts';
+export { Migration, type FileServerLink, type MigrationChannel, type MigrationOptions, type SourceProcess, type Progress } from './engine.ts';
 export type { MigrationMetrics } from './metrics.ts';

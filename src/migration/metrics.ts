@@ -50,6 +50,9 @@ export interface MigrationMetrics {
   executionDelayMs: number;
   /** Nodes the process still depends on after the migration (until post-processing ends). */
   residualDependencies: string[];
+  /** Flushing, freeze-free: the file server, the bytes and pages flushed to it (non-zero
+   *  pages only), and ms from the freeze until every page was there (null until then). */
+  fileServer: { node: string; bytes: number; pages: number; flushMs: number | null } | null;
   /** Where the down time went: ms from the freeze request to each step (frozen, pages, state, running). */
   downtimeSteps: Record<string, number>;
   error?: { code: string; message: string };
@@ -73,7 +76,7 @@ export class MetricsRecorder {
       pages: { addressSpace: 0, sent: 0, zero: 0, maxSendsPerPage: 0, resent: 0, pageSize: init.pageSize },
       linkBandwidthBps: init.linkBytesPerSec === null ? null : init.linkBytesPerSec * 8,
       wireTimeMs: null, throughputBytesPerSec: null, rounds: 0, dirtyRateBytesPerSec: null, throttle: 0, switchedToPostCopy: false, downtimeSteps: {},
-      remoteFaults: 0, faultRoundTripMs: null, executionDelayMs: 0, residualDependencies: [],
+      remoteFaults: 0, faultRoundTripMs: null, executionDelayMs: 0, residualDependencies: [], fileServer: null,
     };
     this.phaseStart.setup = this.t0;
   }
@@ -131,6 +134,12 @@ export class MetricsRecorder {
   }
 
   zeroPage(): void { this.m.pages.zero++; }
+
+  /** ms since the freeze request (null before it). */
+  sinceFreeze(): number | null {
+    const t0 = this.phaseStart.downtime;
+    return t0 === null ? null : now() - t0;
+  }
 
   fail(error: { code: string; message: string }): void {
     this.m.error = error;

@@ -251,6 +251,12 @@ export class ProcessTable {
     };
   }
 
+  /** The nodes a process running here still needs for its pages (freeze-free: the file server after the hand-over). */
+  setResidual(pid: string, nodes: string[]): void {
+    const e = this.entries.get(pid);
+    if (e && !e.ended) e.residual = [...nodes];
+  }
+
   /** Every page is here (post-copy done): freeze it for a moment and carry on in the tracked
    *  variant (no present checks), in a fresh worker over the same memory. */
   async rehost(pid: string, loaded: LoadedModule): Promise<void> {
