@@ -16,6 +16,7 @@ import type { MemberInfo } from '../node/membership.ts';
 import type { ProcessInfo } from '../node/process-table.ts';
 import { describeDependents } from '../node/control.ts';
 import type { Dependent } from '../node/page-server.ts';
+import { ROLES } from '../node/file-server.ts';
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 
@@ -58,8 +59,10 @@ export function registerClusterCommands(program: Command): void {
     .option('--data-dir <dir>', 'where the node keeps its files (default: $TMPDIR/ferry-node-NAME)')
     .option('--link-bandwidth <rate>', 'shape outgoing traffic to this bandwidth (e.g. 100mbit)')
     .option('--link-latency <time>', 'add this one-way latency to outgoing traffic (e.g. 1ms)')
-    .action(async (flags: { name: string; listen: string; join: string[]; keyFile?: string; dataDir?: string; linkBandwidth?: string; linkLatency?: string }) => {
+    .option('--role <role>', `also serve as (repeatable): ${ROLES.join(', ')} (keeps page stores for flushing and freeze-free)`, collect, [])
+    .action(async (flags: { name: string; listen: string; join: string[]; keyFile?: string; dataDir?: string; linkBandwidth?: string; linkLatency?: string; role: string[] }) => {
       if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(flags.name)) throw new FerryError('bad-argument', `--name ${flags.name}: use letters, digits, '.', '_' and '-' (no '/')`);
+      for (const r of flags.role) if (!(ROLES as readonly string[]).includes(r)) throw new FerryError('bad-argument', `--role ${r}: known roles are ${ROLES.join(', ')}`);
       if (flags.linkBandwidth) parseBandwidth(flags.linkBandwidth);
       if (flags.linkLatency) parseLatency(flags.linkLatency);
       const keyFile = flags.keyFile ?? process.env.FERRY_KEY_FILE;
@@ -72,10 +75,10 @@ export function registerClusterCommands(program: Command): void {
       const d = await NodeDaemon.start({
         name: flags.name, host, port, join: flags.join, key, dataDir: flags.dataDir ? resolve(flags.dataDir) : undefined,
         shaping: flags.linkBandwidth || flags.linkLatency ? { bandwidth: flags.linkBandwidth, latency: flags.linkLatency } : undefined,
-        faults: process.env.FERRY_FAULTS, log,
+        faults: process.env.FERRY_FAULTS, log, roles: [...new Set(flags.role)],
       });
       process.stdout.write(`listening on ${d.addr}\n`);
-      log(`node ${d.name} listening on ${d.addr}, data in ${d.dataDir}`);
+      log(`node ${d.name} listening on ${d.addr}, data in ${d.dataDir}${flags.role.length ? `, roles: ${flags.role.join(', ')}` : ''}`);
       await new Promise<void>((done) => {
         let stopping = false;
         let waiting: NodeJS.Timeout | undefined;
@@ -134,8 +137,8 @@ export function registerClusterCommands(program: Command): void {
       const r = await withCluster(flags, (c) => call(c, 'nodes'));
       const members = (r.members ?? []) as MemberInfo[];
       if (flags.json) { process.stdout.write(JSON.stringify(members, null, 2) + '\n'); return; }
-      process.stdout.write(table([['NAME', 'ADDRESS', 'STATE', 'LAST SEEN'], ...members.map((m) => [
-        m.name + (m.self ? ' *' : ''), m.addr, m.state, m.self ? '-' : `${(m.lastSeenMsAgo / 1000).toFixed(1)} s ago`,
+      process.stdout.write(table([['NAME', 'ADDRESS', 'STATE', 'ROLES', 'LAST SEEN'], ...members.map((m) => [
+        m.name + (m.self ? ' *' : ''), m.addr, m.state, m.roles?.length ? m.roles.join(',') : '-', m.self ? '-' : `${(m.lastSeenMsAgo / 1000).toFixed(1)} s ago`,
       ])]));
     });
 

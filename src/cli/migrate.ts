@@ -34,6 +34,7 @@ export function formatMetrics(m: MigrationMetrics): string {
     `  pages: ${m.pages.addressSpace} in the address space, ${m.pages.sent} sent, ${m.pages.zero} zero (not sent), at most ${m.pages.maxSendsPerPage} sends per page`,
   ];
   if (m.residualDependencies?.length) lines.push(`  residual dependency on ${m.residualDependencies.join(', ')}: the process still fetches pages from there (total time open)`);
+  if (m.fileServer) lines.push(`  file server ${m.fileServer.node}: ${m.fileServer.pages} pages flushed (${mb(m.fileServer.bytes)})${m.fileServer.flushMs !== null ? `, every page there ${ms(m.fileServer.flushMs)} after the freeze` : ''}`);
   if (m.rounds > 0) lines.push(`  ${m.rounds} rounds while running, ${m.pages.resent} pages resent, dirty rate ${m.dirtyRateBytesPerSec === null ? '-' : `${(m.dirtyRateBytesPerSec / 1e6).toFixed(1)} MB/s`}${m.throttle ? `, throttled to ${((1 - m.throttle) * 100).toFixed(0)}%` : ''}`);
   if (m.switchedToPostCopy) lines.push(`  not converged after ${m.rounds} rounds: switched to post-copy (${m.remoteFaults} remote faults, execution delay ${ms(m.executionDelayMs)})`);
   if (m.remoteFaults > 0 || m.postProcessingMs) lines.push(`  ${m.remoteFaults} remote faults (median round trip ${ms(m.faultRoundTripMs)}), execution delay ${ms(m.executionDelayMs)}${m.algorithm === 'assisted-post-copy' ? `; ${m.modifiedSincePass} pages modified since the pass, ${m.notModifiedAnswers} faults answered "not modified"` : ''}`);
@@ -57,6 +58,7 @@ export function registerMigrationCommands(program: Command): void {
     .option('--to <node>', 'the destination node')
     .option('--algorithm <name>', `how the address space moves (${ALGORITHMS.join(', ')})`, 'total-copy')
     .option('--variant <name>', `the algorithm's variant (${Object.entries(VARIANTS).map(([a, v]) => `${a}: ${v.join(' (default) or ')}`).join('; ')})`)
+    .option('--file-server <node>', 'flushing, freeze-free: the file server to flush the pages to (default: any up node with the file-server role)')
     .option('--page-size <bytes>', 'transfer page size: 4096, 16384 or 65536', (v) => Number(v), 4096)
     .option('--max-rounds <n>', 'pre-copy: rounds while the process runs, at most (default 6, as in the thesis)', (v) => Number(v))
     .option('--downtime-limit <ms>', 'pre-copy: freeze once the rest would take this long to send (default 300)', (v) => Number(v))
@@ -66,7 +68,7 @@ export function registerMigrationCommands(program: Command): void {
     .option('--compress <codec>', `compress page batches on the wire: ${CODECS.join(', ')} (deflate: node:zlib, level 1; lz4: faster, for fast links); both nodes must have it`, 'none')
     .option('--cancel', 'cancel the migration of PID under way (the process stays where it is)')
     .option('--json', 'print the metrics as JSON (no progress bar)'))
-    .action(async (pid: string, flags: ClusterFlags & { to?: string; algorithm: string; variant?: string; pageSize: number; cancel?: boolean; json?: boolean; maxRounds?: number; downtimeLimit?: number; thesisLimits?: boolean; autoConverge?: boolean; postcopyAfterRounds?: number; compress: string }) => {
+    .action(async (pid: string, flags: ClusterFlags & { to?: string; algorithm: string; variant?: string; fileServer?: string; pageSize: number; cancel?: boolean; json?: boolean; maxRounds?: number; downtimeLimit?: number; thesisLimits?: boolean; autoConverge?: boolean; postcopyAfterRounds?: number; compress: string }) => {
       const target = clusterTarget(flags);
       if (flags.cancel) {
         const { conn } = await connectToProcess(target, pid);
@@ -97,6 +99,7 @@ export function registerMigrationCommands(program: Command): void {
           const r = await call(conn, 'migrate', {
             pid, to: flags.to, algorithm: flags.algorithm, pageSize: flags.pageSize, progress: showBar,
             ...(flags.variant !== undefined ? { variant: flags.variant } : {}),
+            ...(flags.fileServer !== undefined ? { fileServer: flags.fileServer } : {}),
             ...(flags.maxRounds !== undefined ? { maxRounds: flags.maxRounds } : {}),
             ...(flags.downtimeLimit !== undefined ? { downtimeLimitMs: flags.downtimeLimit } : {}),
             ...(flags.thesisLimits ? { thesisLimits: true } : {}), ...(flags.autoConverge ? { autoConverge: true } : {}),

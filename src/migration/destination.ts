@@ -54,6 +54,8 @@ export interface IncomingSpec {
   residual?: boolean;
   /** Pages before the commit go to a temporary page store (assisted post-copy). */
   temporaryStore?: boolean;
+  /** The node serving the pages, if not the source (flushing: the file server). */
+  holder?: string;
 }
 
 /** A fault's answer: the pages sent, and (assisted post-copy) pages whose stored copy is

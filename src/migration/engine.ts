@@ -12,7 +12,7 @@ import type { Captured } from '../vm/process.ts';
 import { encodePageBatch, encodePageBatchParts, isZeroPage } from '../memory/page-batch.ts';
 import { MetricsRecorder, type MigrationMetrics, type Phase } from './metrics.ts';
 import { MigrationStateMachine } from './state.ts';
-import type { SourceContext, Strategy } from './strategy.ts';
+import type { FileServerView, SourceContext, Strategy } from './strategy.ts';
 import { downtimeBudget, shouldIterate, switchesToPostCopy, throttleFor } from './convergence.ts';
 import { DirtyPages } from '../memory/dirty.ts';
 import type { FaultStats } from './destination.ts';
@@ -47,11 +47,37 @@ export interface MigrationChannel {
   /** Tell the destination to drop everything it has (best effort). */
   abort(reason: FerryError): void;
   close(): void;
+  /** Freeze-free: the destination faults to `holder` (the file server) from now on. False
+   *  when the process no longer depends on the source. */
+  handOver?(holder: string): Promise<boolean>;
+  /** Resolves once the running node no longer needs the pages this source serves. */
+  served?(): Promise<string> | undefined;
 }
 
 /** A fault's answer with pages sent as "not modified" or "in flight" (assisted post-copy):
  *  `parts` is the page batch of the pages sent. */
 export interface PageAnswer { parts: readonly Uint8Array[]; notModified: number[]; inFlight: number[] }
+
+/** A file server, as the engine sees it (src/node/file-server.ts: a connection of its own). */
+export interface FileServerLink {
+  readonly node: string;
+  /** Largest page batch per request, in bytes. */
+  readonly batchBytes: number;
+  /** Bytes sent to it so far. */
+  readonly bytesSent: number;
+  /** Open the process's store there (setup: it must accept before the process freezes). */
+  open(): Promise<void>;
+  /** One page batch; resolves once stored. */
+  store(batch: Buffer): Promise<void>;
+  /** Every page is there: it serves the running node from now on. */
+  seal(addressSpacePages: number): Promise<void>;
+  /** Drop the store (best effort). */
+  drop(reason: string): void;
+  close(): void;
+}
+
+/** Page batches a flush keeps in flight to the file server. */
+const FLUSH_WINDOW = 4;
 
 /** The process being moved, as the engine sees it. Implemented by the node's process table. */
 export interface SourceProcess {
@@ -83,6 +109,8 @@ export interface MigrationSpec {
   channel: MigrationChannel;
   pageSize: number;
   options?: MigrationOptions;
+  /** The file server (strategies with `fileServer`). */
+  fileServer?: FileServerLink;
   log?: (m: string) => void;
 }
 
@@ -131,6 +159,7 @@ export class Migration extends EventEmitter {
       pageSize: spec.pageSize, linkBytesPerSec: spec.channel.linkBytesPerSec,
     });
     if (spec.strategy.variant) this.metrics.m.variant = spec.strategy.variant;
+    if (spec.fileServer) this.metrics.m.fileServer = { node: spec.fileServer.node, bytes: 0, pages: 0, flushMs: null };
     this.done = this.run();
     this.done.catch(() => {});
   }
@@ -163,8 +192,11 @@ export class Migration extends EventEmitter {
     try {
       this.metrics.addBytes('setup', await channel.setup());
       this.check();
+      await this.spec.fileServer?.open();
+      this.check();
       if (!this.sm.cas('setup', 'active')) this.check();
-      if (strategy.faulting || this.spec.options?.postcopyAfterRounds !== undefined) channel.serveFaults((pages) => this.serve(pages));
+      // Flushing: the file server serves every fault, the source none.
+      if ((strategy.faulting && strategy.fileServer !== 'only') || this.spec.options?.postcopyAfterRounds !== undefined) channel.serveFaults((pages) => this.serve(pages));
       // Rounds read the dirty map: the process tracks its writes from here on.
       if (strategy.iterate) await proc.ensureTracked?.();
       this.check();
@@ -198,13 +230,20 @@ export class Migration extends EventEmitter {
         this.enter('postProcessing');
         this.metrics.m.residualDependencies = [this.spec.from];
         // Switched: post-copy's push of every page the destination lacks (stale ones were unmarked sent).
-        if (stale) await pushRest(ctx); else await strategy.postProcess!(ctx);
-        this.metrics.m.residualDependencies = [];
+        const left = stale ? await pushRest(ctx) : await strategy.postProcess!(ctx);
+        this.metrics.m.residualDependencies = left ?? [];
+        if (left?.length) {
+          // Freeze-free: the source is done, the file server (or, failing it, the source) still
+          // serves the process; the total time waits for that dependency to end (residualEnded).
+          this.sm.cas('postcopy-active', 'completed');
+          return this.metrics.snapshot();
+        }
       } else if (strategy.residual) {
-        // No push: the source serves pages for the life of the process. The migration is
-        // over for the user; its total time waits for the dependency to end (residualEnded).
+        // No push: the source (flushing: the file server) serves pages for the life of the
+        // process. The migration is over for the user; its total time waits for the dependency
+        // to end (residualEnded).
         this.enter('postProcessing');
-        this.metrics.m.residualDependencies = [this.spec.from];
+        this.metrics.m.residualDependencies = [this.spec.fileServer?.node ?? this.spec.from];
         this.sm.cas('active', 'completed');
         return this.metrics.snapshot();
       }
@@ -217,7 +256,10 @@ export class Migration extends EventEmitter {
       // Resume here unless the destination may run it (an unanswerable commit keeps it frozen).
       // (Before the commit it may be running still, e.g. a failure during rounds: it stays
       // here and must no longer count as moving or be throttled.)
-      if ((this.frozen || !this.committing) && err.code !== 'commit-unknown') { proc.resume(); this.frozen = null; }
+      if ((this.frozen || !this.committing) && err.code !== 'commit-unknown') {
+        proc.resume(); this.frozen = null;
+        this.spec.fileServer?.drop(`migration ${this.spec.id} failed: ${err.message}`);
+      }
       if (!this.abort.signal.aborted) this.abort.abort(err);
       channel.abort(err);
       if (this.sm.state !== 'cancelled') this.sm.cas(this.sm.state, 'failed');
@@ -228,6 +270,7 @@ export class Migration extends EventEmitter {
     } finally {
       strategy.cleanup?.(ctx);
       channel.close();
+      this.spec.fileServer?.close();
       this.emit('progress', this.progress());
     }
   }
@@ -312,7 +355,63 @@ export class Migration extends EventEmitter {
         this.spec.log?.(`migration ${this.spec.id}: reconnected to ${this.spec.to}; ${absent.length} pages still to push`);
       },
       dirty: this.dirtyView(),
+      ...(this.spec.fileServer ? { fileServer: this.fileServerView(this.spec.fileServer) } : {}),
     };
+  }
+
+  private fileServerView(link: FileServerLink): FileServerView {
+    const fm = this.metrics.m.fileServer!;
+    const served = () => this.spec.channel.served?.();
+    return {
+      node: link.node,
+      source: this.spec.from,
+      flush: async (pages, signal) => {
+        await this.flush(link, pages, signal);
+        fm.bytes = link.bytesSent;
+      },
+      seal: async () => {
+        await link.seal(this.metrics.m.pages.addressSpace);
+        fm.bytes = link.bytesSent;
+        fm.flushMs = this.metrics.sinceFreeze();
+      },
+      handOver: async () => {
+        if (!this.spec.channel.handOver) throw new FerryError('unsupported', `migration ${this.spec.id}: the channel cannot hand the process's faults over`);
+        return this.spec.channel.handOver(link.node);
+      },
+      // The hold is made once setup is done (serveFaults): looked up when asked.
+      get sourceReleased() { return served() ?? new Promise<string>(() => {}); },
+      drop: (reason) => link.drop(reason),
+    };
+  }
+
+  /** Non-zero pages to the file server, a few batches in flight. */
+  private async flush(link: FileServerLink, indices: Iterable<number>, signal?: AbortSignal): Promise<void> {
+    const ps = this.spec.pageSize;
+    const mem = this.spec.process.memory;
+    const perBatch = Math.max(1, Math.floor(link.batchBytes / ps));
+    const fm = this.metrics.m.fileServer!;
+    const inflight: Promise<void>[] = [];
+    let pages: number[] = [];
+    const go = async () => {
+      if (!pages.length) return;
+      const body = encodePageBatch(mem, ps, pages);
+      fm.pages += pages.length;
+      pages = [];
+      const p = link.store(body);
+      p.catch(() => {}); // awaited below; a later await may throw first
+      inflight.push(p);
+      if (inflight.length >= FLUSH_WINDOW) await inflight.shift();
+      fm.bytes = link.bytesSent;
+    };
+    for (const i of indices) {
+      if (signal?.aborted) break;
+      this.check();
+      if (isZeroPage(mem, i, ps)) continue; // the store reads as zero where nothing was stored
+      pages.push(i);
+      if (pages.length >= perBatch) await go();
+    }
+    await go();
+    for (const p of inflight) await p;
   }
 
   private dirtyView(): SourceContext['dirty'] {

@@ -7,6 +7,8 @@ import { PostCopy } from './post-copy.ts';
 import { QueuedPreCopy } from './queued-pre-copy.ts';
 import { DemandPaging, DEMAND_PAGING_VARIANTS } from './demand-paging.ts';
 import { AssistedPostCopy } from './assisted-post-copy.ts';
+import { Flushing } from './flushing.ts';
+import { FreezeFree } from './freeze-free.ts';
 
 const STRATEGIES: Record<string, (variant?: string) => Strategy> = {
   'total-copy': () => new TotalCopy(),
@@ -15,6 +17,8 @@ const STRATEGIES: Record<string, (variant?: string) => Strategy> = {
   'queued-pre-copy': () => new QueuedPreCopy(),
   'demand-paging': (variant) => new DemandPaging(variant),
   'assisted-post-copy': () => new AssistedPostCopy(),
+  'flushing': () => new Flushing(),
+  'freeze-free': () => new FreezeFree(),
 };
 
 export const ALGORITHMS = Object.keys(STRATEGIES);
@@ -31,5 +35,5 @@ export function strategyFor(name: string, variant?: string): Strategy {
   return make(variant);
 }
 
-export { Migration, type MigrationChannel, type MigrationOptions, type SourceProcess, type Progress } from './engine.ts';
+export { Migration, type FileServerLink, type MigrationChannel, type MigrationOptions, type SourceProcess, type Progress } from './engine.ts';
 export type { MigrationMetrics } from './metrics.ts';

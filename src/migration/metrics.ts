@@ -56,6 +56,9 @@ export interface MigrationMetrics {
   compression: { codec: string; rawBytes: number; wireBytes: number; ratio: number | null };
   /** Nodes the process still depends on after the migration (until post-processing ends). */
   residualDependencies: string[];
+  /** Flushing, freeze-free: the file server, the bytes and pages flushed to it (non-zero
+   *  pages only), and ms from the freeze until every page was there (null until then). */
+  fileServer: { node: string; bytes: number; pages: number; flushMs: number | null } | null;
   /** Where the down time went: ms from the freeze request to each step (frozen, pages, state, running). */
   downtimeSteps: Record<string, number>;
   error?: { code: string; message: string };
@@ -80,7 +83,7 @@ export class MetricsRecorder {
       linkBandwidthBps: init.linkBytesPerSec === null ? null : init.linkBytesPerSec * 8,
       wireTimeMs: null, throughputBytesPerSec: null, rounds: 0, dirtyRateBytesPerSec: null, throttle: 0, switchedToPostCopy: false, downtimeSteps: {},
       remoteFaults: 0, faultRoundTripMs: null, executionDelayMs: 0, modifiedSincePass: 0, notModifiedAnswers: 0, residualDependencies: [],
-      compression: { codec: 'none', rawBytes: 0, wireBytes: 0, ratio: null },
+      compression: { codec: 'none', rawBytes: 0, wireBytes: 0, ratio: null }, fileServer: null,
     };
     this.phaseStart.setup = this.t0;
   }
@@ -138,6 +141,12 @@ export class MetricsRecorder {
   }
 
   zeroPage(): void { this.m.pages.zero++; }
+
+  /** ms since the freeze request (null before it). */
+  sinceFreeze(): number | null {
+    const t0 = this.phaseStart.downtime;
+    return t0 === null ? null : now() - t0;
+  }
 
   fail(error: { code: string; message: string }): void {
     this.m.error = error;

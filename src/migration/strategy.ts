@@ -40,6 +40,28 @@ export interface SourceContext {
   recover(err: unknown): Promise<void>;
   /** The process's dirty pages (pre-copy), in migration pages. */
   readonly dirty: DirtyView;
+  /** The file server of an algorithm that flushes pages to one (flushing, freeze-free). */
+  readonly fileServer?: FileServerView;
+}
+
+/** A file server as strategies see it (src/node/file-server.ts keeps the store). */
+export interface FileServerView {
+  /** Its node name. */
+  readonly node: string;
+  /** The source node's name (this node). */
+  readonly source: string;
+  /** Store these pages' current bytes there (all-zero pages are skipped: the store reads as
+   *  zero where nothing was stored). Stops early once `signal` is aborted. */
+  flush(pages: Iterable<number>, signal?: AbortSignal): Promise<void>;
+  /** Every page is stored: the file server serves the running node's faults from now on. */
+  seal(): Promise<void>;
+  /** Freeze-free: tell the destination to fault to the file server from now on. False when
+   *  the process no longer depends on the source (it ended, has every page, or moved on). */
+  handOver(): Promise<boolean>;
+  /** Resolves (with why) once the running node no longer needs the source's pages. */
+  readonly sourceReleased: Promise<string>;
+  /** Drop the store (best effort). */
+  drop(reason: string): void;
 }
 
 /** Dirty-page bookkeeping of the running process, as strategies see it (src/memory/dirty.ts). */
@@ -77,6 +99,10 @@ export interface Strategy {
    *  paging). The migration completes once the process runs on the destination; its total
    *  time stays open while the dependency remains. */
   readonly residual?: boolean;
+  /** The algorithm needs a file server (a node with the file-server role): 'only', it serves
+   *  every fault and the source none (flushing); 'after-source', the source serves faults
+   *  until it has flushed every page there, then the file server does (freeze-free). */
+  readonly fileServer?: 'only' | 'after-source';
   /** Which variant of the algorithm (`--variant`), if it has several. */
   readonly variant?: string;
   /** Pages sent before the commit go to the destination's temporary page store, not the
@@ -94,8 +120,9 @@ export interface Strategy {
   /** The pages complete() would send (frozen): those the destination lacks or holds an old
    *  copy of. A strategy that has it can switch to post-copy (--postcopy-after-rounds). */
   remaining?(ctx: SourceContext, frozen: Captured): number[];
-  /** After the destination runs the process; resolves when no dependency on the source remains. */
-  postProcess?(ctx: SourceContext): Promise<void>;
+  /** After the destination runs the process; resolves when no dependency on the source
+   *  remains, with the nodes the process still depends on (none if void: the record closes). */
+  postProcess?(ctx: SourceContext): Promise<void | string[]>;
   cleanup?(ctx: SourceContext): void;
 }
 

@@ -11,7 +11,7 @@
 //   kill   {pid, scope?}                      -> {pid, node}
 //   status {}                                 -> {name, addr, processes}
 //   locate {pid}                              -> {pid, node, addr}    (who runs it now)
-//   migrate {pid, to, algorithm?, variant?, progress?, maxRounds?, downtimeLimitMs?, thesisLimits?, autoConverge?, postcopyAfterRounds?, compress?}
+//   migrate {pid, to, algorithm?, variant?, fileServer?, progress?, maxRounds?, downtimeLimitMs?, thesisLimits?, autoConverge?, postcopyAfterRounds?, compress?}
 //                                             -> {metrics}; MIG_PROGRESS {token, progress} frames meanwhile
 //                                                (only on the node running pid: the CLI locates it first)
 //   migrate-cancel {pid}                      -> {id}                 (node running pid)
@@ -213,6 +213,7 @@ export class ControlApi {
     const to = str(h, 'to', 'migrate');
     const algorithm = optStr(h, 'algorithm', 'migrate');
     const variant = optStr(h, 'variant', 'migrate');
+    const fileServer = optStr(h, 'fileServer', 'migrate');
     const token = h.progress === true ? msg.id : undefined;
     if (!this.ctx.table.get(pid)) {
       const where = await this.locate(pid).catch(() => undefined);
@@ -233,7 +234,7 @@ export class ControlApi {
       postcopyAfterRounds: num('postcopyAfterRounds', 1, 1000),
     };
     if (options.postcopyAfterRounds !== undefined && !Number.isInteger(options.postcopyAfterRounds)) throw badRequest('migrate: postcopyAfterRounds must be a whole number of rounds');
-    return this.ctx.migrator.migrate({ pid, to, algorithm, variant, pageSize, options }, token === undefined ? undefined : (p) => {
+    return this.ctx.migrator.migrate({ pid, to, algorithm, variant, pageSize, options, ...(fileServer !== undefined ? { fileServer } : {}) }, token === undefined ? undefined : (p) => {
       if (conn.isOpen) conn.send('MIG_PROGRESS', { token, progress: p as never }).catch(() => {});
     });
   }

@@ -38,6 +38,8 @@ export interface NodeOptions {
   dataDir?: string;
   /** Shape this node's outgoing link (experiments). */
   shaping?: ShapingOptions;
+  /** What this node serves besides running processes (file-server.ts ROLES). */
+  roles?: string[];
   /** Fault injection (faults.ts), e.g. "dest-commit:crash"; tests only. */
   faults?: string;
   log?: (msg: string) => void;
@@ -79,6 +81,7 @@ export class NodeDaemon {
       name: opts.name,
       get addr() { return self.addrValue; },
       dial,
+      roles: opts.roles,
       log,
     });
     const homeFiles = new HomeFiles(this.membership);
@@ -86,7 +89,7 @@ export class NodeDaemon {
       { moved: (pid, node) => homeFiles.moved(pid, node), ended: (pid) => homeFiles.close(pid) });
     const stdio = new StdioRouter((pid, data, eof) => home.input(pid, data, eof), log);
     this.migrator = new Migrator({
-      name: opts.name, membership: this.membership, table: this.table, home, homeFiles, programs, log,
+      name: opts.name, membership: this.membership, table: this.table, home, homeFiles, programs, log, roles: opts.roles,
       faults: new Faults(opts.faults, log),
       dialNode: async (name) => {
         const m = this.membership.list().find((x) => x.name === name);

@@ -25,6 +25,8 @@ export interface MemberInfo {
   lastSeenMsAgo: number;
   /** When the member entered its current state (ISO time). */
   since: string;
+  /** What the node serves besides running processes (e.g. 'file-server'), as it announced. */
+  roles: string[];
 }
 
 interface Member {
@@ -33,6 +35,7 @@ interface Member {
   state: MemberState;
   lastSeen: number;
   since: number;
+  roles: string[];
   conn?: Connection;
   dialing?: Promise<Connection>;
   lastDial: number;
@@ -43,7 +46,15 @@ export interface MembershipOptions {
   addr: string;
   /** Open a peer connection to a member's address (handlers installed). */
   dial: (addr: string) => Promise<Connection>;
+  /** This node's roles, announced in joins and heartbeats. */
+  roles?: string[];
   log?: (msg: string) => void;
+}
+
+/** Roles as announced by a peer: a short list of short names (anything else is ignored). */
+function rolesOf(v: unknown): string[] | undefined {
+  if (!Array.isArray(v)) return undefined;
+  return v.filter((r): r is string => typeof r === 'string' && r.length <= 64).slice(0, 16);
 }
 
 export class Membership {
@@ -61,7 +72,7 @@ export class Membership {
     for (const seed of seeds) {
       try {
         const conn = await this.opts.dial(seed);
-        const reply = await conn.request('REQUEST', { method: 'join', name: this.opts.name, addr: this.opts.addr }, undefined, { timeoutMs: 10_000 });
+        const reply = await conn.request('REQUEST', { method: 'join', name: this.opts.name, addr: this.opts.addr, roles: this.roles }, undefined, { timeoutMs: 10_000 });
         const seedName = conn.peer.node;
         const m = this.learn(seedName, seed);
         if (m) { this.adopt(m, conn); this.markUp(m); } else conn.destroy();
@@ -102,7 +113,7 @@ export class Membership {
     if (name === this.opts.name) throw new FerryError('name-taken', `node name ${name} is this node's own name`);
     const m = this.members.get(name);
     if (m && m.state === 'up' && m.addr !== addr) throw new FerryError('name-taken', `a node named ${name} is already up at ${m.addr}`);
-    const member = this.learn(name, addr, true)!;
+    const member = this.learn(name, addr, true, rolesOf(msg.header.roles))!;
     member.lastSeen = Date.now();
     this.markUp(member);
     void conn;
@@ -123,6 +134,8 @@ export class Membership {
     }
     if (!m || m.addr !== h.addr) m = this.learn(h.node, h.addr, true);
     if (!m) return;
+    const roles = rolesOf(h.roles);
+    if (roles) m.roles = roles;
     m.lastSeen = Date.now();
     this.markUp(m);
     this.gossip(h.members);
@@ -131,14 +144,16 @@ export class Membership {
   /** The member list, this node first. */
   list(): MemberInfo[] {
     const now = Date.now();
-    const self: MemberInfo = { name: this.opts.name, addr: this.opts.addr, state: 'up', self: true, lastSeenMsAgo: 0, since: new Date(this.startedAt).toISOString() };
+    const self: MemberInfo = { name: this.opts.name, addr: this.opts.addr, state: 'up', self: true, lastSeenMsAgo: 0, since: new Date(this.startedAt).toISOString(), roles: this.roles };
     const others = [...this.members.values()].sort((a, b) => a.name.localeCompare(b.name)).map((m): MemberInfo => ({
-      name: m.name, addr: m.addr, state: m.state, self: false, lastSeenMsAgo: Math.max(0, now - m.lastSeen), since: new Date(m.since).toISOString(),
+      name: m.name, addr: m.addr, state: m.state, self: false, lastSeenMsAgo: Math.max(0, now - m.lastSeen), since: new Date(m.since).toISOString(), roles: [...m.roles],
     }));
     return [self, ...others];
   }
 
   private readonly startedAt = Date.now();
+
+  get roles(): string[] { return [...(this.opts.roles ?? [])]; }
 
   /** Members currently up (not this node). */
   upMembers(): string[] {
@@ -179,8 +194,8 @@ export class Membership {
 
   private heartbeat(leaving: boolean): Record<string, unknown> {
     return {
-      node: this.opts.name, addr: this.opts.addr, ...(leaving ? { leaving: true } : {}),
-      members: [...this.members.values()].filter((m) => m.state === 'up').map((m) => ({ name: m.name, addr: m.addr })),
+      node: this.opts.name, addr: this.opts.addr, roles: this.roles, ...(leaving ? { leaving: true } : {}),
+      members: [...this.members.values()].filter((m) => m.state === 'up').map((m) => ({ name: m.name, addr: m.addr, roles: m.roles })),
     };
   }
 
@@ -207,10 +222,11 @@ export class Membership {
   }
 
   /** Add a member we did not know (or that moved address). Returns it, or undefined for this node. */
-  private learn(name: string, addr: string, update = false): Member | undefined {
+  private learn(name: string, addr: string, update = false, roles?: string[]): Member | undefined {
     if (name === this.opts.name) return undefined;
     const old = this.members.get(name);
     if (old) {
+      if (roles) old.roles = roles;
       if (update && old.addr !== addr) {
         old.addr = addr;
         old.conn?.destroy();
@@ -219,7 +235,7 @@ export class Membership {
       return old;
     }
     const now = Date.now();
-    const m: Member = { name, addr, state: 'up', lastSeen: now, since: now, lastDial: 0 };
+    const m: Member = { name, addr, state: 'up', lastSeen: now, since: now, lastDial: 0, roles: roles ?? [] };
     this.members.set(name, m);
     this.opts.log?.(`node ${name} at ${addr} joined`);
     return m;
@@ -230,7 +246,7 @@ export class Membership {
     for (const e of list.slice(0, 4096)) {
       if (e && typeof e === 'object' && typeof (e as { name?: unknown }).name === 'string' && typeof (e as { addr?: unknown }).addr === 'string') {
         const { name, addr } = e as { name: string; addr: string };
-        if (!this.members.has(name)) this.learn(name, addr);
+        if (!this.members.has(name)) this.learn(name, addr, false, rolesOf((e as { roles?: unknown }).roles));
       }
     }
   }

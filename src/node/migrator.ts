@@ -27,6 +27,10 @@
 // Assisted post-copy: the MIG_PAGES before the commit fill the destination's temporary page
 // store; PAGE_DATA's header may list pages {notModified} (the stored copy is current: no
 // bytes) and {inFlight} (already pushed: wait for them); the batch carries the others.
+// Flushing and freeze-free (file-server.ts): the source flushes the pages to a file server F
+// (PAGE_STORE); flushing's MIG_SETUP names it ({holder: F}: D faults to F from the start);
+// freeze-free's faults go to the source until it has flushed everything, then:
+//   S -> D  MIG_HANDOVER {mid, holder: F}                           D: {handedOver} (faults go to F from now on)
 import { randomUUID } from 'node:crypto';
 import { FerryError } from '../errors.ts';
 import { IncomingMigration, type FaultStats } from '../migration/destination.ts';
@@ -46,8 +50,9 @@ import type { ProgramStore } from './programs.ts';
 import { str } from './fields.ts';
 import type { Progress } from '../migration/engine.ts';
 import type { Faults } from './faults.ts';
-import { PageServer, type Hold } from './page-server.ts';
+import { PageServer, type Hold, type HoldEnd } from './page-server.ts';
 import { RECOVERY_MS, RemotePages } from './remote-pages.ts';
+import { FILE_SERVER_ROLE, FileServer } from './file-server.ts';
 
 export const DEFAULT_PAGE_SIZE = 4096;
 const SETUP_TIMEOUT_MS = 15 * 60_000; // compiling a large module on the destination takes minutes
@@ -69,10 +74,16 @@ export interface MigratorContext {
   /** A new connection to a node (not shared with membership), handlers installed. */
   dialNode(name: string): Promise<Connection>;
   faults: Faults;
+  /** This node's roles (file-server: it keeps page stores for flushing and freeze-free). */
+  roles?: string[];
   log?: (m: string) => void;
 }
 
-export interface MigrateRequest { pid: string; to: string; algorithm?: string; variant?: string; pageSize?: number; options?: MigrationOptions }
+export interface MigrateRequest {
+  pid: string; to: string; algorithm?: string; variant?: string; pageSize?: number; options?: MigrationOptions;
+  /** Flushing, freeze-free: the file server (default: any up node with the role). */
+  fileServer?: string;
+}
 
 export class Migrator {
   private readonly active = new Map<string, Migration>(); // pid -> its migration
@@ -86,6 +97,8 @@ export class Migrator {
   /** Pages of processes running here that another node holds. */
   readonly remotePages: RemotePages;
   private readonly codecs = new Map<string, Codec>(); // mid -> the compression agreed at setup
+  /** Page stores kept here (file-server role), and this node's links to file servers. */
+  readonly fileServer: FileServer;
 
   constructor(private readonly ctx: MigratorContext) {
     this.pageServer = new PageServer({ name: ctx.name, membership: ctx.membership, log: ctx.log });
@@ -94,6 +107,10 @@ export class Migrator {
       rehost: (pid, loaded) => ctx.table.rehost(pid, loaded),
     });
     ctx.table.onEnded((pid, how) => this.remotePages.processEnded(pid, how));
+    this.fileServer = new FileServer({
+      name: ctx.name, enabled: ctx.roles?.includes(FILE_SERVER_ROLE) ?? false, membership: ctx.membership,
+      pageServer: this.pageServer, dialNode: ctx.dialNode, log: ctx.log,
+    });
   }
 
   // ---- source side ----
@@ -108,6 +125,8 @@ export class Migrator {
     if (switches && !(strategy.iterate && strategy.remaining))
       throw new FerryError('bad-argument', `--postcopy-after-rounds applies to pre-copy algorithms, not ${strategy.algorithm}`);
     const pageSize = req.pageSize ?? DEFAULT_PAGE_SIZE;
+    if (req.fileServer !== undefined && !strategy.fileServer) throw new FerryError('bad-argument', `--file-server applies to flushing and freeze-free, not ${strategy.algorithm}`);
+    const fileServer = strategy.fileServer ? this.fileServer.pick(this.ctx.name, req.to, strategy.algorithm, req.fileServer) : undefined;
     // It depends on another node's pages: it pulls them first (it never depends on two nodes).
     if (table.get(req.pid)) await this.remotePages.settle(req.pid);
     const inUse = table.get(req.pid)?.memoryBytes ?? 0; // read before it is marked moving (the snapshot then skips it)
@@ -121,8 +140,10 @@ export class Migrator {
       pid: req.pid, sha256: hash, pageSize, algorithm: strategy.algorithm, memoryBytes: inUse, postcopy: switches, compress: req.options?.compress ?? 'none',
       program: () => bytes, to: req.to, pageServer: this.pageServer,
       dialAgain: () => this.ctx.dialNode(req.to),
+      ...(strategy.fileServer === 'only' ? { holder: fileServer } : {}),
     });
-    const m = new Migration({ id, from: this.ctx.name, to: req.to, strategy, process: source, channel, pageSize, options: req.options, log: this.ctx.log });
+    const link = fileServer ? this.fileServer.link({ mid: id, pid: req.pid, runner: req.to, pageSize, node: fileServer }) : undefined;
+    const m = new Migration({ id, from: this.ctx.name, to: req.to, strategy, process: source, channel, pageSize, options: req.options, log: this.ctx.log, fileServer: link });
     this.active.set(req.pid, m);
     if (onProgress) m.on('progress', onProgress);
     const metrics = await m.done;
@@ -130,18 +151,26 @@ export class Migrator {
     this.history.push(metrics);
     if (this.history.length > HISTORY) this.history.shift();
     const hold = channel.hold;
-    if (hold && metrics.residualDependencies.length === 0) this.pageServer.release(id, { reason: metrics.state === 'completed' ? 'post-processing ended' : `migration ${metrics.state}` });
-    else if (hold) {
-      // The process runs on req.to with pages here: the record closes when the dependency ends.
-      this.residual.set(id, m);
-      void hold.ended.then((end) => {
-        this.residual.delete(id);
-        const final = m.residualEnded(end.stats);
-        const i = this.history.findIndex((x) => x.id === id);
-        if (i >= 0) this.history[i] = final;
-      });
+    const deps = metrics.residualDependencies;
+    if (hold && !deps.includes(this.ctx.name)) this.pageServer.release(id, { reason: metrics.state === 'completed' ? (link && deps.includes(link.node) ? `handed over to file server ${link.node}` : 'post-processing ended') : `migration ${metrics.state}` });
+    else if (hold) this.closeWhenEnded(id, m, hold.ended); // the process runs on req.to with pages here
+    if (link) {
+      // Flushing, freeze-free: the file server holds the pages; its store's end closes the record.
+      if (metrics.state === 'completed' && deps.includes(link.node)) this.closeWhenEnded(id, m, link.ended);
+      else this.fileServer.forget(id);
     }
     return metrics;
+  }
+
+  /** The record of a migration whose process still depends on a node closes when that ends. */
+  private closeWhenEnded(id: string, m: Migration, ended: Promise<HoldEnd>): void {
+    this.residual.set(id, m);
+    void ended.then((end) => {
+      this.residual.delete(id);
+      const final = m.residualEnded(end.stats);
+      const i = this.history.findIndex((x) => x.id === id);
+      if (i >= 0) this.history[i] = final;
+    });
   }
 
   /** Cancel the migration of a process of this node. */
@@ -169,7 +198,9 @@ export class Migrator {
     conn.handle('MIG_QUERY', this.onQuery);
     conn.handle('MIG_DONE', this.onDone);
     conn.handle('MIG_RESUME', this.onResume);
+    conn.handle('MIG_HANDOVER', this.onHandOver);
     this.pageServer.install(conn);
+    this.fileServer.install(conn);
     conn.on('MIG_ABORT', (m) => { this.incoming.get(String(m.header.mid))?.abort(`source aborted: ${String(m.header.reason ?? '')}`); });
   }
 
@@ -206,7 +237,11 @@ export class Migrator {
       let faulting: boolean, residual: boolean, temporaryStore: boolean;
       try { const s = strategyFor(algorithm); faulting = s.faulting === true; residual = s.residual === true; temporaryStore = s.temporaryStore === true; } catch (e) { throw new FerryError('bad-request', (e as Error).message); }
       const mayPostCopy = h.postcopy === true; // a pre-copy that may switch to post-copy at its freeze
-      inc = new IncomingMigration({ id: mid, pid, from: conn.peer.node, sha256: hash, pageSize, faulting, residual, mayPostCopy, temporaryStore }, this.ctx.log);
+      // Flushing: the pages are on a file server, not on the source.
+      const holder = h.holder === undefined ? undefined : str(h, 'holder', 'MIG_SETUP');
+      if (holder !== undefined && (!faulting || holder === this.ctx.name || !this.ctx.membership.has(holder)))
+        throw new FerryError('bad-request', `MIG_SETUP: holder ${holder} is not another node of the cluster, or ${algorithm} does not fault`);
+      inc = new IncomingMigration({ id: mid, pid, from: conn.peer.node, sha256: hash, pageSize, faulting, residual, mayPostCopy, temporaryStore, ...(holder ? { holder } : {}) }, this.ctx.log);
       this.incoming.set(mid, inc);
       conn.onClose(() => { inc!.abort(`the connection from ${conn.peer.node} closed`); inc!.sourceLost(`the connection closed`); });
       this.forgetLater(mid);
@@ -265,13 +300,13 @@ export class Migrator {
       if (m.spec.faulting) {
         m.markAbsent(img.memory.logicalBytes); // before it runs: every page not here faults
         // Faults go to the source's page server, on connections of their own (remote-pages.ts).
-        const dep = this.remotePages.track({ pid: m.spec.pid, mid: m.spec.id, holder: m.spec.from, inc: m, pushes: !m.spec.residual });
+        const dep = this.remotePages.track({ pid: m.spec.pid, mid: m.spec.id, holder: m.spec.holder ?? m.spec.from, inc: m, pushes: !m.spec.residual });
         onFault = (addr, len) => dep.fault(addr, len);
       }
       try {
         await this.ctx.table.adopt({
           image: img, program, loaded: m.spec.faulting ? m.faultingModule! : m.loaded!, memory: m.memory!,
-          sink: this.ctx.home.routeFor(img.meta.pid, x.home), fileOps, onFault, residual: m.spec.faulting ? [m.spec.from] : [],
+          sink: this.ctx.home.routeFor(img.meta.pid, x.home), fileOps, onFault, residual: m.spec.faulting ? [m.spec.holder ?? m.spec.from] : [],
         });
       } catch (e) { this.remotePages.finished(m.spec.pid, m.spec.id); throw e; }
       const offset = img.wasi.stdinTakenBytes ?? 0;
@@ -304,6 +339,17 @@ export class Migrator {
     const bits = inc.absentBitmap();
     this.ctx.log?.(`migration ${inc.spec.id} of ${inc.spec.pid}: the source reconnected; ${inc.absent} pages still absent`);
     return { header: { pages: bits.length * 8 }, body: bits };
+  };
+
+  /** Freeze-free: the source has flushed every page to a file server; fault there from now on. */
+  private onHandOver = async (msg: Message, conn: Connection): Promise<Reply> => {
+    const inc = this.need(msg);
+    const holder = str(msg.header, 'holder', 'MIG_HANDOVER');
+    if (inc.spec.from !== conn.peer.node) throw new FerryError('refused', `MIG_HANDOVER: migration ${inc.spec.id} came from ${inc.spec.from}, not ${conn.peer.node}`);
+    if (holder === this.ctx.name || !this.ctx.membership.has(holder)) throw new FerryError('bad-request', `MIG_HANDOVER: ${holder} is not another node of the cluster`);
+    const handedOver = await this.remotePages.handOver(inc.spec.pid, inc.spec.id, holder);
+    if (handedOver) this.ctx.table.setResidual(inc.spec.pid, [holder]);
+    return { header: { handedOver } };
   };
 
   private onQuery = (msg: Message): Reply => {
@@ -341,6 +387,8 @@ interface ChannelSpec {
   /** The destination's name (the process runs there after the commit). */
   to: string;
   pageServer: PageServer;
+  /** Flushing: the node holding the pages (the file server), named in MIG_SETUP. */
+  holder?: string;
 }
 
 /** MigrationChannel over a Connection (the transport side of the engine). */
@@ -373,7 +421,7 @@ class ConnectionChannel implements MigrationChannel {
     loadCodec(codec); // refuse here, before the destination does any work, if this node lacks it
     const head = {
       mid: this.mid, pid: this.spec.pid, sha256: this.spec.sha256, pageSize: this.spec.pageSize, algorithm: this.spec.algorithm, memoryBytes: this.spec.memoryBytes,
-      ...(codec !== 'none' ? { compress: codec } : {}), ...(this.spec.postcopy ? { postcopy: true } : {}),
+      ...(codec !== 'none' ? { compress: codec } : {}), ...(this.spec.postcopy ? { postcopy: true } : {}), ...(this.spec.holder ? { holder: this.spec.holder } : {}),
     };
     let r = await this.conn.request('MIG_SETUP', head, undefined, { timeoutMs: SETUP_TIMEOUT_MS });
     if (r.header.needModule === true) {
@@ -478,6 +526,12 @@ class ConnectionChannel implements MigrationChannel {
   }
 
   compressionStats(): { codec: string; rawBytes: number; wireBytes: number } { return { ...this.packed }; }
+  async handOver(holder: string): Promise<boolean> {
+    const r = await this.conn.request('MIG_HANDOVER', { mid: this.mid, holder }, undefined, { priority: 'urgent', timeoutMs: 30_000 });
+    return r.header.handedOver === true;
+  }
+
+  served(): Promise<string> | undefined { return this.hold?.ended.then((e) => e.reason); }
 
   abort(reason: FerryError): void {
     if (this.conn.isOpen) this.conn.send('MIG_ABORT', { mid: this.mid, reason: reason.message }).catch(() => {});

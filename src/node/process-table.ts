@@ -275,6 +275,12 @@ export class ProcessTable {
     this.log?.(`${e.info.pid} now tracks dirty pages`);
   }
 
+  /** The nodes a process running here still needs for its pages (freeze-free: the file server after the hand-over). */
+  setResidual(pid: string, nodes: string[]): void {
+    const e = this.entries.get(pid);
+    if (e && !e.ended) e.residual = [...nodes];
+  }
+
   /** Every page is here (post-copy done): freeze it for a moment and carry on in the plain
    *  variant (no present checks, no dirty marks), in a fresh worker over the same memory. */
   async rehost(pid: string, loaded: LoadedModule): Promise<void> {

@@ -76,6 +76,16 @@ class Dependency {
     });
   }
 
+  /** Fault to another holder from now on (freeze-free's hand-over to the file server): after
+   *  any fetch in flight, so no request is cut. False if the dependency has ended. */
+  moveTo(holder: string): Promise<boolean> {
+    return this.serial(async () => {
+      if (this.ended) return false;
+      this.spec.holder = holder;
+      return true;
+    });
+  }
+
   /** Fetch every page still absent (not counted as faults: the process does not wait for them). */
   async pullAll(): Promise<void> {
     while (!this.ended) {
@@ -117,6 +127,17 @@ export class RemotePages {
     this.ctx.log?.(`${pid} pulled its ${n} absent pages from ${d.spec.holder} in ${(performance.now() - t0).toFixed(0)} ms before moving on`);
     await this.complete(d, 'it pulled every page before moving on');
     await this.completing.get(pid); // a fault may have completed it meanwhile
+  }
+
+  /** Freeze-free: the source flushed everything to `holder`; fault there from now on. */
+  async handOver(pid: string, mid: string, holder: string): Promise<boolean> {
+    const d = this.deps.get(pid);
+    if (!d || d.spec.mid !== mid) return false;
+    const old = d.spec.holder;
+    if (!(await d.moveTo(holder))) return false;
+    this.ctx.log?.(`${pid} faults to ${holder} from now on (${old} flushed every page there)`);
+    this.closeIdle(old);
+    return true;
   }
 
   /** Post-copy's MIG_DONE: the holder pushed everything and ended the dependency itself. */

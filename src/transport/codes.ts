@@ -59,6 +59,10 @@ export const CODES = {
   MIG_RESUME:   { code: 0x0141, priority: 'urgent', header: true, body: false }, // request {mid} on a fresh connection (post-copy push after a broken link): answered with a bitmap of the pages still absent
   // Residual dependencies (src/node/page-server.ts): the node holding a process's pages serves them on any connection from the node running it.
   RESIDUAL_END: { code: 0x0140, priority: 'urgent', header: true, body: false }, // request {mid, pid, reason, stats?}: the dependency is over (the process ended, has every page, or moved on)
+  // File servers (src/node/file-server.ts; flushing, freeze-free): a source flushes a process's pages to a node with the file-server role.
+  PAGE_STORE:   { code: 0x0150, priority: 'bulk',   header: true, body: true  }, // request {mid, pid, runner, pageSize, seal?: pages, drop?: reason} + a page batch: stored (answered once applied)
+  PAGE_STORE_ENDED: { code: 0x0151, priority: 'bulk', header: true, body: false }, // file server -> source: {mid, pid, reason, stats?}: the store is dropped (the record closes)
+  MIG_HANDOVER: { code: 0x0152, priority: 'urgent', header: true, body: false }, // request {mid, holder}: freeze-free, every page flushed: fault to holder (the file server) from now on; {handedOver}
   // Remote files (Sprite's home-node file policy, src/wasi/file-ops.ts): the running node asks the home node to do each file-system call.
   FILE_OP:      { code: 0x0110, priority: 'urgent', header: true, body: true  }, // request {pid, op, args...} (encodeFileOp) + write data: the guest blocks until answered
   FILE_REPLY:   { code: 0x0111, priority: 'urgent', header: true, body: true  }, // {re, ok, n?|stat?|entries?|code+message} (encodeFileReply) + read/readlink bytes
