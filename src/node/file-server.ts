@@ -33,13 +33,12 @@
 import { FerryError } from '../errors.ts';
 import { applyPageBatch, decodePageBatch, encodePageBatch, isZeroPage } from '../memory/page-batch.ts';
 import type { FileServerLink } from '../migration/engine.ts';
-import type { FaultStats } from '../migration/destination.ts';
 import type { Connection, Message, Reply } from '../transport/index.ts';
 import { newGuestMemory } from '../vm/process.ts';
 import { BOOKKEEPING_BASE } from '../vm/layout.ts';
 import { str } from './fields.ts';
 import type { Membership } from './membership.ts';
-import type { Hold, HoldEnd, PageServer } from './page-server.ts';
+import { holdEndOf, type Hold, type HoldEnd, type PageServer } from './page-server.ts';
 
 export const FILE_SERVER_ROLE = 'file-server';
 /** Roles a node may take (`ferry node start --role`). */
@@ -212,14 +211,7 @@ export class FileServer {
     const mid = msg.header.mid;
     const l = typeof mid === 'string' ? this.links.get(mid) : undefined;
     if (!l || conn.peer.node !== l.spec.node) return;
-    const reason = typeof msg.header.reason === 'string' ? msg.header.reason.slice(0, 512) : 'the file server ended it';
-    const s = msg.header.stats as Record<string, unknown> | undefined;
-    const stats: FaultStats | undefined = s && typeof s === 'object' && typeof s.remoteFaults === 'number' ? {
-      remoteFaults: s.remoteFaults,
-      faultRoundTripMs: typeof s.faultRoundTripMs === 'number' ? s.faultRoundTripMs : null,
-      executionDelayMs: typeof s.executionDelayMs === 'number' ? s.executionDelayMs : 0,
-    } : undefined;
-    l.end({ reason, stats });
+    l.end(holdEndOf(msg.header, 'the file server ended it'));
   };
 
   /** Records waiting on a file server that left (or stayed down) would wait forever. */

@@ -131,14 +131,7 @@ export class PageServer {
 
   private onEnd = (msg: Message, conn: Connection): Reply => {
     const e = this.find(msg.header, 'RESIDUAL_END', conn);
-    const reason = typeof msg.header.reason === 'string' ? msg.header.reason.slice(0, 512) : 'the running node ended it';
-    const s = msg.header.stats as Record<string, unknown> | undefined;
-    const stats: FaultStats | undefined = s && typeof s === 'object' && typeof s.remoteFaults === 'number' ? {
-      remoteFaults: s.remoteFaults,
-      faultRoundTripMs: typeof s.faultRoundTripMs === 'number' ? s.faultRoundTripMs : null,
-      executionDelayMs: typeof s.executionDelayMs === 'number' ? s.executionDelayMs : 0,
-    } : undefined;
-    this.release(e.spec.mid, { reason, stats });
+    this.release(e.spec.mid, holdEndOf(msg.header, 'the running node ended it'));
     return { header: { ended: true } };
   };
 
@@ -153,4 +146,16 @@ export class PageServer {
         this.release(e.spec.mid, { reason: `node ${m.name} has been down for ${Math.round((Date.now() - Date.parse(m.since)) / 1000)} s` });
     }
   }
+}
+
+/** A dependency's end as a message header says it ({reason, stats}), checked field by field. */
+export function holdEndOf(h: Record<string, unknown>, fallback: string): HoldEnd {
+  const reason = typeof h.reason === 'string' ? h.reason.slice(0, 512) : fallback;
+  const s = h.stats as Record<string, unknown> | undefined;
+  const stats: FaultStats | undefined = s && typeof s === 'object' && typeof s.remoteFaults === 'number' ? {
+    remoteFaults: s.remoteFaults,
+    faultRoundTripMs: typeof s.faultRoundTripMs === 'number' ? s.faultRoundTripMs : null,
+    executionDelayMs: typeof s.executionDelayMs === 'number' ? s.executionDelayMs : 0,
+  } : undefined;
+  return { reason, stats };
 }
