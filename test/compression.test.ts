@@ -69,6 +69,14 @@ describe('page codecs', () => {
     assert.ok(await c.compress(raw));
     assert.equal(await new BatchCompressor('none').compress(raw), null);
   });
+
+  it('compression slower than the link turns it off too', async () => {
+    const fast = new BatchCompressor('deflate', 1e15); // a link no compressor keeps up with
+    assert.ok(await fast.compress(raw), 'the batch that found out is sent compressed');
+    assert.equal(await fast.compress(raw), null);
+    const slow = new BatchCompressor('deflate', 1000); // 1 kB/s: compressing always pays
+    for (let i = 0; i < 3; i++) assert.ok(await slow.compress(raw));
+  });
 });
 
 describe('compressed migrations', { timeout: 2_400_000 }, () => {
