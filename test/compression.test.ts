@@ -12,7 +12,7 @@ import { clusterRun, oracle, type Outcome } from './helpers/modes.ts';
 import { prepareAllVariants, WORKLOADS, type Workload } from './helpers/workloads.ts';
 import { rawExchange } from './helpers/raw-socket.ts';
 import { tempDir } from './helpers/ferry.ts';
-import { compressBatch, decompressBatch, MAX_RAW_BATCH, type Codec } from '../src/memory/page-codec.ts';
+import { BatchCompressor, compressBatch, decompressBatch, MAX_RAW_BATCH, SKIP_AFTER_POOR, type Codec } from '../src/memory/page-codec.ts';
 import { encodePageBatch } from '../src/memory/page-batch.ts';
 import { encodeFrame, encodePreamble, FrameDecoder, resolveCode } from '../src/transport/index.ts';
 import type { MigrationMetrics } from '../src/migration/index.ts';
@@ -51,11 +51,31 @@ describe('page codecs', () => {
     });
   }
 
+  const noise = Buffer.alloc(64 * 1024);
+  for (let i = 0, x = 1; i < noise.length; i++) { x ^= x << 13; x ^= x >>> 17; x ^= x << 5; noise[i] = x & 0xff; }
+
   it('incompressible bytes are sent as they are', async () => {
-    const noise = Buffer.alloc(64 * 1024);
-    for (let i = 0, x = 1; i < noise.length; i++) { x ^= x << 13; x ^= x >>> 17; x ^= x << 5; noise[i] = x & 0xff; }
     assert.equal(await compressBatch('deflate', noise), null);
     assert.equal(await compressBatch('lz4', noise), null);
+  });
+
+  it('a batch that does not shrink by a tenth turns compression off for the next batches, then it is tried again', async () => {
+    const c = new BatchCompressor('deflate');
+    assert.ok(await c.compress(raw), 'compressible: compressed');
+    assert.equal(await c.compress(noise), null);
+    // Now even a compressible batch goes as it is, SKIP_AFTER_POOR times.
+    for (let i = 0; i < SKIP_AFTER_POOR; i++) assert.equal(await c.compress(raw), null, `skipped ${i}`);
+    assert.ok(await c.compress(raw), 'tried again, and it pays');
+    assert.ok(await c.compress(raw));
+    assert.equal(await new BatchCompressor('none').compress(raw), null);
+  });
+
+  it('compression slower than the link turns it off too', async () => {
+    const fast = new BatchCompressor('deflate', 1e15); // a link no compressor keeps up with
+    assert.ok(await fast.compress(raw), 'the batch that found out is sent compressed');
+    assert.equal(await fast.compress(raw), null);
+    const slow = new BatchCompressor('deflate', 1000); // 1 kB/s: compressing always pays
+    for (let i = 0; i < 3; i++) assert.ok(await slow.compress(raw));
   });
 });
 

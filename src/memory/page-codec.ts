@@ -1,11 +1,17 @@
 // Compression of page batches on the wire (`ferry migrate --compress`).
 //
-//   deflate  node:zlib (raw deflate, level 1: the fast end; ~100-200 MB/s a core here)
+//   deflate  node:zlib (raw deflate, level 1: the fast end; 200 MB/s on sparse pages,
+//            8 MB/s on random data on this loaded 2-core machine)
 //   lz4      lz4-napi (LZ4 block format, prebuilt binaries in the npm package; several
 //            times faster than deflate, for links faster than deflate can feed)
 //
 // The source compresses each batch body off the main thread; a batch that does not
-// shrink goes as it is (a per-batch header flag says which). The destination
+// shrink goes as it is (a per-batch header flag says which). Compression stays on
+// while it pays: a batch that shrinks by less than a tenth, or whose compression
+// took longer than its raw bytes take on the (shaped) link, turns it off for the
+// next SKIP_AFTER_POOR batches, then it is tried again (random data, RMA's, or a
+// machine too busy to compress faster than the link: it would only cost time).
+// The destination
 // decompresses synchronously (so batches, the commit and MIG_DONE keep their order),
 // after checking the claimed size: a malformed or oversized batch is refused whole
 // before anything is written.
@@ -29,6 +35,30 @@ export function loadCodec(codec: Codec): void {
   if (codec !== 'lz4' || lz4) return;
   try { lz4 = createRequire(import.meta.url)('lz4-napi') as Lz4; } catch (e) {
     throw new FerryError('unsupported', `compression lz4 is not available on this node (lz4-napi: ${(e as Error).message})`);
+  }
+}
+
+/** A batch whose compressed size is above this share of its raw size is not worth it. */
+export const POOR_RATIO = 0.9;
+export const SKIP_AFTER_POOR = 15;
+
+/** The source's side: compresses batches while that pays (see above). */
+export class BatchCompressor {
+  private skip = 0;
+  /** Batches sent as they are because compression did not pay. */
+  skipped = 0;
+  /** `linkBytesPerSec`: the link's shaped rate, null when unknown (then only the size counts). */
+  constructor(readonly codec: Codec, private readonly linkBytesPerSec: number | null = null) {}
+
+  /** The body compressed, or null: send it as it is. */
+  async compress(body: Buffer): Promise<Buffer | null> {
+    if (this.codec === 'none') return null;
+    if (this.skip > 0) { this.skip--; this.skipped++; return null; }
+    const t0 = performance.now();
+    const z = await compressBatch(this.codec, body);
+    const slow = this.linkBytesPerSec !== null && (performance.now() - t0) / 1000 > body.length / this.linkBytesPerSec;
+    if (!z || z.length > body.length * POOR_RATIO || slow) this.skip = SKIP_AFTER_POOR;
+    return z;
   }
 }
 

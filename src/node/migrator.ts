@@ -35,7 +35,7 @@ import { randomUUID } from 'node:crypto';
 import { FerryError } from '../errors.ts';
 import { IncomingMigration, type FaultStats } from '../migration/destination.ts';
 import { decodePageBatch } from '../memory/page-batch.ts';
-import { compressBatch, decompressBatch, isCodec, loadCodec, CODECS, type Codec } from '../memory/page-codec.ts';
+import { BatchCompressor, decompressBatch, isCodec, loadCodec, CODECS, type Codec } from '../memory/page-codec.ts';
 import { Migration, type MigrationChannel, type MigrationOptions, type PageAnswer } from '../migration/engine.ts';
 import type { MigrationMetrics } from '../migration/metrics.ts';
 import { strategyFor } from '../migration/index.ts';
@@ -404,6 +404,7 @@ class ConnectionChannel implements MigrationChannel {
   /** The page server's hold on the process's pages (faulting algorithms). */
   hold: Hold | undefined;
   private readonly packed: { codec: string; rawBytes: number; wireBytes: number };
+  private readonly compressor: BatchCompressor;
 
   constructor(private conn: Connection, private readonly mid: string, private readonly faults: Faults, private readonly spec: ChannelSpec) {
     const rate = conn.shaper?.rate;
@@ -411,6 +412,7 @@ class ConnectionChannel implements MigrationChannel {
     this.batchBytes = this.linkBytesPerSec === null ? BATCH_BYTES : conn.chunkSize;
     this.sent0 = conn.stats.bytesSent;
     this.packed = { codec: spec.compress, rawBytes: 0, wireBytes: 0 };
+    this.compressor = new BatchCompressor(spec.compress, this.linkBytesPerSec);
   }
 
   /** Wire bytes since the last call. */
@@ -437,17 +439,25 @@ class ConnectionChannel implements MigrationChannel {
     const codec = this.spec.compress;
     const rawLength = Buffer.isBuffer(batch) ? batch.length : (batch as readonly Uint8Array[]).reduce((n, p) => n + p.length, 0);
     const raw = codec !== 'none' || this.batches === 0 ? (Buffer.isBuffer(batch) ? batch : Buffer.concat(batch as Uint8Array[])) : null;
-    const z = codec !== 'none' ? await compressBatch(codec, raw!) : null; // null: it did not shrink, sent as it is
+    // Compressing this batch overlaps the previous one's time on the wire.
+    const z = await this.compressor.compress(raw!); // null: not compressed (it would not shrink), sent as it is
     this.packed.rawBytes += rawLength;
     this.packed.wireBytes += z ? z.length : rawLength;
     const head = z ? { mid: this.mid, z: codec, raw: rawLength } : { mid: this.mid };
-    await this.conn.send('MIG_PAGES', head, this.batches === 0 ? this.faults.corrupt('src-batch', z ?? raw!) : (z ?? raw ?? batch));
+    await this.onWire; // in order, one batch handed to the link at a time; a failed send fails here
+    const sending = this.conn.send('MIG_PAGES', head, this.batches === 0 ? this.faults.corrupt('src-batch', z ?? raw!) : (z ?? raw ?? batch));
+    // Compressed bodies are copies: the engine may go on (and change the memory) while they go.
+    if (codec !== 'none') { this.onWire = sending; sending.catch(() => {}); } else await sending;
     if (this.batches++ === 0) this.faults.hit('src-pages', this.conn);
     if (this.committed && this.pushBatches++ === 0) this.faults.hit('src-push', this.conn);
     return this.delta();
   }
 
+  /** The last page batch is on the link (before the commit or MIG_DONE). */
+  private onWire: Promise<void> = Promise.resolve();
+
   async commit(state: Buffer[], postcopy?: { stale: Uint8Array }): Promise<number> {
+    await this.onWire;
     try {
       const head = postcopy ? { mid: this.mid, postcopy: true, staleBytes: postcopy.stale.length } : { mid: this.mid };
       const answer = this.conn.request('MIG_COMMIT', head, Buffer.concat(postcopy ? [postcopy.stale, ...state] : state), { timeoutMs: COMMIT_TIMEOUT_MS });
@@ -500,6 +510,7 @@ class ConnectionChannel implements MigrationChannel {
         this.conn.destroy();
         this.conn = c;
         this.sent0 = 0;
+        this.onWire = Promise.resolve(); // a batch lost with the old link is pushed again
         return absent;
       } catch (e) {
         c?.destroy();
@@ -514,6 +525,7 @@ class ConnectionChannel implements MigrationChannel {
   }
 
   async finish(): Promise<{ bytes: number; stats: FaultStats }> {
+    await this.onWire;
     const r = await this.conn.request('MIG_DONE', { mid: this.mid }, undefined, { timeoutMs: SETUP_TIMEOUT_MS });
     const h = r.header;
     const stats: FaultStats = {
