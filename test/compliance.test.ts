@@ -8,7 +8,12 @@ import assert from 'node:assert/strict';
 import { ClusterClient, eventually, startCluster, type Cluster } from './helpers/cluster.ts';
 import { clusterRun, oracle, type Outcome } from './helpers/modes.ts';
 import { prepareAllVariants, WORKLOADS, type Workload } from './helpers/workloads.ts';
-import { ALGORITHMS, VARIANTS, type MigrationMetrics } from '../src/migration/index.ts';
+import { ALGORITHMS, VARIANTS, strategyFor, type MigrationMetrics } from '../src/migration/index.ts';
+import { HEAP_PAGES } from '../src/migration/freeze-free.ts';
+
+/** The file server of flushing and freeze-free: a fourth node, started by their first case
+ *  (the other algorithms' cases run on a, b and c alone). */
+const FILE_SERVER = 'f';
 
 interface Case {
   algorithm: string;
@@ -65,6 +70,29 @@ const INVARIANTS: Record<string, (m: MigrationMetrics) => void> = {
     assert.deepEqual(m.residualDependencies, []);
     assert.ok(m.pages.maxSendsPerPage <= 2, 'a page goes at most twice (pushed while a fault fetched it)');
   },
+  'flushing': (m) => {
+    assert.equal(m.preparationMs, 0);
+    assert.equal(m.pages.sent, 0, 'no page goes to the destination');
+    assert.ok(m.bytes.downtime < 64 * 1024 + m.pages.addressSpace, `down time carries the state alone to the destination (${m.bytes.downtime} bytes)`);
+    assert.equal(m.fileServer?.node, FILE_SERVER);
+    assert.ok(m.fileServer.pages > 0 && m.fileServer.bytes >= m.fileServer.pages * m.pages.pageSize, `the pages went to the file server (${m.fileServer.pages} pages, ${m.fileServer.bytes} bytes)`);
+    assert.ok(m.fileServer.flushMs !== null && m.fileServer.flushMs <= m.downtimeMs!, 'flushed during the down time');
+    assert.deepEqual(m.residualDependencies, [FILE_SERVER], 'the dependency is on the file server, not the source');
+    assert.equal(m.totalMs, null, 'total time open while the dependency remains');
+  },
+  'freeze-free': (m) => {
+    assert.equal(m.preparationMs, 0);
+    assert.ok(m.bytes.downtime < 64 * 1024 + m.pages.addressSpace + (3 + HEAP_PAGES) * m.pages.pageSize, `down time carries the state and a few pages (${m.bytes.downtime} bytes)`);
+    assert.equal(m.fileServer?.node, FILE_SERVER);
+    assert.ok(m.pages.maxSendsPerPage <= 1, 'no page sent twice to the destination');
+    if (m.residualDependencies.length) {
+      // The usual end: every page flushed, the faults handed over to the file server.
+      assert.deepEqual(m.residualDependencies, [FILE_SERVER], 'the source has no dependency left; the file server has');
+      assert.ok(m.fileServer.flushMs !== null && m.fileServer.flushMs > m.downtimeMs!, 'flushed after the process resumed');
+      assert.ok(m.fileServer.pages > 0);
+      assert.equal(m.totalMs, null);
+    } else assert.notEqual(m.totalMs, null, 'it no longer needed the source (ended or had every page) before the flush ended');
+  },
   'demand-paging': (m) => {
     assert.equal(m.preparationMs, 0);
     assert.equal(m.totalMs, null, 'migrate returns while the dependency remains (total time open)');
@@ -76,6 +104,15 @@ const INVARIANTS: Record<string, (m: MigrationMetrics) => void> = {
 
 /** What every migration of an algorithm must show once the process has ended (residual dependencies closed). */
 const FINAL_INVARIANTS: Record<string, (m: MigrationMetrics) => void> = {
+  'flushing': (m) => {
+    assert.notEqual(m.totalMs, null, 'the file server dropped the store (the process ended or moved on)');
+    assert.deepEqual(m.residualDependencies, []);
+    assert.ok(m.remoteFaults > 0, 'every page it used came from the file server');
+  },
+  'freeze-free': (m) => {
+    assert.notEqual(m.totalMs, null, 'the dependency closed');
+    assert.deepEqual(m.residualDependencies, []);
+  },
   'demand-paging': (m) => {
     assert.notEqual(m.totalMs, null, 'the dependency closed (the process ended or moved on)');
     assert.deepEqual(m.residualDependencies, []);
@@ -108,6 +145,11 @@ for (const link of LINKS) {
         if (!expected.has(key)) expected.set(key, await oracle(k.workload));
         const exp = expected.get(key)!;
         assert.equal(exp.exitCode, 0, exp.stderr);
+        if (strategyFor(k.algorithm).fileServer && !c.nodes.some((n) => n.name === FILE_SERVER)) {
+          await c.addNode(FILE_SERVER, { extraArgs: [...(link === 'loopback' ? [] : ['--link-bandwidth', link]), '--role', 'file-server'] });
+          for (const i of [0, 1, 2]) // every node that may be a source must know the role
+            await eventually(async () => ((await ClusterClient.for(c, i).call('nodes')).members as { name: string; roles: string[] }[]).find((m) => m.name === FILE_SERVER)?.roles.includes('file-server'), 10_000, 'the file server\'s role to be known');
+        }
         const { outcome, during: ms } = await clusterRun(c, client, k.workload, { node: 'a' }, async (pid) => {
           const done: MigrationMetrics[] = [];
           for (const to of ['b', 'c', 'a', 'b', 'c', 'a'].slice(0, k.migrations)) {
