@@ -49,6 +49,8 @@ const STORE_BYTES = BOOKKEEPING_BASE;
 /** Page batches per request on an unshaped link (a shaped one uses its chunk size). */
 const BATCH_BYTES = 1024 * 1024;
 const STORE_TIMEOUT_MS = 120_000;
+/** Stores kept at once, at most (each is a 4 GiB virtual reservation). */
+const MAX_STORES = 256;
 const CHECK_MS = 1000;
 /** A file server down this long will not end its stores' records any more. */
 const DOWN_GRACE_MS = 90_000;
@@ -162,6 +164,7 @@ export class FileServer {
     const pageSize = h.pageSize;
     if (pageSize !== 4096 && pageSize !== 16384 && pageSize !== 65536) throw new FerryError('bad-request', `PAGE_STORE: page size ${String(pageSize)} (4096, 16384 or 65536)`);
     if (!this.ctx.membership.has(runner) || runner === this.ctx.name) throw new FerryError('bad-request', `PAGE_STORE: runner ${runner} is not another node of the cluster`);
+    if (this.stores.size >= MAX_STORES) throw new FerryError('busy', `file server ${this.ctx.name} keeps ${this.stores.size} stores already`);
     const st: Store = {
       mid, pid, source: conn.peer.node, runner, pageSize, memory: new Uint8Array(newGuestMemory().buffer),
       maxPages: STORE_BYTES / pageSize, pages: 0, sealed: null,
