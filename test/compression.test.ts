@@ -59,7 +59,7 @@ describe('page codecs', () => {
     assert.equal(await compressBatch('lz4', noise), null);
   });
 
-  it('a batch that does not shrink by a tenth turns compression off for the next batches, then it is tried again', async () => {
+  it('a batch that does not shrink by a fifth turns compression off for the next batches, then it is tried again', async () => {
     const c = new BatchCompressor('deflate');
     assert.ok(await c.compress(raw), 'compressible: compressed');
     assert.equal(await c.compress(noise), null);
@@ -68,14 +68,6 @@ describe('page codecs', () => {
     assert.ok(await c.compress(raw), 'tried again, and it pays');
     assert.ok(await c.compress(raw));
     assert.equal(await new BatchCompressor('none').compress(raw), null);
-  });
-
-  it('compression slower than the link turns it off too', async () => {
-    const fast = new BatchCompressor('deflate', 1e15); // a link no compressor keeps up with
-    assert.ok(await fast.compress(raw), 'the batch that found out is sent compressed');
-    assert.equal(await fast.compress(raw), null);
-    const slow = new BatchCompressor('deflate', 1000); // 1 kB/s: compressing always pays
-    for (let i = 0; i < 3; i++) assert.ok(await slow.compress(raw));
   });
 });
 

@@ -7,10 +7,11 @@
 //
 // The source compresses each batch body off the main thread; a batch that does not
 // shrink goes as it is (a per-batch header flag says which). Compression stays on
-// while it pays: a batch that shrinks by less than a tenth, or whose compression
-// took longer than its raw bytes take on the (shaped) link, turns it off for the
-// next SKIP_AFTER_POOR batches, then it is tried again (random data, RMA's, or a
-// machine too busy to compress faster than the link: it would only cost time).
+// while it pays: a batch that shrinks by less than a fifth turns it off for the
+// next SKIP_AFTER_POOR batches, then it is tried again (random data, RMA's: it
+// would only cost time). Timing each batch's compression against its wire time
+// was tried and dropped: on a loaded machine one late thread-pool answer turned
+// compression off for data it shrank 100-fold.
 // The destination
 // decompresses synchronously (so batches, the commit and MIG_DONE keep their order),
 // after checking the claimed size: a malformed or oversized batch is refused whole
@@ -39,7 +40,7 @@ export function loadCodec(codec: Codec): void {
 }
 
 /** A batch whose compressed size is above this share of its raw size is not worth it. */
-export const POOR_RATIO = 0.9;
+export const POOR_RATIO = 0.8;
 export const SKIP_AFTER_POOR = 15;
 
 /** The source's side: compresses batches while that pays (see above). */
@@ -47,17 +48,14 @@ export class BatchCompressor {
   private skip = 0;
   /** Batches sent as they are because compression did not pay. */
   skipped = 0;
-  /** `linkBytesPerSec`: the link's shaped rate, null when unknown (then only the size counts). */
-  constructor(readonly codec: Codec, private readonly linkBytesPerSec: number | null = null) {}
+  constructor(readonly codec: Codec) {}
 
   /** The body compressed, or null: send it as it is. */
   async compress(body: Buffer): Promise<Buffer | null> {
     if (this.codec === 'none') return null;
     if (this.skip > 0) { this.skip--; this.skipped++; return null; }
-    const t0 = performance.now();
     const z = await compressBatch(this.codec, body);
-    const slow = this.linkBytesPerSec !== null && (performance.now() - t0) / 1000 > body.length / this.linkBytesPerSec;
-    if (!z || z.length > body.length * POOR_RATIO || slow) this.skip = SKIP_AFTER_POOR;
+    if (!z || z.length > body.length * POOR_RATIO) this.skip = SKIP_AFTER_POOR;
     return z;
   }
 }

@@ -412,7 +412,7 @@ class ConnectionChannel implements MigrationChannel {
     this.batchBytes = this.linkBytesPerSec === null ? BATCH_BYTES : conn.chunkSize;
     this.sent0 = conn.stats.bytesSent;
     this.packed = { codec: spec.compress, rawBytes: 0, wireBytes: 0 };
-    this.compressor = new BatchCompressor(spec.compress, this.linkBytesPerSec);
+    this.compressor = new BatchCompressor(spec.compress);
   }
 
   /** Wire bytes since the last call. */
