@@ -13,13 +13,16 @@
 //     map at the freeze: the pages the process has written since it started,
 //     or since it arrived on the source node (each node's map starts empty
 //     when the process arrives; a pre-copy round clears it). Those go during
-//     the down time, the all-zero ones as 4-byte zero markers. The clean pages
-//     (the module's initial data never written, memory only read, pages
-//     brought by an earlier migration and not written since) are what MOSIX
-//     left to be faulted in: here from the source.
+//     the down time, the all-zero ones as 4-byte zero markers. Clean pages
+//     that are all zero are MOSIX's zero-fill pages: never fetched, they go as
+//     zero markers too. The other clean pages (the module's initial data
+//     never written, pages brought by an earlier migration and only read
+//     since) are what MOSIX paged in from the executable: here they are
+//     faulted in from the source.
 import type { Captured } from '../vm/process.ts';
 import { DIRTY_MAP, TRACK_PAGE } from '../vm/layout.ts';
 import { FerryError } from '../errors.ts';
+import { isZeroPage } from '../memory/page-batch.ts';
 import type { SourceContext, Strategy } from './strategy.ts';
 
 export const DEMAND_PAGING_VARIANTS = ['copy-on-reference', 'eager-dirty'] as const;
@@ -41,7 +44,10 @@ export class DemandPaging implements Strategy {
 
   async complete(ctx: SourceContext, frozen: Captured): Promise<void> {
     if (this.variant === 'copy-on-reference') return; // the state alone: it travels with the commit
-    await ctx.sendPages(dirtyPages(ctx.memory, ctx.pageSize, Math.ceil(frozen.logicalBytes / ctx.pageSize)), { zeroMarkers: true });
+    const n = Math.ceil(frozen.logicalBytes / ctx.pageSize);
+    const dirty = new Set(dirtyPages(ctx.memory, ctx.pageSize, n));
+    const eager = function* () { for (let p = 0; p < n; p++) if (dirty.has(p) || isZeroPage(ctx.memory, p, ctx.pageSize)) yield p; };
+    await ctx.sendPages(eager(), { zeroMarkers: true });
   }
 }
 
