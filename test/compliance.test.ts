@@ -99,7 +99,8 @@ const INVARIANTS: Record<string, (m: MigrationMetrics) => void> = {
     assert.equal(m.preparationMs, 0);
     assert.equal(m.totalMs, null, 'migrate returns while the dependency remains (total time open)');
     assert.deepEqual(m.residualDependencies, [m.from]);
-    if (m.variant === 'copy-on-reference') assert.ok(m.bytes.downtime < 64 * 1024 + m.pages.addressSpace, `down time carries the state alone (${m.bytes.downtime} bytes)`);
+    // The state alone (a deep recursion's stack makes it tens of KiB): no page in the down time.
+    if (m.variant === 'copy-on-reference') assert.ok(m.bytes.downtime < 1 << 20, `down time carries the state alone (${m.bytes.downtime} bytes)`);
     assert.ok(m.pages.maxSendsPerPage <= 1, 'no page sent twice');
   },
   'assisted-post-copy': (m) => {

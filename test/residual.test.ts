@@ -14,7 +14,7 @@ import type { MigrationMetrics } from '../src/migration/index.ts';
 
 const workload = (name: string, args: string[]): Workload => ({ ...WORKLOADS.find((w) => w.name === name)!, args });
 /** Mostly asleep, touching few pages: its dependency lasts as long as it runs. */
-const sleeper = workload('sleeper', ['120', '100']); // 12 s: a loaded destination may take seconds to compile both variants
+const sleeper = workload('sleeper', ['150', '100']); // outlives a slow setup (compiling the faulting variant) on a loaded machine
 
 async function migrations(client: ClusterClient, pid: string): Promise<MigrationMetrics[]> {
   return ((await client.call('migrations')).migrations as unknown as MigrationMetrics[]).filter((m) => m.pid === pid);
@@ -39,7 +39,9 @@ describe('residual dependencies', { timeout: 900_000 }, () => {
           assert.equal(m.variant, variant);
           const ps = (await client.ps()).find((x) => x.pid === p)!;
           assert.equal(ps.node, 'b');
-          assert.deepEqual(ps.residualDependencies, ['a'], 'ps names the node holding its pages');
+          // Copy-on-reference: the sleeper touches few pages, so it needs a for as long as it runs.
+          // (Eager-dirty leaves only its clean non-zero pages there: it may have them all by now.)
+          if (variant === 'copy-on-reference') assert.deepEqual(ps.residualDependencies, ['a'], 'ps names the node holding its pages');
           return m;
         });
         assert.equal(outcome.exitCode, exp.exitCode, outcome.stderr);
@@ -48,16 +50,16 @@ describe('residual dependencies', { timeout: 900_000 }, () => {
         else assert.ok(m.pages.sent + m.pages.zero > 0, 'the dirty pages went during the down time');
         const [done] = await eventually(async () => { const ms = await migrations(client, pid); return ms[0]?.totalMs !== null && ms; }, 20_000, 'the dependency to close');
         assert.deepEqual(done!.residualDependencies, []);
-        assert.ok(done!.remoteFaults > 0, `remote faults were served (${done!.remoteFaults})`);
+        if (variant === 'copy-on-reference') assert.ok(done!.remoteFaults > 0, `remote faults were served (${done!.remoteFaults})`);
         assert.ok(done!.postProcessingMs! > 0 && done!.totalMs! >= done!.downtimeMs!);
         assert.equal(done!.pages.maxSendsPerPage, 1, 'each page sent at most once');
-        assert.match(c.nodes[0]!.log(), new RegExp(`no longer holding pages of ${pid.replace('/', '\\/')} for b .*exited`));
+        if (variant === 'copy-on-reference') assert.match(c.nodes[0]!.log(), new RegExp(`no longer holding pages of ${pid.replace('/', '\\/')} for b .*exited`));
       } finally { await c.stop(); }
     });
   }
 
   it('a process that depends on a node pulls its pages before it moves on (a -> b copy-on-reference, b -> c eager-dirty), output identical', async () => {
-    const w = workload('sleeper', ['100', '100']); // touches few of its pages: most are still on a when it moves on
+    const w = workload('sleeper', ['250', '100']); // touches few of its pages: most are still on a when it moves on
     const exp = await oracle(w);
     const c = await startCluster(3, { names: ['a', 'b', 'c'] });
     try {
@@ -69,7 +71,7 @@ describe('residual dependencies', { timeout: 900_000 }, () => {
         assert.equal(first.state, 'completed', first.error?.message);
         const second = await client.migrate(p, 'c', { algorithm: 'demand-paging', variant: 'eager-dirty' });
         assert.equal(second.state, 'completed', second.error?.message);
-        assert.deepEqual((await client.ps()).find((x) => x.pid === p)?.residualDependencies, ['b'], 'it depends on b alone now');
+        assert.deepEqual(second.residualDependencies, ['b'], 'it depends on b alone now');
         return [first, second];
       });
       assert.equal(outcome.exitCode, 0, outcome.stderr);

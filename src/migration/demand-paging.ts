@@ -13,12 +13,14 @@
 //     map at the freeze: the pages the process has written since it started,
 //     or since it arrived on the source node (each node's map starts empty
 //     when the process arrives; a pre-copy round clears it). Those go during
-//     the down time, the all-zero ones as 4-byte zero markers. The clean pages
-//     (the module's initial data never written, memory only read, pages
-//     brought by an earlier migration and not written since) are what MOSIX
-//     left to be faulted in: here from the source. A process that ran in the plain
-//     variant (no dirty tracking: ferry's steady state) has no such history: every
-//     page with content counts as dirty, its zero pages are faulted in.
+//     the down time, the all-zero ones as 4-byte zero markers. Clean pages
+//     that are all zero are MOSIX's zero-fill pages: never fetched, they go as
+//     zero markers too. The other clean pages (the module's initial data
+//     never written, pages brought by an earlier migration and only read
+//     since) are what MOSIX paged in from the executable: here they are
+//     faulted in from the source.
+//     A process that ran in the plain variant (no dirty tracking: ferry's
+//     steady state) has no such history: every page counts as dirty.
 import type { Captured } from '../vm/process.ts';
 import { DIRTY_MAP, TRACK_PAGE } from '../vm/layout.ts';
 import { FerryError } from '../errors.ts';
@@ -44,10 +46,12 @@ export class DemandPaging implements Strategy {
 
   async complete(ctx: SourceContext, frozen: Captured): Promise<void> {
     if (this.variant === 'copy-on-reference') return; // the state alone: it travels with the commit
-    const pages = Math.ceil(frozen.logicalBytes / ctx.pageSize);
-    // A process that ran untracked (the plain variant) has no dirty history: every page with
-    // content counts as dirty (its zero pages are faulted in, as zeros).
-    await ctx.sendPages(ctx.dirty.tracked() ? dirtyPages(ctx.memory, ctx.pageSize, pages) : nonZeroPages(ctx.memory, ctx.pageSize, pages), { zeroMarkers: true });
+    const n = Math.ceil(frozen.logicalBytes / ctx.pageSize);
+    // Untracked (the plain variant): no dirty history, every page counts as dirty.
+    if (!ctx.dirty.tracked()) { await ctx.sendPages(allPages(n), { zeroMarkers: true }); return; }
+    const dirty = new Set(dirtyPages(ctx.memory, ctx.pageSize, n));
+    const eager = function* () { for (let p = 0; p < n; p++) if (dirty.has(p) || isZeroPage(ctx.memory, p, ctx.pageSize)) yield p; };
+    await ctx.sendPages(eager(), { zeroMarkers: true });
   }
 }
 
@@ -63,9 +67,4 @@ export function dirtyPages(memory: Uint8Array, pageSize: number, pages: number):
   return out;
 }
 
-/** Migration pages below `pages` with any non-zero byte. */
-function nonZeroPages(memory: Uint8Array, pageSize: number, pages: number): number[] {
-  const out: number[] = [];
-  for (let p = 0; p < pages; p++) if (!isZeroPage(memory, p, pageSize)) out.push(p);
-  return out;
-}
+function* allPages(n: number): Generator<number> { for (let p = 0; p < n; p++) yield p; }

@@ -132,9 +132,9 @@ export interface MigrationOptions {
 }
 
 export const DEFAULT_MAX_ROUNDS = 6;
+export const DEFAULT_DOWNTIME_LIMIT_MS = 300;
 /** Errors that mean the link broke (post-processing recovers from these). */
 const LINK_ERRORS = ['connection-closed', 'connection-failed', 'request-timeout', 'fault'];
-export const DEFAULT_DOWNTIME_LIMIT_MS = 300;
 
 export interface Progress { id: string; state: string; phase: Phase | 'setup'; bytes: number; pagesSent: number; addressSpace: number }
 

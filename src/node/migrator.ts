@@ -297,11 +297,12 @@ export class Migrator {
       const program = { path: img.meta.program, bytes: this.ctx.programs.get(m.spec.sha256)!, hash: m.spec.sha256 };
       const fileOps = x.files === 'home' && x.home !== this.ctx.name ? this.ctx.homeFiles.remote(img.meta.pid, x.home) : undefined;
       let onFault: ((addr: number, len: number) => Promise<void>) | undefined;
+      let dep: ReturnType<RemotePages['track']> | undefined;
       if (m.spec.faulting) {
         m.markAbsent(img.memory.logicalBytes); // before it runs: every page not here faults
         // Faults go to the source's page server, on connections of their own (remote-pages.ts).
-        const dep = this.remotePages.track({ pid: m.spec.pid, mid: m.spec.id, holder: m.spec.holder ?? m.spec.from, inc: m, pushes: !m.spec.residual });
-        onFault = (addr, len) => dep.fault(addr, len);
+        dep = this.remotePages.track({ pid: m.spec.pid, mid: m.spec.id, holder: m.spec.holder ?? m.spec.from, inc: m, pushes: !m.spec.residual });
+        onFault = (addr, len) => dep!.fault(addr, len);
       }
       try {
         await this.ctx.table.adopt({
@@ -309,6 +310,7 @@ export class Migrator {
           sink: this.ctx.home.routeFor(img.meta.pid, x.home), fileOps, onFault, residual: m.spec.faulting ? [m.spec.holder ?? m.spec.from] : [],
         });
       } catch (e) { this.remotePages.finished(m.spec.pid, m.spec.id); throw e; }
+      dep?.started();
       const offset = img.wasi.stdinTakenBytes ?? 0;
       if (x.home === this.ctx.name) this.ctx.home.attach(img.meta.pid, this.ctx.name, offset);
       else {

@@ -24,7 +24,8 @@ import { MAX_PAGES, MAX_PAGES_PER_REQUEST } from './page-server.ts';
 
 /** How long a fault waits for an unreachable holder before the process fails. */
 export const RECOVERY_MS = Number(process.env.FERRY_RECOVERY_MS ?? 60_000);
-const ATTEMPT_TIMEOUT_MS = 10_000;
+/** One request's wait (as before recovery existed): a retry resends pages, so not shorter. */
+const ATTEMPT_TIMEOUT_MS = 30_000;
 /** Pages per request when pulling everything (small, so a fault waits little behind it). */
 const PULL_BATCH = 64;
 const END_ATTEMPTS = 3;
@@ -86,6 +87,11 @@ class Dependency {
     });
   }
 
+  /** The process runs: if nothing is absent (eager-dirty sent it all), the dependency ends at once. */
+  started(): void {
+    if (!this.spec.pushes && !this.ended && this.spec.inc.absent === 0) void this.owner.complete(this, 'every page came with the migration');
+  }
+
   /** Fetch every page still absent (not counted as faults: the process does not wait for them). */
   async pullAll(): Promise<void> {
     while (!this.ended) {
@@ -108,7 +114,7 @@ export class RemotePages {
   constructor(private readonly ctx: RemotePagesContext) {}
 
   /** A process that just started here with its pages on spec.holder. */
-  track(spec: DependencySpec): { fault(addr: number, len: number): Promise<void> } {
+  track(spec: DependencySpec): { fault(addr: number, len: number): Promise<void>; started(): void } {
     const d = new Dependency(spec, this);
     this.deps.set(spec.pid, d);
     return d;
