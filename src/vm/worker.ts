@@ -67,7 +67,8 @@ class Session {
       bytes: () => this.mem,
       view: () => view,
       markDirty: (addr, len) => this.markDirty(addr >>> 0, len >>> 0),
-      ensurePresent: (addr, len) => this.ensurePresent(addr >>> 0, len >>> 0),
+      // Plain: every page is local (it runs only then), like its own accesses the host's skip the check.
+      ensurePresent: (addr, len) => { if (this.tracking) this.ensurePresent(addr >>> 0, len >>> 0); },
     };
     // Files served by the owner (home node's file policy): every call blocks on it.
     const files = msg.files;
