@@ -134,7 +134,7 @@ export class IncomingMigration {
     }
   }
 
-  private isPresent(page: number): boolean { return page < this.received.length && this.received[page] === 1; }
+  isPresent(page: number): boolean { return page < this.received.length && this.received[page] === 1; }
 
   /** At commit (post-copy): mark every page of the address space not received absent. */
   markAbsent(logicalBytes: number): number {

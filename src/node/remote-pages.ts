@@ -57,6 +57,9 @@ class Dependency {
 
   constructor(readonly spec: DependencySpec, private readonly owner: RemotePages) {}
 
+  /** Settles once the fetch in flight (if any) is answered: the connection may close after that. */
+  idle(): Promise<unknown> { return this.queue; }
+
   /** One fetch at a time: a fault and a pull never ask for the same page twice. */
   private serial<T>(fn: () => Promise<T>): Promise<T> {
     const p = this.queue.then(fn, fn);
@@ -152,7 +155,7 @@ export class RemotePages {
     if (!d || d.spec.mid !== mid) return;
     d.ended = true;
     this.deps.delete(pid);
-    this.closeIdle(d.spec.holder);
+    void d.idle().then(() => this.closeIdle(d.spec.holder)); // a fault in flight keeps its answer
   }
 
   /** The process ended here (exited, failed, killed): its holder may let go. */
@@ -193,6 +196,7 @@ export class RemotePages {
           await sleep(500);
         }
       }
+      await d.idle();
       this.closeIdle(holder);
     })();
   }
@@ -204,6 +208,11 @@ export class RemotePages {
       new FerryError('pages-lost', `process ${pid} needs page ${pages[0]}, held by node ${holder}, ${why}`, { cause });
     let first = 0;
     for (let attempt = 0; ; attempt++) {
+      if (attempt > 0) {
+        // Pages that came meanwhile (the push) are not asked again: the holder would send them twice.
+        pages = pages.filter((p) => !inc.isPresent(p));
+        if (!pages.length) return { indices: new Uint32Array(0), data: new Uint8Array(0), zero: new Uint32Array(0) };
+      }
       try {
         const conn = await this.conn(holder);
         this.ctx.faults.hit('dest-fault', conn);

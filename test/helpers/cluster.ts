@@ -50,7 +50,7 @@ export function startNode(o: StartNodeOptions): Promise<ClusterNode> {
   const child = spawn(process.execPath, args, { cwd: ROOT, env: { ...process.env, FERRY_CACHE_DIR: TEST_CACHE, FERRY_KEY_FILE: '', ...o.env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '', err = '';
   const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
-  child.stderr!.on('data', (d) => { err += d; });
+  child.stderr!.on('data', (d) => { err += d; if (process.env.FERRY_TEST_DAEMON_LOGS) process.stderr.write(d); });
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`node ${o.name} did not start within ${o.timeoutMs ?? 30_000} ms: ${err}`)); }, o.timeoutMs ?? 30_000);
     child.stdout!.on('data', (d) => {

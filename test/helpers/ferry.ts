@@ -12,7 +12,7 @@ export const TEST_CACHE = process.env.FERRY_CACHE_DIR ?? join(tmpdir(), 'ferry-t
 
 export interface RunResult { stdout: Buffer; stderr: Buffer; exitCode: number; signal: NodeJS.Signals | null }
 
-export function ferry(args: string[], opts: { stdin?: Uint8Array; cwd?: string; env?: Record<string, string>; timeoutMs?: number; onStart?: (pid: number) => void } = {}): Promise<RunResult> {
+export function ferry(args: string[], opts: { stdin?: Uint8Array; cwd?: string; env?: Record<string, string>; timeoutMs?: number; onStart?: (pid: number) => void; onStdout?: (chunk: Buffer) => void } = {}): Promise<RunResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [FERRY_BIN, ...args], {
       cwd: opts.cwd ?? ROOT,
@@ -20,7 +20,7 @@ export function ferry(args: string[], opts: { stdin?: Uint8Array; cwd?: string; 
       stdio: ['pipe', 'pipe', 'pipe'],
     });
     const out: Buffer[] = [], err: Buffer[] = [];
-    child.stdout.on('data', (d) => out.push(d));
+    child.stdout.on('data', (d: Buffer) => { out.push(d); opts.onStdout?.(d); });
     child.stderr.on('data', (d) => err.push(d));
     const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 120_000);
     child.on('error', reject);

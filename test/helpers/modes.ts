@@ -64,18 +64,27 @@ export async function checkpointChain(w: Workload, delays: number[]): Promise<Ou
 /** `ferry run --node NODE` against a cluster (through node `via`); `during` gets the pid
  *  once the process runs and acts on it (migrations, faults) while it runs. */
 export async function clusterRun<T>(
-  c: { ferry: (args: string[], o?: { stdin?: Uint8Array; via?: number; timeoutMs?: number }) => Promise<import('./ferry.ts').RunResult> },
+  c: { ferry: (args: string[], o?: { stdin?: Uint8Array; via?: number; timeoutMs?: number; onStdout?: (d: Buffer) => void }) => Promise<import('./ferry.ts').RunResult> },
   client: { waitRunning(program: string): Promise<string> },
   w: Workload,
-  opts: { node: string; via?: number; flags?: string[] },
+  opts: { node: string; via?: number; flags?: string[]; after?: string },
   during: (pid: string) => Promise<T>,
 ): Promise<{ outcome: Outcome; during: T }> {
   const { dir, cleanup } = prepareDir(w);
   try {
-    const run = c.ferry(['run', '--node', opts.node, ...(opts.flags ?? []), ...dirFlags(w, dir), w.wasm, ...w.args], { stdin: w.stdin, via: opts.via ?? 0, timeoutMs: 600_000 });
+    // `after`: `during` starts once the program has printed this (past its start-up, in its main loop).
+    let seen = '';
+    let printed!: () => void;
+    const reached = new Promise<void>((r) => { printed = r; });
+    if (opts.after === undefined) printed();
+    const onStdout = opts.after === undefined ? undefined : (d: Buffer) => { seen = (seen + d.toString('latin1')).slice(-4096); if (seen.includes(opts.after!)) printed(); };
+    const run = c.ferry(['run', '--node', opts.node, ...(opts.flags ?? []), ...dirFlags(w, dir), w.wasm, ...w.args], { stdin: w.stdin, via: opts.via ?? 0, timeoutMs: 600_000, onStdout });
     let result: T;
     try {
       const pid = await client.waitRunning(w.wasm);
+      const ended = run.then(() => { throw new Error(`the program ended before printing '${opts.after}'`); });
+      ended.catch(() => {}); // only the race's loser when it printed first
+      await Promise.race([reached, ended]);
       result = await during(pid);
     } catch (e) { await run; throw e; }
     const r = await run;
