@@ -11,7 +11,7 @@ try {
     const out = [];
     for (const to of ['b', 'c', 'a']) {
       const m = await client.migrate(pid, to, { algorithm: alg });
-      console.log(Date.now() - t0, to, m.state, m.error?.message, JSON.stringify({ sent: m.pages, bytes: m.bytes, faults: m.remoteFaults, down: m.downtimeMs, total: m.totalMs }));
+      if (process.env.FULL) console.log(JSON.stringify(m)); console.log(Date.now() - t0, to, m.state, m.error?.message, JSON.stringify({ sent: m.pages, bytes: m.bytes, faults: m.remoteFaults, down: m.downtimeMs, total: m.totalMs }));
       out.push(m);
     }
     return out;

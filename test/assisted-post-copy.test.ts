@@ -4,7 +4,7 @@
 import { before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { ClusterClient, startCluster } from './helpers/cluster.ts';
-import { clusterRun, ferryRun, oracle } from './helpers/modes.ts';
+import { clusterRun, ferryRun, reference } from './helpers/modes.ts';
 import { prepareAllVariants, WORKLOADS, type Workload } from './helpers/workloads.ts';
 import { PageStore } from '../src/memory/page-store.ts';
 import { preparedBytes } from '../src/vm/cache.ts';
@@ -126,7 +126,7 @@ describe('assisted post-copy', { timeout: 2_400_000 }, () => {
 
   it('RMA 8 MB over 100 Mb/s, there and back: every page at most twice, the state alone in down time, output identical', async () => {
     const w = workload('rma', ['8', '600']);
-    const expected = await oracle(w);
+    const expected = await reference(w);
     const c = await startCluster(2, { names: ['a', 'b'], extraArgs: ['--link-bandwidth', '100mbit'] });
     try {
       const client = ClusterClient.for(c);

@@ -8,7 +8,7 @@ import { before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { ClusterClient, startCluster, startNode } from './helpers/cluster.ts';
-import { clusterRun, oracle, type Outcome } from './helpers/modes.ts';
+import { clusterRun, reference, type Outcome } from './helpers/modes.ts';
 import { prepareAllVariants, WORKLOADS, type Workload } from './helpers/workloads.ts';
 import { rawExchange } from './helpers/raw-socket.ts';
 import { tempDir } from './helpers/ferry.ts';
@@ -73,7 +73,7 @@ describe('page codecs', () => {
 
 describe('compressed migrations', { timeout: 2_400_000 }, () => {
   let expected: Outcome;
-  before(async () => { await prepareAllVariants(); expected = await oracle(pageinc); assert.equal(expected.exitCode, 0); });
+  before(async () => { await prepareAllVariants(); expected = await reference(pageinc); assert.equal(expected.exitCode, 0); });
 
   it('pageinc 16 MB over 100 Mb/s, every algorithm: fewer bytes with deflate and lz4 than without, output identical', async () => {
     const c = await startCluster(2, { names: ['a', 'b'], extraArgs: ['--link-bandwidth', '100mbit'] });

@@ -15,7 +15,7 @@
 import { before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { ClusterClient, eventually, startCluster, type Cluster } from './helpers/cluster.ts';
-import { clusterRun, oracle } from './helpers/modes.ts';
+import { clusterRun, reference } from './helpers/modes.ts';
 import { prepareAllVariants, WORKLOADS, type Workload } from './helpers/workloads.ts';
 import type { MigrationMetrics } from '../src/migration/index.ts';
 import { HEAP_PAGES } from '../src/migration/freeze-free.ts';
@@ -67,7 +67,7 @@ describe('file servers: flushing and freeze-free', { timeout: 900_000 }, () => {
   for (const algorithm of ['flushing', 'freeze-free'] as const) {
     it(`${algorithm}: pages go to the file server; the source killed afterwards, the process finishes from f's pages, output identical`, async () => {
       const w = workload('rma', ['8', '120']);
-      const exp = await oracle(w);
+      const exp = await reference(w);
       const c = await fourNodes();
       try {
         const client = ClusterClient.for(c);
@@ -110,7 +110,7 @@ describe('file servers: flushing and freeze-free', { timeout: 900_000 }, () => {
 
   it('flushing: the record closes when the process ends, with the faults f served', async () => {
     const w = workload('sleeper', ['100', '100']);
-    const exp = await oracle(w);
+    const exp = await reference(w);
     const c = await fourNodes();
     try {
       const client = ClusterClient.for(c);

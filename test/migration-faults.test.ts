@@ -8,7 +8,7 @@
 import { describe, it, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { ClusterClient, startCluster, type Cluster } from './helpers/cluster.ts';
-import { clusterRun, ferryRun, oracle, type Outcome } from './helpers/modes.ts';
+import { clusterRun, ferryRun, reference, type Outcome } from './helpers/modes.ts';
 import { WORKLOADS, type Workload } from './helpers/workloads.ts';
 import type { MigrationMetrics } from '../src/migration/index.ts';
 
@@ -77,7 +77,7 @@ const endedOn = (c: Cluster, pid: string) => c.nodes.map((n, i) => ({ n: n.name,
 
 describe('migrations under faults', { timeout: 1_800_000 }, () => {
   let expected: Outcome;
-  before(async () => { expected = await oracle(rma); assert.equal(expected.exitCode, 0); });
+  before(async () => { expected = await reference(rma); assert.equal(expected.exitCode, 0); });
 
   for (const algorithm of ALGOS) for (const base of CASES) {
     const k = { ...base, endsOn: OVERRIDES[algorithm]?.[`${base.point}:${base.action}`] ?? base.endsOn };

@@ -1,13 +1,13 @@
 // Total Copy over three real node daemons (separate OS processes, loopback, a key):
 // every workload moved A -> B -> C -> A ... ten times while it runs, its stdout,
-// stdin, files and exit code identical to node:wasi's run of the same binary; the
+// stdin, files and exit code identical to an unmigrated run's (reference() in helpers/modes.ts); the
 // metrics the thesis measures, with their invariants; ps, migrations, cancel.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { ClusterClient, eventually, startCluster, type Cluster } from './helpers/cluster.ts';
-import { clusterRun, oracle, type Outcome } from './helpers/modes.ts';
+import { clusterRun, reference, type Outcome } from './helpers/modes.ts';
 import { FERRY_BIN, ROOT, TEST_CACHE } from './helpers/ferry.ts';
 import { WORKLOADS, type Workload } from './helpers/workloads.ts';
 import type { MigrationMetrics } from '../src/migration/index.ts';
@@ -61,9 +61,9 @@ describe('Total Copy across three nodes', { timeout: 900_000 }, () => {
   // sleeper-echo reads stdin given all at once: it ends before anything can move it (see the stdin test).
   for (const base of WORKLOADS.filter((x) => x.name !== 'sleeper-echo')) {
     const w = long(base);
-    it(`${w.name}: moved a -> b -> c -> a ... ${MIGRATIONS} times mid-run, output identical to node:wasi`, async () => {
-      const expected = await oracle(w);
-      assert.equal(expected.exitCode, 0, `oracle: ${expected.stderr}`);
+    it(`${w.name}: moved a -> b -> c -> a ... ${MIGRATIONS} times mid-run, output identical to an unmigrated run`, async () => {
+      const expected = await reference(w);
+      assert.equal(expected.exitCode, 0, `reference: ${expected.stderr}`);
       const log: string[] = [];
       const { outcome, during: moves } = await clusterRun(c, client, w, { node: 'a', via: 1 }, (pid) => tour(client, pid, ['b', 'c', 'a'], MIGRATIONS, log));
       same(outcome, expected, `${moves.length} migrations`);
@@ -82,7 +82,7 @@ describe('Total Copy across three nodes', { timeout: 900_000 }, () => {
 
   it('filecopy with --files home: files served by the home node wherever it runs; ps shows the dependency', async () => {
     const w = long(WORKLOADS.find((x) => x.name === 'filecopy')!);
-    const expected = await oracle(w);
+    const expected = await reference(w);
     const seen: string[][] = [];
     const { outcome, during: moves } = await clusterRun(c, client, w, { node: 'a', flags: ['--files', 'home'] }, async (pid) => {
       const done = await tour(client, pid, ['b', 'c', 'a'], 6, []);
@@ -95,7 +95,7 @@ describe('Total Copy across three nodes', { timeout: 900_000 }, () => {
 
   it('ferry checkpoint of a running process, ferry restore --node elsewhere: it continues from there', async () => {
     const w: Workload = { ...WORKLOADS.find((x) => x.name === 'sleeper')!, args: ['40', '50'] };
-    const expected = await oracle(w);
+    const expected = await reference(w);
     const img = join(c.dir, 'sleeper.img');
     const { outcome } = await clusterRun(c, client, w, { node: 'b' }, async (pid) => {
       await new Promise((r) => setTimeout(r, 700));
@@ -111,7 +111,7 @@ describe('Total Copy across three nodes', { timeout: 900_000 }, () => {
 
   it('stdin typed while the process moves reaches it in order, exactly once', async () => {
     const w = WORKLOADS.find((x) => x.name === 'sleeper-echo')!;
-    const expected = await oracle(w);
+    const expected = await reference(w);
     const lines = w.stdin!.toString().split(/(?<=\n)/);
     const child = spawn(process.execPath, [FERRY_BIN, 'run', '--node', 'a', w.wasm, ...w.args], {
       cwd: ROOT, env: { ...process.env, FERRY_CACHE_DIR: TEST_CACHE, FERRY_CLUSTER: c.nodes[2]!.addr, FERRY_KEY_FILE: c.keyFile }, stdio: ['pipe', 'pipe', 'pipe'],

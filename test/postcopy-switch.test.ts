@@ -6,7 +6,7 @@
 import { before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { ClusterClient, startCluster } from './helpers/cluster.ts';
-import { clusterRun, oracle } from './helpers/modes.ts';
+import { clusterRun, reference } from './helpers/modes.ts';
 import { prepareAllVariants, WORKLOADS, type Workload } from './helpers/workloads.ts';
 import type { MigrationMetrics } from '../src/migration/index.ts';
 
@@ -17,7 +17,7 @@ describe('switching a pre-copy that does not converge to post-copy', { timeout: 
 
   it('RMA 4 MB at 10 Mb/s with --postcopy-after-rounds 2 (pre-copy, then queued pre-copy): switches, down time carries no pages, output identical', async (t) => {
     const w = workload('rma', ['4', '600']);
-    const expected = await oracle(w);
+    const expected = await reference(w);
     assert.equal(expected.exitCode, 0, expected.stderr);
     const c = await startCluster(2, { names: ['a', 'b'], extraArgs: ['--link-bandwidth', '10mbit'] });
     try {
@@ -54,7 +54,7 @@ describe('switching a pre-copy that does not converge to post-copy', { timeout: 
 
   it('a pre-copy that converges does not switch (getpid at 10 Mb/s, --postcopy-after-rounds 1)', async () => {
     const w = workload('getpid', ['3000000']);
-    const expected = await oracle(w);
+    const expected = await reference(w);
     const c = await startCluster(2, { names: ['a', 'b'], extraArgs: ['--link-bandwidth', '10mbit'] });
     try {
       const client = ClusterClient.for(c);

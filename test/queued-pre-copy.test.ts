@@ -6,7 +6,7 @@
 import { before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { ClusterClient, startCluster } from './helpers/cluster.ts';
-import { clusterRun, oracle } from './helpers/modes.ts';
+import { clusterRun, reference } from './helpers/modes.ts';
 import { prepareAllVariants, WORKLOADS, type Workload } from './helpers/workloads.ts';
 import type { MigrationMetrics } from '../src/migration/index.ts';
 
@@ -21,7 +21,7 @@ describe('queued pre-copy', { timeout: 1_200_000 }, () => {
 
   it('sends the pages RMA keeps writing less often than pre-copy (4 MB at 100 Mb/s), output identical', async (t) => {
     const w = rma(4, 600);
-    const expected = await oracle(w);
+    const expected = await reference(w);
     assert.equal(expected.exitCode, 0, expected.stderr);
     const c = await startCluster(2, { names: ['a', 'b'], extraArgs: ['--link-bandwidth', '100mbit'] });
     try {

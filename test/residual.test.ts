@@ -8,7 +8,7 @@
 import { before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { ClusterClient, eventually, startCluster } from './helpers/cluster.ts';
-import { clusterRun, oracle } from './helpers/modes.ts';
+import { clusterRun, reference } from './helpers/modes.ts';
 import { prepareAllVariants, WORKLOADS, type Workload } from './helpers/workloads.ts';
 import type { MigrationMetrics } from '../src/migration/index.ts';
 
@@ -25,7 +25,7 @@ describe('residual dependencies', { timeout: 900_000 }, () => {
 
   for (const variant of ['copy-on-reference', 'eager-dirty']) {
     it(`demand paging (${variant}): migrate returns at once with the dependency open; ps shows it; it closes when the process ends`, async () => {
-      const exp = await oracle(sleeper);
+      const exp = await reference(sleeper);
       const c = await startCluster(2, { names: ['a', 'b'] });
       try {
         const client = ClusterClient.for(c);
@@ -60,7 +60,7 @@ describe('residual dependencies', { timeout: 900_000 }, () => {
 
   it('a process that depends on a node pulls its pages before it moves on (a -> b copy-on-reference, b -> c eager-dirty), output identical', async () => {
     const w = workload('sleeper', ['250', '100']); // touches few of its pages: most are still on a when it moves on
-    const exp = await oracle(w);
+    const exp = await reference(w);
     const c = await startCluster(3, { names: ['a', 'b', 'c'] });
     try {
       const client = ClusterClient.for(c);
@@ -88,7 +88,7 @@ describe('residual dependencies', { timeout: 900_000 }, () => {
 
   it('a node holding pages refuses `ferry node stop` naming the process; SIGTERM waits for it to end, then stops', async () => {
     const sleeper = workload('sleeper', ['150', '100']); // long enough to outlive setup (compiling the faulting variant) on a loaded machine
-    const exp = await oracle(sleeper);
+    const exp = await reference(sleeper);
     const c = await startCluster(2, { names: ['a', 'b'] });
     try {
       const client = ClusterClient.for(c, 1);

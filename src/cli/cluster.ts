@@ -67,7 +67,11 @@ export function registerClusterCommands(program: Command): void {
       if (flags.linkLatency) parseLatency(flags.linkLatency);
       const keyFile = flags.keyFile ?? process.env.FERRY_KEY_FILE;
       const key = keyFile ? loadKey(keyFile) : undefined;
-      const log = (m: string) => process.stderr.write(`${new Date().toISOString()} ${flags.name}: ${m}\n`);
+      // A daemon outlives the terminal that started it: once its stderr is gone (EPIPE), it logs
+      // nothing more, rather than failing on each line (an error that would itself be logged).
+      let logging = true;
+      process.stderr.on('error', () => { logging = false; });
+      const log = (m: string) => { if (logging) process.stderr.write(`${new Date().toISOString()} ${flags.name}: ${m}\n`); };
       if (!key) log('no key: connections are plain TCP and anyone who can reach this port controls the node');
       process.on('unhandledRejection', (e) => log(`internal error (unhandled rejection): ${(e as Error)?.stack ?? String(e)}`));
       process.on('uncaughtException', (e) => log(`internal error: ${e.stack ?? e.message}`));
@@ -106,6 +110,10 @@ export function registerClusterCommands(program: Command): void {
         process.on('SIGTERM', () => onSignal('SIGTERM'));
         process.on('SIGINT', () => onSignal('SIGINT'));
         void d.stopRequested.then((why) => stop(why));
+        // Test harnesses: FERRY_PARENT_PID makes the node stop once that process is gone, so no
+        // daemon outlives a test process that was killed before it could stop its cluster.
+        const parent = Number(process.env.FERRY_PARENT_PID);
+        if (parent > 0) setInterval(() => { try { process.kill(parent, 0); } catch { stop(`process ${parent} is gone`); } }, 1000).unref();
       });
       process.exit(0);
     });

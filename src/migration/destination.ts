@@ -68,7 +68,11 @@ export interface FaultStats { remoteFaults: number; faultRoundTripMs: number | n
 export class IncomingMigration {
   state: IncomingState = 'setup';
   memory: WebAssembly.Memory | null = null;
+  /** The module it runs in once every page is here (the plain variant); null before setup. */
   loaded: LoadedModule | null = null;
+  /** Resolves to `loaded`: a faulting migration starts in the faulting variant and compiles
+   *  this one meanwhile, for when its last page arrives. */
+  steady: Promise<LoadedModule> | null = null;
   /** The faulting variant (post-copy), loaded during setup. */
   faultingModule: LoadedModule | null = null;
   image: ProcessImage | null = null;
@@ -93,15 +97,22 @@ export class IncomingMigration {
   /** Compile the module and ready a memory and a worker: all before the source freezes.
    *  `expectBytes`: the source's memory in use, pre-faulted here (0: none). */
   async setup(program: Uint8Array, expectBytes = 0): Promise<void> {
-    const loaded = await loadPrepared(program, 'plain', this.spec.sha256); // steady state (and after post-copy)
-    if (this.spec.faulting || this.spec.mayPostCopy) this.faultingModule = await loadPrepared(program, 'faulting', this.spec.sha256);
+    // Side by side: compiling (V8 does it on its own threads) and loading a worker's code.
+    // A faulting migration resumes in the faulting variant: the plain one (compiled eagerly, hundreds
+    // of ms) is needed only once every page is here, so it is not waited for.
+    const warm = warmWorkers.prewarm();
+    this.steady = loadPrepared(program, 'plain', this.spec.sha256);
+    this.steady.then((m) => { this.loaded = m; }, () => {});
+    const faulting = this.spec.faulting || this.spec.mayPostCopy ? loadPrepared(program, 'faulting', this.spec.sha256) : null;
+    if (!this.spec.faulting) await this.steady; // a pre-copy that may switch to post-copy needs both
+    this.faultingModule = await faulting;
+    const loaded = this.faultingModule ?? (await this.steady);
     if (this.state !== 'setup') throw this.refusal();
-    this.loaded = loaded;
     this.memory = newGuestMemory();
     this.maxPages = (loaded.meta.maxPages * WASM_PAGE) / this.spec.pageSize;
     await prefault(new Uint8Array(this.memory.buffer), Math.min(expectBytes, loaded.meta.maxPages * WASM_PAGE), () => this.state === 'setup');
     if (this.state !== 'setup') throw this.refusal();
-    await warmWorkers.prewarm();
+    await warm;
     if (this.state !== 'setup') throw this.refusal();
     this.state = 'receiving';
   }

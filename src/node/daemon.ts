@@ -14,6 +14,7 @@ import { ControlApi } from './control.ts';
 import { formatAddress, parseAddress } from './fields.ts';
 import { Membership } from './membership.ts';
 import { ProcessTable } from './process-table.ts';
+import { warmWorkers } from '../vm/process.ts';
 import { ProgramStore } from './programs.ts';
 import { StdioRouter } from './stdio.ts';
 import { HomeRouter } from './home.ts';
@@ -144,6 +145,7 @@ export class NodeDaemon {
       throw e;
     }
     d.membership.start();
+    void warmWorkers.prewarm(); // the first process that runs or arrives here finds a loaded worker
     return d;
   }
 

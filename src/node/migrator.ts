@@ -330,7 +330,7 @@ export class Migrator {
     if (inc.state !== 'running' || !inc.spec.faulting) throw new FerryError('bad-request', `MIG_DONE: migration ${inc.spec.id} is ${inc.state}, not in post-copy`);
     inc.finish();
     this.remotePages.finished(inc.spec.pid, inc.spec.id);
-    await this.ctx.table.rehost(inc.spec.pid, inc.loaded!);
+    await this.ctx.table.rehost(inc.spec.pid, await inc.steady!);
     return { header: { ...inc.faultStats() } };
   };
 

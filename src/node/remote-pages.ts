@@ -168,10 +168,10 @@ export class RemotePages {
   async complete(d: Dependency, reason: string): Promise<void> {
     if (d.ended) return;
     this.end(d, reason);
-    const loaded = d.spec.inc.loaded;
-    if (!loaded) return;
+    const steady = d.spec.inc.steady;
+    if (!steady) return;
     const pid = d.spec.pid;
-    const p = this.ctx.rehost(pid, loaded).catch((e: Error) => this.ctx.log?.(`${pid}: could not move to the tracked variant: ${e.message}`));
+    const p = steady.then((loaded) => this.ctx.rehost(pid, loaded)).catch((e: Error) => this.ctx.log?.(`${pid}: could not move to the tracked variant: ${e.message}`));
     this.completing.set(pid, p);
     await p;
     if (this.completing.get(pid) === p) this.completing.delete(pid);

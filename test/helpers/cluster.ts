@@ -47,7 +47,7 @@ export interface StartNodeOptions {
 export function startNode(o: StartNodeOptions): Promise<ClusterNode> {
   const args = [FERRY_BIN, 'node', 'start', '--name', o.name, '--listen', '127.0.0.1:0', '--data-dir', o.dataDir,
     ...(o.keyFile ? ['--key-file', o.keyFile] : []), ...(o.join ?? []).flatMap((j) => ['--join', j]), ...(o.extraArgs ?? [])];
-  const child = spawn(process.execPath, args, { cwd: ROOT, env: { ...process.env, FERRY_CACHE_DIR: TEST_CACHE, FERRY_KEY_FILE: '', ...o.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, args, { cwd: ROOT, env: { ...process.env, FERRY_CACHE_DIR: TEST_CACHE, FERRY_KEY_FILE: '', FERRY_PARENT_PID: String(process.pid), ...o.env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '', err = '';
   const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
   child.stderr!.on('data', (d) => { err += d; if (process.env.FERRY_TEST_DAEMON_LOGS) process.stderr.write(d); });

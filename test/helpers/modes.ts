@@ -30,6 +30,19 @@ export async function oracle(w: Workload): Promise<Outcome> {
   } finally { cleanup(); }
 }
 
+const references = new Map<string, Promise<Outcome>>();
+
+/** What an unmigrated run prints: the reference of the cluster tests ("output identical to an
+ *  unmigrated run"). It is ferry's own local run, which migratable.test.ts holds to node:wasi's
+ *  byte for byte: node:wasi is no reference under load (its sched_yield is the real syscall,
+ *  and getpid's 10 million of them take an hour on a busy 2-core machine). Once per test file. */
+export function reference(w: Workload): Promise<Outcome> {
+  const key = JSON.stringify([w.name, w.wasm, w.args, w.stdin ? createHash('sha256').update(w.stdin).digest('hex') : null]);
+  let r = references.get(key);
+  if (!r) { r = ferryRun(w); references.set(key, r); }
+  return r;
+}
+
 /** `ferry run` with extra flags (e.g. --hop-every N). */
 export async function ferryRun(w: Workload, flags: string[] = []): Promise<Outcome> {
   const { dir, cleanup } = prepareDir(w);

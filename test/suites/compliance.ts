@@ -3,13 +3,20 @@
 // loopback, 100 Mb/s), several migrations mid-run over real node daemons; the
 // output must equal an unmigrated run's. Per-algorithm invariants on the metrics
 // are checked for every migration.
+//
+// The cases run from four test files (test/compliance-*.test.ts), one per link and
+// family of algorithms, so node:test runs them side by side and none runs for long:
+//   copying:  the address space moves before the process resumes (total-copy,
+//             pre-copy, queued-pre-copy, assisted-post-copy);
+//   faulting: the process resumes first and faults its pages in (post-copy,
+//             demand-paging, flushing, freeze-free).
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { ClusterClient, eventually, startCluster, type Cluster } from './helpers/cluster.ts';
-import { clusterRun, oracle, type Outcome } from './helpers/modes.ts';
-import { prepareAllVariants, WORKLOADS, type Workload } from './helpers/workloads.ts';
-import { ALGORITHMS, VARIANTS, strategyFor, type MigrationMetrics } from '../src/migration/index.ts';
-import { HEAP_PAGES } from '../src/migration/freeze-free.ts';
+import { ClusterClient, eventually, startCluster, type Cluster } from '../helpers/cluster.ts';
+import { clusterRun, reference, type Outcome } from '../helpers/modes.ts';
+import { prepareAllVariants, WORKLOADS, type Workload } from '../helpers/workloads.ts';
+import { ALGORITHMS, VARIANTS, strategyFor, type MigrationMetrics } from '../../src/migration/index.ts';
+import { HEAP_PAGES } from '../../src/migration/freeze-free.ts';
 
 /** The file server of flushing and freeze-free: a fourth node, started by their first case
  *  (the other algorithms' cases run on a, b and c alone). */
@@ -33,15 +40,28 @@ const ARGS: Record<string, string[]> = {
 /** On a slow link a round of a heavy writer takes long: these run longer there. */
 const ARGS_SLOW: Record<string, string[]> = { rma: ['4', '2000'], pageinc: ['4', '800000'], reference: ['60000'], sleeper: ['80', '50'], getpid: ['10000000'] };
 const MIGRATIONS = Number(process.env.FERRY_COMPLIANCE_MIGRATIONS ?? 3);
-/** Links of this run: loopback here; test/compliance-100mbit.test.ts runs this suite over 100 Mb/s
- *  in a process of its own, so the two run side by side (FERRY_COMPLIANCE_LINKS overrides). */
-const LINKS = (process.env.FERRY_COMPLIANCE_LINKS ?? 'loopback').split(',') as Case['link'][];
 
-const CASES: Case[] = ALGORITHMS.flatMap((algorithm) => (VARIANTS[algorithm] ?? [undefined]).flatMap((variant) => LINKS.flatMap((link) =>
-  WORKLOADS.filter((w) => ARGS[w.name]).map((w) => ({
-    algorithm, ...(variant ? { variant } : {}), link, migrations: MIGRATIONS,
-    workload: { ...w, args: (link !== 'loopback' ? ARGS_SLOW[w.name] : undefined) ?? ARGS[w.name]! },
-  })))));
+/** The families of algorithms (see the header): every algorithm is in exactly one. */
+export const FAMILIES = {
+  copying: ['total-copy', 'pre-copy', 'queued-pre-copy', 'assisted-post-copy'],
+  faulting: ['post-copy', 'demand-paging', 'flushing', 'freeze-free'],
+} as const;
+export type Family = keyof typeof FAMILIES;
+
+function casesOf(family: Family, link: Case['link']): Case[] {
+  const algorithms = (FAMILIES[family] as readonly string[]).filter((a) => ALGORITHMS.includes(a));
+  return algorithms.flatMap((algorithm) => (VARIANTS[algorithm] ?? [undefined]).flatMap((variant) =>
+    WORKLOADS.filter((w) => ARGS[w.name]).map((w) => ({
+      algorithm, ...(variant ? { variant } : {}), link, migrations: MIGRATIONS,
+      workload: { ...w, args: (link !== 'loopback' ? ARGS_SLOW[w.name] : undefined) ?? ARGS[w.name]! },
+    }))));
+}
+
+/** No algorithm is left out of the suite. */
+export function unfiledAlgorithms(): string[] {
+  const filed = new Set<string>(Object.values(FAMILIES).flat());
+  return ALGORITHMS.filter((a) => !filed.has(a));
+}
 
 /** The execution state's bytes at most (globals, WASI state, the saved call stack: a deep
  *  recursion's is tens of KiB). "The state alone" in the down time means under this. */
@@ -144,8 +164,10 @@ function same(actual: Outcome, expected: Outcome, what: string): void {
   assert.deepEqual(actual.files, expected.files, `${what}: files`);
 }
 
-for (const link of LINKS) {
-  describe(`compliance over ${link}`, { timeout: 1_800_000 }, () => {
+/** The cases of one family over one link, on a cluster of their own. */
+export function complianceSuite(family: Family, link: Case['link']): void {
+  describe(`compliance: ${family} algorithms over ${link}`, () => {
+    it('every algorithm is in a family of the suite', () => assert.deepEqual(unfiledAlgorithms(), []));
     let c: Cluster;
     let client: ClusterClient;
     const expected = new Map<string, Outcome>();
@@ -156,10 +178,10 @@ for (const link of LINKS) {
     });
     after(async () => { await c?.stop(); });
 
-    for (const k of CASES.filter((x) => x.link === link)) {
+    for (const k of casesOf(family, link)) {
       it(`${k.algorithm}${k.variant ? ` ${k.variant}` : ''} ${k.workload.name}: ${k.migrations} migrations mid-run, output identical`, async () => {
         const key = `${k.workload.name} ${k.workload.args.join(' ')}`;
-        if (!expected.has(key)) expected.set(key, await oracle(k.workload));
+        if (!expected.has(key)) expected.set(key, await reference(k.workload));
         const exp = expected.get(key)!;
         assert.equal(exp.exitCode, 0, exp.stderr);
         if (strategyFor(k.algorithm).fileServer && !c.nodes.some((n) => n.name === FILE_SERVER)) {
