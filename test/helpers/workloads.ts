@@ -29,7 +29,7 @@ function deterministicBytes(n: number, seed: number): Buffer {
 }
 
 export const WORKLOADS: Workload[] = [
-  { name: 'getpid', wasm: bin('getpid'), args: ['300000'] },
+  { name: 'getpid', wasm: bin('getpid'), args: ['1000000'] }, // ~0.4 s under ferry: hops and checkpoints land mid-run
   { name: 'rma', wasm: bin('rma'), args: ['4', '60'] },
   { name: 'reference', wasm: bin('reference'), args: ['3000'] },
   { name: 'pageinc', wasm: bin('pageinc'), args: ['16', '3000'] },

@@ -1,11 +1,16 @@
 // Every workload, frozen at many random points, through --hop-every and through
 // checkpoint + restore in a new OS process: stdout, files and exit code identical to
 // node:wasi's run of the same binary.
+//
+// Two test files run it side by side (test/migratable-*.test.ts), one per group of workloads:
+//   calls:  programs that live in their system calls and their stack (getpid, recurse,
+//           filecopy, sleeper);
+//   memory: programs that live in their memory (rma, reference, pageinc, asobjects).
 import { describe, it, before } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { WORKLOADS } from './helpers/workloads.ts';
-import { checkpointChain, ferryRun, oracle, type Outcome } from './helpers/modes.ts';
+import { WORKLOADS } from '../helpers/workloads.ts';
+import { checkpointChain, ferryRun, oracle, type Outcome } from '../helpers/modes.ts';
 
 const RUNS = Number(process.env.FERRY_PROPERTY_RUNS ?? 2);
 
@@ -15,7 +20,20 @@ function same(actual: Outcome, expected: Outcome, what: string): void {
   assert.deepEqual(actual.files, expected.files, `${what}: files`);
 }
 
-for (const w of WORKLOADS) {
+export const GROUPS = {
+  calls: ['getpid', 'recurse', 'filecopy', 'sleeper', 'sleeper-echo'],
+  memory: ['rma', 'reference', 'pageinc', 'asobjects'],
+} as const;
+
+export function migratableSuite(group: keyof typeof GROUPS): void {
+  it('every workload is in a group', () => {
+    const grouped = new Set<string>(Object.values(GROUPS).flat());
+    assert.deepEqual(WORKLOADS.map((w) => w.name).filter((n) => !grouped.has(n)), []);
+  });
+  for (const w of WORKLOADS.filter((x) => (GROUPS[group] as readonly string[]).includes(x.name))) migratable(w);
+}
+
+function migratable(w: (typeof WORKLOADS)[number]): void {
   describe(w.name, () => {
     let expected: Outcome;
     before(async () => { expected = await oracle(w); assert.equal(expected.exitCode, 0, `oracle: ${expected.stderr}`); });
