@@ -4,12 +4,13 @@
 // output must equal an unmigrated run's. Per-algorithm invariants on the metrics
 // are checked for every migration.
 //
-// The cases run from four test files (test/compliance-*.test.ts), one per link and
+// The cases run from six test files (test/compliance-*.test.ts), one per link and
 // family of algorithms, so node:test runs them side by side and none runs for long:
-//   copying:  the address space moves before the process resumes (total-copy,
-//             pre-copy, queued-pre-copy, assisted-post-copy);
-//   faulting: the process resumes first and faults its pages in (post-copy,
-//             demand-paging, flushing, freeze-free).
+//   copying:     the address space moves before the process resumes (total-copy,
+//                pre-copy, queued-pre-copy, assisted-post-copy);
+//   faulting:    the process resumes first and faults its pages in from the
+//                source (post-copy, demand-paging);
+//   file-server: it faults them in from a file server (flushing, freeze-free).
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { ClusterClient, eventually, startCluster, type Cluster } from '../helpers/cluster.ts';
@@ -44,7 +45,8 @@ const MIGRATIONS = Number(process.env.FERRY_COMPLIANCE_MIGRATIONS ?? 3);
 /** The families of algorithms (see the header): every algorithm is in exactly one. */
 export const FAMILIES = {
   copying: ['total-copy', 'pre-copy', 'queued-pre-copy', 'assisted-post-copy'],
-  faulting: ['post-copy', 'demand-paging', 'flushing', 'freeze-free'],
+  faulting: ['post-copy', 'demand-paging'],
+  'file-server': ['flushing', 'freeze-free'],
 } as const;
 export type Family = keyof typeof FAMILIES;
 
