@@ -131,7 +131,7 @@ describe('assisted post-copy', { timeout: 2_400_000 }, () => {
     try {
       const client = ClusterClient.for(c);
       // Once the table is filled (the first step line): from then on only the hot region is written.
-      const { outcome, during: ms } = await clusterRun(c, client, w, { node: 'a', after: 'step ' }, async (pid) => {
+      const { outcome, during: ms } = await clusterRun(c, client, w, { node: 'a' }, async (pid) => {
         const out: MigrationMetrics[] = [];
         for (const to of ['b', 'a']) {
           const m = await client.migrate(pid, to, { algorithm: 'assisted-post-copy' });

@@ -153,7 +153,15 @@ export class IncomingMigration {
     const per = this.spec.pageSize / TRACK_PAGE;
     const pages = Math.ceil(logicalBytes / this.spec.pageSize);
     let n = 0;
-    for (let p = 0; p < pages; p++) if (!this.isPresent(p)) { mem.fill(1, ABSENT_MAP + p * per, ABSENT_MAP + (p + 1) * per); n++; }
+    // One fill per run of absent pages (in the down time: a call per page cost ms at 256 MB).
+    for (let p = 0; p < pages;) {
+      if (this.isPresent(p)) { p++; continue; }
+      let q = p + 1;
+      while (q < pages && !this.isPresent(q)) q++;
+      mem.fill(1, ABSENT_MAP + p * per, ABSENT_MAP + q * per);
+      n += q - p;
+      p = q;
+    }
     this.totalPages = pages;
     this.absent = n;
     return n;
