@@ -46,7 +46,8 @@ describe('residual dependencies', { timeout: 900_000 }, () => {
         });
         assert.equal(outcome.exitCode, exp.exitCode, outcome.stderr);
         assert.equal(outcome.stdout, exp.stdout);
-        if (variant === 'copy-on-reference') assert.equal(m.pages.sent, 0, 'no page during the down time');
+        // (Faults may already have been served when migrate answers: pages.sent counts those too.)
+        if (variant === 'copy-on-reference') assert.ok(m.bytes.downtime < 1 << 20, `no page during the down time, the state alone (${m.bytes.downtime} bytes)`);
         else assert.ok(m.pages.sent + m.pages.zero > 0, 'the dirty pages went during the down time');
         const [done] = await eventually(async () => { const ms = await migrations(client, pid); return ms[0]?.totalMs !== null && ms; }, 20_000, 'the dependency to close');
         assert.deepEqual(done!.residualDependencies, []);
