@@ -85,6 +85,17 @@ describe('assisted post-copy: the source\'s answers', () => {
   });
 });
 
+/** a -> b -> a with assisted post-copy, each migration completed. */
+async function thereAndBack(client: ClusterClient, pid: string): Promise<MigrationMetrics[]> {
+  const out: MigrationMetrics[] = [];
+  for (const to of ['b', 'a']) {
+    const m = await client.migrate(pid, to, { algorithm: 'assisted-post-copy' });
+    assert.equal(m.state, 'completed', m.error?.message);
+    out.push(m);
+  }
+  return out;
+}
+
 describe('assisted post-copy', { timeout: 2_400_000 }, () => {
   before(async () => { await prepareAllVariants(); process.env.FERRY_CACHE_DIR = TEST_CACHE; });
 
@@ -99,15 +110,7 @@ describe('assisted post-copy', { timeout: 2_400_000 }, () => {
     try {
       const client = ClusterClient.for(c);
       // Once the table is filled (the first step line): from then on only the hot region is written.
-      const { outcome, during: ms } = await clusterRun(c, client, w, { node: 'a', after: 'step ' }, async (pid) => {
-        const out: MigrationMetrics[] = [];
-        for (const to of ['b', 'a']) {
-          const m = await client.migrate(pid, to, { algorithm: 'assisted-post-copy' });
-          assert.equal(m.state, 'completed', m.error?.message);
-          out.push(m);
-        }
-        return out;
-      });
+      const { outcome, during: ms } = await clusterRun(c, client, w, { node: 'a', after: 'step ' }, (pid) => thereAndBack(client, pid));
       assert.equal(outcome.stdout, expected.stdout);
       assert.equal(outcome.exitCode, 0);
       const hotPages = (4 << 20) / 4096;
@@ -130,16 +133,7 @@ describe('assisted post-copy', { timeout: 2_400_000 }, () => {
     const c = await startCluster(2, { names: ['a', 'b'], extraArgs: ['--link-bandwidth', '100mbit'] });
     try {
       const client = ClusterClient.for(c);
-      // Once the table is filled (the first step line): from then on only the hot region is written.
-      const { outcome, during: ms } = await clusterRun(c, client, w, { node: 'a' }, async (pid) => {
-        const out: MigrationMetrics[] = [];
-        for (const to of ['b', 'a']) {
-          const m = await client.migrate(pid, to, { algorithm: 'assisted-post-copy' });
-          assert.equal(m.state, 'completed', m.error?.message);
-          out.push(m);
-        }
-        return out;
-      });
+      const { outcome, during: ms } = await clusterRun(c, client, w, { node: 'a' }, (pid) => thereAndBack(client, pid));
       assert.equal(outcome.stdout, expected.stdout);
       assert.equal(outcome.exitCode, 0);
       for (const m of ms) {
