@@ -10,7 +10,9 @@ import { ferry, tempDir } from './helpers/ferry.ts';
 
 // yosys (31 MB, 34k functions) takes many minutes to prepare on 2 cores: it runs when
 // FERRY_SLOW_TESTS=1, with FERRY_WASM_OPT naming a native wasm-opt (binaryen.js runs out of heap).
-const SLOW = new Set(['yosys']);
+// nextpnr-ice40 (1.8 MB, but functions of up to 53 KB) prepares in binaryen.js in ~13 CPU
+// minutes: FERRY_SLOW_TESTS=1 too. flite and icepack run always.
+const SLOW = new Set(['yosys', 'nextpnr-ice40']);
 
 async function outcome(w: ThirdPartyWorkload, run: (dir: string, dirFlags: string[]) => Promise<{ stdout: Buffer; exitCode: number; stderr?: Buffer }>) {
   const t = tempDir(`ferry-${w.name}-`);
@@ -24,7 +26,7 @@ async function outcome(w: ThirdPartyWorkload, run: (dir: string, dirFlags: strin
 }
 
 for (const w of thirdPartyWorkloads) {
-  const skip = SLOW.has(w.name) && process.env.FERRY_SLOW_TESTS !== '1' ? `${w.name} is slow to prepare: set FERRY_SLOW_TESTS=1 (and FERRY_WASM_OPT=/usr/bin/wasm-opt)` : false;
+  const skip = SLOW.has(w.name) && process.env.FERRY_SLOW_TESTS !== '1' ? `${w.name} is slow to prepare: set FERRY_SLOW_TESTS=1${w.name === 'yosys' ? ' (and FERRY_WASM_OPT=/usr/bin/wasm-opt)' : ''}` : false;
   describe(w.name, { skip }, () => {
     it('survives checkpoint and restore mid-run, output identical to node:wasi', { timeout: 3_600_000 }, async () => {
       const expected = await outcome(w, (dir) => runNodeWasi({ wasm: w.wasmPath, args: w.args, preopens: resolvePreopens(w, dir) }));

