@@ -7,10 +7,10 @@
 // plus one kill -9 sent by the test in the middle of a transfer.
 import { describe, it, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { ClusterClient, startCluster, type Cluster } from './helpers/cluster.ts';
+import { ClusterClient, eventually, startCluster, type Cluster } from './helpers/cluster.ts';
 import { clusterRun, ferryRun, reference, type Outcome } from './helpers/modes.ts';
 import { WORKLOADS, type Workload } from './helpers/workloads.ts';
-import type { MigrationMetrics } from '../src/migration/index.ts';
+import { strategyFor, type MigrationMetrics } from '../src/migration/index.ts';
 
 interface FaultCase {
   /** Node that carries the fault: the destination (b) or the source (a). */
@@ -42,9 +42,18 @@ const OVERRIDES: Record<string, Record<string, FaultCase['endsOn']>> = {
   // Eager-dirty sends the dirty pages before the commit, as Total Copy does.
   'demand-paging:eager-dirty': { 'dest-running:cut': 'b', 'src-commit:cut': 'either', 'src-push:cut': 'not-applicable' },
   // Assisted post-copy sends its pass before the commit (as Total Copy's pages), and needs its source after it:
-  // its faults recover a broken link, its push of modified pages does not (yet).
-  'assisted-post-copy': { 'dest-running:cut': 'b-fails', 'src-commit:cut': 'either', 'src-push:cut': 'not-applicable', 'dest-fault:cut': 'not-applicable' },
+  // a broken link is re-dialled as post-copy's; the push resumes with the pushed pages still missing.
+  'assisted-post-copy': { 'src-commit:cut': 'either' },
+  // Flushing: the pages go to the file server before the commit and are faulted in from there
+  // after it; the source is not needed once the process runs on the destination.
+  'flushing': { 'dest-pages:crash': 'not-applicable', 'dest-pages:cut': 'not-applicable', 'src-pages:cut': 'not-applicable', 'dest-running:cut': 'b', 'src-commit:cut': 'either', 'src-push:cut': 'not-applicable' },
+  // Freeze-free: the state and the current pages move at the freeze, the rest is flushed to the file
+  // server afterwards; faults go to the source until the hand-over, then to the file server.
+  'freeze-free': { 'dest-running:cut': 'b', 'src-commit:cut': 'either', 'src-push:cut': 'not-applicable' },
 };
+
+/** The file server of flushing and freeze-free (a third node, --role file-server). */
+const FILE_SERVER = 'f';
 
 const CASES: FaultCase[] = [
   { on: 'b', point: 'dest-setup', action: 'crash', endsOn: 'a' },
@@ -61,7 +70,7 @@ const CASES: FaultCase[] = [
   { on: 'b', point: 'dest-running', action: 'cut', endsOn: 'b' },
   // Post-processing (post-copy, demand paging): the link breaks, is re-dialled, and the process carries on.
   { on: 'a', point: 'src-push', action: 'cut', endsOn: 'b', recovery: { on: 'a', re: 'reconnected to b; \\d+ pages still to push' } },
-  { on: 'b', point: 'dest-fault', action: 'cut', endsOn: 'b', recovery: { on: 'b', re: 'page faults of \\S+ resumed: a answered again' } },
+  { on: 'b', point: 'dest-fault', action: 'cut', endsOn: 'b', recovery: { on: 'b', re: 'page faults of \\S+ resumed: (a|f) answered again' } },
 ];
 
 const rma: Workload = { ...WORKLOADS.find((w) => w.name === 'rma')!, args: ['8', '250'] };
@@ -86,6 +95,10 @@ describe('migrations under faults', { timeout: 1_800_000 }, () => {
     it(`${algorithm}: ${k.action} at ${k.point} (on ${k.on === 'a' ? 'the source' : 'the destination'}): ${k.endsOn === 'b-fails' ? 'fails on the destination naming the source' : `runs exactly once, on ${k.endsOn === 'a' ? 'the source' : k.endsOn === 'b' ? 'the destination' : 'one of them'}`}`, async () => {
       const c = await startCluster(2, { names: ['a', 'b'], env: { [k.on]: { FERRY_FAULTS: `${k.point}:${k.action}` } } });
       try {
+        if (strategyFor(algo).fileServer) {
+          await c.addNode(FILE_SERVER, { extraArgs: ['--role', 'file-server'] });
+          await eventually(async () => ((await ClusterClient.for(c, 0).call('nodes')).members as { name: string; roles: string[] }[]).find((m) => m.name === FILE_SERVER)?.roles.includes('file-server'), 10_000, 'the file server\'s role to be known');
+        }
         const client = ClusterClient.for(c);
         let pid = '';
         const { outcome, during: m } = await clusterRun(c, client, rma, { node: 'a' }, async (p): Promise<MigrationMetrics> => {

@@ -16,11 +16,15 @@
 // No page is sent more than twice: once in the pass, once more (pushed or
 // served to a fault, never both) if it was modified since. A fault on a page
 // already pushed is answered "in flight": the destination waits for the push.
+// A broken link (post-copy's recovery): the push goes on over a new connection
+// with the pushed pages the destination still lacks, and a fault asking again
+// for a page it was served (the answer was lost) is served again; only then is
+// a page sent a third time.
 import type { Captured } from '../vm/process.ts';
 import type { FaultPlan, SourceContext, Strategy } from './strategy.ts';
 
-/** Per page after the freeze. */
-const NOT_MODIFIED = 0, MODIFIED = 1, RESENT = 2;
+/** Per page after the freeze: modified since the pass, then pushed or served to a fault. */
+const NOT_MODIFIED = 0, MODIFIED = 1, PUSHED = 2, SERVED = 3;
 
 export class AssistedPostCopy implements Strategy {
   readonly algorithm = 'assisted-post-copy';
@@ -29,7 +33,7 @@ export class AssistedPostCopy implements Strategy {
   /** Migration pages the pass covers (the address space seen while running). */
   private covered = 0;
   private passed = false;
-  /** NOT_MODIFIED, MODIFIED (not yet resent) or RESENT, per page of the frozen address space. */
+  /** NOT_MODIFIED, MODIFIED (not yet resent), PUSHED or SERVED, per page of the frozen address space. */
   private state = new Uint8Array(0);
   private modified: number[] = [];
 
@@ -59,14 +63,22 @@ export class AssistedPostCopy implements Strategy {
   }
 
   async postProcess(ctx: SourceContext): Promise<void> {
-    // Zero markers: the destination holds no page as present, a modified page now zero must be said.
-    await ctx.sendPages(this.push(), { zeroMarkers: true });
-    await ctx.finish();
+    for (;;) {
+      try {
+        // Zero markers: the destination holds no page as present, a modified page now zero must be said.
+        await ctx.sendPages(this.push(), { zeroMarkers: true });
+        await ctx.finish();
+        return;
+      } catch (e) {
+        // A broken link: pushed pages the destination still lacks were lost with it; push them again.
+        for (const p of await ctx.recover(e)) if (this.state[p] === PUSHED) this.state[p] = MODIFIED;
+      }
+    }
   }
 
   /** Modified pages not yet resent, each taken as the engine batches it. */
   private *push(): IterableIterator<number> {
-    for (const p of this.modified) if (this.state[p] === MODIFIED) { this.state[p] = RESENT; yield p; }
+    for (const p of this.modified) if (this.state[p] === MODIFIED) { this.state[p] = PUSHED; yield p; }
   }
 
   planFault(pages: number[]): FaultPlan {
@@ -74,8 +86,8 @@ export class AssistedPostCopy implements Strategy {
     for (const p of pages) {
       const s = p < this.state.length ? this.state[p] : MODIFIED; // past the address space: its (zero) bytes
       if (s === NOT_MODIFIED) plan.notModified.push(p);
-      else if (s === RESENT) plan.inFlight.push(p);
-      else { if (p < this.state.length) this.state[p] = RESENT; plan.send.push(p); }
+      else if (s === PUSHED) plan.inFlight.push(p);
+      else { if (p < this.state.length) this.state[p] = SERVED; plan.send.push(p); } // SERVED: asked again, the answer was lost
     }
     return plan;
   }

@@ -40,6 +40,9 @@ export const COMMIT_TIMEOUT_MS = 60_000;
 /** How long a fault waits for a page the source says it has pushed. */
 const FAULT_WAIT_MS = 30_000;
 
+/** A fault waiting for a page in flight: settles it (with the reason it never came, if lost). */
+interface Waiter { done: (lost?: string) => void; timer: ReturnType<typeof setTimeout> }
+
 export interface IncomingSpec {
   id: string;
   pid: string;
@@ -84,7 +87,7 @@ export class IncomingMigration {
   /** Assisted post-copy: the pages of the pass, until they move in or go stale. */
   readonly store: PageStore | null;
   /** Faults waiting for pages in flight (assisted post-copy), by page. */
-  private readonly waiting = new Map<number, ((lost?: string) => void)[]>();
+  private readonly waiting = new Map<number, Waiter[]>();
   pagesReceived = 0;
   reason: string | undefined;
   private maxPages = 0;
@@ -247,9 +250,12 @@ export class IncomingMigration {
     if (!this.memory || this.isPresent(p) || p >= this.totalPages) return Promise.resolve();
     return new Promise((res, rej) => {
       const lost = (why: string) => new FerryError('pages-lost', `process ${this.spec.pid} needs page ${p}, held by node ${this.spec.from}, which pushed it but ${why}`);
-      const t = setTimeout(() => rej(lost(`it did not arrive in ${FAULT_WAIT_MS} ms`)), FAULT_WAIT_MS);
+      const w: Waiter = {
+        done: (why) => { clearTimeout(w.timer); if (why) rej(lost(why)); else res(); },
+        timer: setTimeout(() => w.done(`it did not arrive in ${FAULT_WAIT_MS} ms`), FAULT_WAIT_MS),
+      };
       const list = this.waiting.get(p) ?? [];
-      list.push((why) => { clearTimeout(t); if (why) rej(lost(why)); else res(); });
+      list.push(w);
       this.waiting.set(p, list);
     });
   }
@@ -258,13 +264,18 @@ export class IncomingMigration {
     const list = this.waiting.get(p);
     if (!list) return;
     this.waiting.delete(p);
-    for (const f of list) f();
+    for (const w of list) w.done();
   }
 
-  /** The source's connection is gone: faults waiting for pushed pages fail now. */
-  sourceLost(why: string): void {
-    for (const list of this.waiting.values()) for (const f of list) f(why);
-    this.waiting.clear();
+  /** The source's connection is gone. With `graceMs` (post-processing: the source re-dials and
+   *  pushes again what it lost) faults waiting for pushed pages wait that long more; else they fail now. */
+  sourceLost(why: string, graceMs?: number): void {
+    for (const list of this.waiting.values()) for (const w of list) {
+      if (graceMs === undefined) { w.done(why); continue; }
+      clearTimeout(w.timer);
+      w.timer = setTimeout(() => w.done(`${why} and it did not come back within ${Math.round(graceMs / 1000)} s`), graceMs);
+    }
+    if (graceMs === undefined) this.waiting.clear();
   }
 
   /** Post-processing is over: every page is here (the caller swaps variants), memory let go.

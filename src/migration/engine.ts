@@ -353,6 +353,7 @@ export class Migration extends EventEmitter {
         const absent = await this.spec.channel.recover();
         for (const i of absent) if (i < this.sent.length) this.sent[i] = 0;
         this.spec.log?.(`migration ${this.spec.id}: reconnected to ${this.spec.to}; ${absent.length} pages still to push`);
+        return absent;
       },
       dirty: this.dirtyView(),
       ...(this.spec.fileServer ? { fileServer: this.fileServerView(this.spec.fileServer) } : {}),

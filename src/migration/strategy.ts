@@ -35,9 +35,9 @@ export interface SourceContext {
   /** Post-processing is over on the source side: wait for the destination to hold every page. */
   finish(): Promise<void>;
   /** After `err` broke the link during post-processing: reach the destination again (bounded)
-   *  and mark the pages it still lacks unsent, so a sendPages with skipSent resends them.
-   *  Rethrows `err` if it was not the link's fault, throws if the destination stays unreachable. */
-  recover(err: unknown): Promise<void>;
+   *  and mark the pages it still lacks unsent, so a sendPages with skipSent resends them; returns
+   *  those pages. Rethrows `err` if it was not the link's fault, throws if the destination stays unreachable. */
+  recover(err: unknown): Promise<number[]>;
   /** The process's dirty pages (pre-copy), in migration pages. */
   readonly dirty: DirtyView;
   /** The file server of an algorithm that flushes pages to one (flushing, freeze-free). */

@@ -243,7 +243,8 @@ export class Migrator {
         throw new FerryError('bad-request', `MIG_SETUP: holder ${holder} is not another node of the cluster, or ${algorithm} does not fault`);
       inc = new IncomingMigration({ id: mid, pid, from: conn.peer.node, sha256: hash, pageSize, faulting, residual, mayPostCopy, temporaryStore, ...(holder ? { holder } : {}) }, this.ctx.log);
       this.incoming.set(mid, inc);
-      conn.onClose(() => { inc!.abort(`the connection from ${conn.peer.node} closed`); inc!.sourceLost(`the connection closed`); });
+      // After the commit the source re-dials a broken link (MIG_RESUME) and pushes again: faults wait for it.
+      conn.onClose(() => { inc!.abort(`the connection from ${conn.peer.node} closed`); inc!.sourceLost('the connection closed', inc!.state === 'running' ? RECOVERY_MS : undefined); });
       this.forgetLater(mid);
     }
     await inc.setup(bytes, typeof h.memoryBytes === 'number' ? h.memoryBytes : 0);

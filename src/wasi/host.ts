@@ -713,6 +713,11 @@ export class WasiHost {
 
   private readFile(fd: number, e: FdEntry, vecs: [number, number][], pos: number): number {
     const h = this.handle(fd, e);
+    if (this.fs.readv && vecs.length > 1) {
+      // One system call for all iovecs (wasi-libc's stdio reads into the caller's buffer and its own).
+      for (const [buf, len] of vecs) this.dirty(buf, len);
+      return this.fs.readv(h, vecs.map(([buf, len]) => this.mem.bytes().subarray(buf, buf + len)), pos);
+    }
     let total = 0;
     for (const [buf, len] of vecs) {
       if (len === 0) continue;
@@ -727,6 +732,13 @@ export class WasiHost {
   private writeFile(fd: number, e: FdEntry, vecs: [number, number][], pos: number): number {
     const h = this.handle(fd, e);
     let total = 0;
+    if (this.fs.writev && vecs.length > 1) {
+      for (const [buf, len] of vecs) this.present(buf, len);
+      const want = vecs.reduce((n, [, len]) => n + len, 0);
+      total = this.fs.writev(h, vecs.map(([buf, len]) => this.mem.bytes().subarray(buf, buf + len)), pos);
+      if (total >= want || total <= 0) return Math.max(total, 0);
+      vecs = this.after(vecs, total); // a short write: the rest one iovec at a time, below
+    }
     for (const [buf, len] of vecs) {
       if (len === 0) continue;
       this.present(buf, len);
@@ -741,6 +753,17 @@ export class WasiHost {
       if (done < len) break;
     }
     return total;
+  }
+
+  /** The iovecs left after the first `skip` bytes. */
+  private after(vecs: [number, number][], skip: number): [number, number][] {
+    const out: [number, number][] = [];
+    for (const [buf, len] of vecs) {
+      if (skip >= len) { skip -= len; continue; }
+      out.push([buf + skip, len - skip]);
+      skip = 0;
+    }
+    return out;
   }
 
   /** Reads stdin into the iovecs, blocking through io.wait; SUSPEND if stopped (nothing consumed). */

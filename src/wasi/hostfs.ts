@@ -36,6 +36,10 @@ export interface HostFs {
   read(h: number, buf: Uint8Array, position: number): number;
   /** Positional write of buf; returns bytes written. */
   write(h: number, buf: Uint8Array, position: number): number;
+  /** Positional scatter read (one system call for all of an fd_read's iovecs); optional. */
+  readv?(h: number, bufs: Uint8Array[], position: number): number;
+  /** Positional gather write; returns bytes written (may be short); optional. */
+  writev?(h: number, bufs: Uint8Array[], position: number): number;
   fstat(h: number): HostStat;
   stat(path: string): HostStat;
   lstat(path: string): HostStat;
@@ -88,6 +92,8 @@ export const nodeFs: HostFs = {
   close: (h) => fs.closeSync(h),
   read: (h, buf, pos) => fs.readSync(h, buf, 0, buf.length, pos),
   write: (h, buf, pos) => fs.writeSync(h, buf, 0, buf.length, pos),
+  readv: (h, bufs, pos) => fs.readvSync(h, bufs, pos),
+  writev: (h, bufs, pos) => fs.writevSync(h, bufs, pos),
   fstat: (h) => toStat(fs.fstatSync(h, { bigint: true })),
   stat: (p) => toStat(fs.statSync(p, { bigint: true })),
   lstat: (p) => toStat(fs.lstatSync(p, { bigint: true })),
