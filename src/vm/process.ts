@@ -10,11 +10,11 @@ import {
   CTL_STOP, CTL_THROTTLE, CTL_WAKE, STDIN_RING_BYTES, type ExecState, type FromWorker, type StdioMode, type ToWorker,
 } from './protocol.ts';
 import type { LoadedModule } from './cache.ts';
+import { workerOptions, workerUrl } from './worker-code.ts';
 import type { WasiState } from '../wasi/types.ts';
 import { deserializeError, FerryError } from '../errors.ts';
 import { DEFAULT_FILE_TIMEOUT_MS, errorReply, type FileOpReply, type FileOpRequest, type FileReplyMessage } from '../wasi/remote-fs.ts';
 
-const WORKER_URL = new URL('./worker-entry.mjs', import.meta.url);
 
 /** What a freeze yields: memory stays in `memory` (read it before resuming). */
 export interface Captured {
@@ -54,7 +54,7 @@ class WarmWorkers {
   private spare: Worker | null = null;
   private loaded: Promise<void> = Promise.resolve();
   take(): Worker {
-    const w = this.spare ?? new Worker(WORKER_URL);
+    const w = this.spare ?? new Worker(workerUrl(), workerOptions());
     this.spare = null;
     w.ref();
     return w;
@@ -62,7 +62,7 @@ class WarmWorkers {
   /** Start one in the background, ready for the next take(); resolves once it has loaded. */
   prewarm(): Promise<void> {
     if (this.spare) return this.loaded;
-    const w = new Worker(WORKER_URL);
+    const w = new Worker(workerUrl(), workerOptions());
     this.spare = w;
     w.unref();
     w.on('error', () => { if (this.spare === w) this.spare = null; });
