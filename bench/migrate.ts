@@ -7,23 +7,29 @@
 // Per case: the address space, bytes sent, down time, total time, wire time (bytes
 // after setup / link bandwidth: the physical limit of a shaped link) and the ratio
 // total/wire of each migration (goal <= 1.15 on shaped links); on loopback the
-// throughput (address-space bytes moved per second of migration; goal >= 1000 MB/s).
+// throughput (address-space bytes moved per second of migration; goal >= 1000 MB/s),
+// beside its physical limit measured in the same run (bench/link-limit.ts: one
+// TLS-PSK stream, and one plain TCP stream, between two processes here).
 // Medians over the repetitions; every ratio is of one migration's own numbers.
 import { ClusterClient, eventually, startCluster, type Cluster } from '../test/helpers/cluster.ts';
 import type { MigrationMetrics } from '../src/migration/index.ts';
 import { parseBandwidth } from '../src/transport/shaper.ts';
 import { f1, f2, median, sleep, table, wasmPath } from './util.ts';
+import { measureLinkLimit, type LinkLimit } from './link-limit.ts';
 
 export const RATIO_GOAL = 1.15;
 export const LOOPBACK_GOAL_MBS = 1000; // MB/s, 10^6 bytes
 const MB = 1e6, MiB = 1 << 20;
 
 export const MIGRATE_SIZES = [4, 64, 512];
-export const MIGRATE_LINKS = ['100mbit', '1gbit', 'none'];
+/** 'none': unshaped loopback with TLS (as in production); 'tcp': unshaped, no key, plain TCP
+ *  (what ferry's own machinery moves when encryption is not the limit). */
+export const MIGRATE_LINKS = ['100mbit', '1gbit', 'none', 'tcp'];
+const unshaped = (link: string) => link === 'none' || link === 'tcp';
 
 /** Repetitions per case: fewer where one migration is long (512 MB at 100 Mb/s is ~43 s). */
 function repsFor(link: string, mb: number): number {
-  const rate = link === 'none' ? Infinity : parseBandwidth(link);
+  const rate = unshaped(link) ? Infinity : parseBandwidth(link);
   const seconds = (mb * MiB) / rate;
   return seconds > 20 ? 1 : seconds > 2 ? 3 : 5;
 }
@@ -63,9 +69,9 @@ export async function runMigrate(opts: { sizes?: number[]; links?: string[]; alg
     `sizes ${sizes.join(', ')} MB; links ${links.join(', ')}; compression ${codecs.join(', ')} --`);
   const rows: MigrateRow[] = [];
   for (const link of links) {
-    const shaped = link !== 'none';
+    const shaped = !unshaped(link);
     const t0 = performance.now();
-    const c = await startCluster(2, { names: ['a', 'b'], extraArgs: shaped ? ['--link-bandwidth', link] : [] });
+    const c = await startCluster(2, { names: ['a', 'b'], extraArgs: shaped ? ['--link-bandwidth', link] : [], noKey: link === 'tcp' });
     const client = ClusterClient.for(c);
     try {
       for (const mb of sizes) {
@@ -89,8 +95,15 @@ export async function runMigrate(opts: { sizes?: number[]; links?: string[]; alg
     console.log(`   (${link}: ${((performance.now() - t0) / 1000).toFixed(0)} s with cluster start and workload warm-up)`);
   }
   console.log('\n' + migrateTable(rows));
+  if (links.some(unshaped)) {
+    limit = await measureLinkLimit();
+    console.log(`   loopback's limit: one stream between two processes here moves ${limit.tlsMBs.toFixed(0)} MB/s over TLS-PSK (${limit.cipher}), ${limit.tcpMBs.toFixed(0)} MB/s over plain TCP`);
+  }
   return rows;
 }
+
+/** The loopback limit measured by the last runMigrate with an unshaped link. */
+let limit: LinkLimit | null = null;
 
 function printRow(r: MigrateRow): void {
   const ms = r.runs.map((m) => m.totalMs ?? NaN);
@@ -129,8 +142,11 @@ export function migrateVerdicts(rows: MigrateRow[]): string[] {
         ratios.map((r) => `${r.mb} MB ${f2(r.x)}`).join(', ') + ')');
     } else {
       const tp = rs.map((r) => ({ mb: r.mb, x: med(r.runs, mbsOf) }));
-      out.push(`migrate throughput >= ${LOOPBACK_GOAL_MBS} MB/s on loopback (TLS): ${verdict(tp.every((r) => r.x >= LOOPBACK_GOAL_MBS))} (` +
-        tp.map((r) => `${r.mb} MB ${r.x.toFixed(0)} MB/s`).join(', ') + ')');
+      const tls = link === 'none';
+      const stream = limit ? (tls ? limit.tlsMBs : limit.tcpMBs) : null;
+      out.push(`migrate throughput >= ${LOOPBACK_GOAL_MBS} MB/s on loopback (${tls ? 'TLS' : 'no key, plain TCP'}): ${verdict(tp.every((r) => r.x >= LOOPBACK_GOAL_MBS))} (` +
+        tp.map((r) => `${r.mb} MB ${r.x.toFixed(0)} MB/s${stream ? ` = ${f2(r.x / stream)}x one ${tls ? 'TLS' : 'TCP'} stream` : ''}`).join(', ') + ')' +
+        (stream ? `; the limit here: one ${tls ? `TLS-PSK stream (${limit!.cipher})` : 'plain TCP stream'} between two processes moves ${stream.toFixed(0)} MB/s` : ''));
     }
   }
   return out;

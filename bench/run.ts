@@ -11,7 +11,8 @@
 //   --only a,b      restrict speed and stop to these workloads
 //   --v8 SET        V8 flags of this process, for stop and image (default turbofan)
 //   --only-sizes N,...  rma sizes in MB for migrate (default 4,64,512)
-//   --links L,...   link settings for migrate: a bandwidth (100mbit, 1gbit) or none (default 100mbit,1gbit,none)
+//   --links L,...   link settings for migrate: a bandwidth (100mbit, 1gbit), none (unshaped, TLS) or tcp
+//                   (unshaped, no key: plain TCP) (default 100mbit,1gbit,none,tcp)
 //   --algorithm A   migrate with this algorithm (default total-copy)
 //   --compress C[,C...]  migrate with each of these page codecs in turn (none, deflate, lz4; default none)
 // Ratios are measured within one process, interleaved; timings are medians of the reps.

@@ -66,10 +66,11 @@ export function startNode(o: StartNodeOptions): Promise<ClusterNode> {
 }
 
 /** Start n nodes (n0, n1, ...): the first alone, the others joining through it. */
-export async function startCluster(n: number, opts: { names?: string[]; extraArgs?: string[]; env?: Record<string, Record<string, string>> } = {}): Promise<Cluster> {
+export async function startCluster(n: number, opts: { names?: string[]; extraArgs?: string[]; env?: Record<string, Record<string, string>>; noKey?: boolean } = {}): Promise<Cluster> {
   const tmp = tempDir('ferry-cluster-');
-  const keyFile = join(tmp.path, 'cluster.key');
-  writeKey(keyFile);
+  // noKey (benchmarks only): plain TCP, no TLS; keyFile is then ''.
+  const keyFile = opts.noKey ? '' : join(tmp.path, 'cluster.key');
+  if (keyFile) writeKey(keyFile);
   const names = opts.names ?? Array.from({ length: n }, (_, i) => `n${i}`);
   const nodes: ClusterNode[] = [];
   const cluster: Cluster = {
@@ -126,10 +127,10 @@ export async function eventually<T>(fn: () => Promise<T | undefined | false>, ti
 /** The cluster's control API straight from the test process (what the CLI does, without
  *  starting a node.js process per command): real connections, real daemons. */
 export class ClusterClient {
-  private constructor(private readonly target: { addr: string; key: Buffer }) {}
+  private constructor(private readonly target: { addr: string; key?: Buffer }) {}
 
   static for(c: Cluster, via = 0): ClusterClient {
-    return new ClusterClient({ addr: c.nodes[via].addr, key: loadKey(c.keyFile) });
+    return new ClusterClient({ addr: c.nodes[via].addr, ...(c.keyFile ? { key: loadKey(c.keyFile) } : {}) });
   }
 
   async call(method: string, header: Record<string, unknown> = {}, timeoutMs = 60_000): Promise<Record<string, unknown>> {
