@@ -33,18 +33,11 @@ export function workerUrl(): URL {
   return url;
 }
 
-/** A Worker's options: the bundle needs no TypeScript loader, so a parent started with
- *  `node --import tsx` (tests, bench) does not hand its loader down to the thread. */
+/** A Worker's options: the bundle needs none of the parent's command-line options. A parent
+ *  started with `node --import tsx` (tests, bench) would otherwise hand its loader down to the
+ *  thread, and V8 flags given there are refused by Worker (they apply to the whole process anyway). */
 export function workerOptions(): { execArgv?: string[] } {
-  if (workerUrl() === VIA_TSX) return {};
-  const argv = process.execArgv, out: string[] = [];
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
-    if ((a === '--import' || a === '--loader' || a === '--experimental-loader' || a === '--require' || a === '-r') && /tsx/.test(argv[i + 1] ?? '')) { i++; continue; }
-    if (/^--(import|loader|experimental-loader|require)=.*tsx/.test(a)) continue;
-    out.push(a);
-  }
-  return { execArgv: out };
+  return workerUrl() === VIA_TSX ? {} : { execArgv: [] };
 }
 
 function bundle(): URL | undefined {
