@@ -320,7 +320,9 @@ export class Migrator {
           .catch((e: Error) => this.ctx.log?.(`could not tell home ${x.home} that ${img.meta.pid} runs here: ${e.message}`));
       }
     });
-    void warmWorkers.prewarm(); // the next arrival (or hop) finds a loaded worker
+    // The next arrival (or hop) finds a loaded worker; started after the answer is on its way
+    // (new Worker() holds this thread a few ms, and the source waits for the answer).
+    setTimeout(() => void warmWorkers.prewarm(), 20);
     if (this.ctx.faults.hit('dest-running', conn)) throw new FerryError('fault', 'dest-running');
     return { header: { state: 'running' } };
   };

@@ -111,7 +111,13 @@ export class Connection {
     this.requestTimeoutMs = opts.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
     this.closed = new Promise((r) => (this.resolveClosed = r));
     if (this.shaper && (Number.isFinite(this.shaper.rate) || this.shaper.latency > 0)) {
-      this.delay = new DelayLine((b) => { if (!this.socket.destroyed) this.socket.write(b); });
+      this.delay = new DelayLine((parts) => {
+        if (this.socket.destroyed) return;
+        if (parts.length === 1) { this.socket.write(parts[0]!); return; }
+        this.socket.cork();
+        for (const p of parts) this.socket.write(p);
+        this.socket.uncork();
+      });
     }
     socket.on('data', this.onData);
     socket.on('end', this.onEnd);
@@ -342,8 +348,11 @@ export class Connection {
               const at = await this.shaper.reserve(pendingBytes, backlogged);
               backlogged = true;
               if (this.isClosed) break;
-              this.delay.push(at, pending.length === 1 ? pending[0]! : Buffer.concat(pending, pendingBytes));
+              this.delay.push(at, pending);
               pending = []; pendingBytes = 0;
+              // Let timers run (the delay line's release among them) between slices: booked ahead
+              // within the window, this loop would otherwise go on in microtasks alone.
+              await new Promise<void>((r) => setImmediate(r));
             }
           }
         } else {

@@ -141,18 +141,22 @@ function sleep(ms: number): Promise<void> {
  * written at once.
  */
 export class DelayLine {
-  private queue: { at: number; bytes: Uint8Array }[] = [];
+  private queue: { at: number; parts: readonly Uint8Array[]; length: number }[] = [];
   private timer: NodeJS.Timeout | undefined;
   private waiters: (() => void)[] = [];
   private lowWaiters: { below: number; resolve: () => void }[] = [];
   /** Bytes held, not yet written to the socket. */
   pendingBytes = 0;
 
-  constructor(private readonly write: (b: Uint8Array) => void) {}
+  /** `write` gets the due bytes as parts, to write in one go (no copy here: parts may be
+   *  views of guest memory, which does not change while they wait). */
+  constructor(private readonly write: (parts: readonly Uint8Array[]) => void) {}
 
-  push(at: number, bytes: Uint8Array): void {
-    this.queue.push({ at, bytes });
-    this.pendingBytes += bytes.length;
+  push(at: number, parts: readonly Uint8Array[]): void {
+    let length = 0;
+    for (const p of parts) length += p.length;
+    this.queue.push({ at, parts, length });
+    this.pendingBytes += length;
     if (this.queue.length === 1) this.flush();
   }
 
@@ -183,12 +187,12 @@ export class DelayLine {
     const t = now();
     let i = 0;
     const due: Uint8Array[] = [];
-    while (i < this.queue.length && this.queue[i].at <= t + 0.05) due.push(this.queue[i++].bytes);
+    let length = 0;
+    while (i < this.queue.length && this.queue[i]!.at <= t + 0.05) { const q = this.queue[i++]!; due.push(...q.parts); length += q.length; }
     if (i > 0) this.queue.splice(0, i);
     if (due.length > 0) {
-      const out = due.length === 1 ? due[0] : Buffer.concat(due);
-      this.pendingBytes -= out.length;
-      this.write(out);
+      this.pendingBytes -= length;
+      this.write(due);
       if (this.lowWaiters.length) {
         const still = this.lowWaiters.filter((l) => this.pendingBytes >= l.below);
         for (const l of this.lowWaiters) if (this.pendingBytes < l.below) l.resolve();
