@@ -17,8 +17,9 @@ interface FaultCase {
   on: 'a' | 'b';
   point: string;
   action: 'crash' | 'cut';
-  /** Where the process finishes ('b-fails': it runs on b and fails there, its pages lost with the link). */
-  endsOn: 'a' | 'b' | 'either' | 'b-fails' | 'not-applicable';
+  /** Where the process finishes ('b-fails': it runs on b and fails there, its pages lost with the link;
+   *  'lost': it dies with the source, which crashed while it ran there; b never runs it). */
+  endsOn: 'a' | 'b' | 'either' | 'b-fails' | 'lost' | 'not-applicable';
   /** A line the node carrying the fault (or the other one) must log: how it recovered. */
   recovery?: { on: 'a' | 'b'; re: string };
 }
@@ -37,9 +38,9 @@ const OVERRIDES: Record<string, Record<string, FaultCase['endsOn']>> = {
   'queued-pre-copy': POST_PROCESSING,
   // Post-copy sends no page before the commit. After it, a broken link is re-dialled: faults
   // go to the source's page server on any connection, the push resumes on a new one.
-  'post-copy': { 'dest-running:cut': 'b', 'src-commit:cut': 'either', 'dest-pages:crash': 'not-applicable', 'dest-pages:cut': 'not-applicable', 'src-pages:cut': 'not-applicable' },
+  'post-copy': { 'dest-running:cut': 'b', 'src-commit:cut': 'either', 'dest-pages:crash': 'not-applicable', 'dest-pages:cut': 'not-applicable', 'src-pages:cut': 'not-applicable', 'src-pages:crash': 'not-applicable' },
   // Copy-on-reference: no page before the commit, no push after it.
-  'demand-paging': { 'dest-running:cut': 'b', 'src-commit:cut': 'either', 'dest-pages:crash': 'not-applicable', 'dest-pages:cut': 'not-applicable', 'src-pages:cut': 'not-applicable', 'src-push:cut': 'not-applicable' },
+  'demand-paging': { 'dest-running:cut': 'b', 'src-commit:cut': 'either', 'dest-pages:crash': 'not-applicable', 'dest-pages:cut': 'not-applicable', 'src-pages:cut': 'not-applicable', 'src-pages:crash': 'not-applicable', 'src-push:cut': 'not-applicable' },
   // Eager-dirty sends the dirty pages before the commit, as Total Copy does: RMA dirties every page, so none is faulted.
   'demand-paging:eager-dirty': { 'dest-running:cut': 'b', 'src-commit:cut': 'either', 'src-push:cut': 'not-applicable', 'dest-fault:cut': 'not-applicable' },
   // Assisted post-copy sends its pass before the commit (as Total Copy's pages), and needs its source after it:
@@ -47,7 +48,7 @@ const OVERRIDES: Record<string, Record<string, FaultCase['endsOn']>> = {
   'assisted-post-copy': { 'src-commit:cut': 'either' },
   // Flushing: the pages go to the file server before the commit and are faulted in from there
   // after it; the source is not needed once the process runs on the destination.
-  'flushing': { 'dest-pages:crash': 'not-applicable', 'dest-pages:cut': 'not-applicable', 'src-pages:cut': 'not-applicable', 'dest-running:cut': 'b', 'src-commit:cut': 'either', 'src-push:cut': 'not-applicable' },
+  'flushing': { 'dest-pages:crash': 'not-applicable', 'dest-pages:cut': 'not-applicable', 'src-pages:cut': 'not-applicable', 'src-pages:crash': 'not-applicable', 'dest-running:cut': 'b', 'src-commit:cut': 'either', 'src-push:cut': 'not-applicable' },
   // Freeze-free: the state and the current pages move at the freeze, the rest is flushed to the file
   // server afterwards; faults go to the source until the hand-over, then to the file server.
   'freeze-free': { 'dest-running:cut': 'b', 'src-commit:cut': 'either', 'src-push:cut': 'not-applicable' },
@@ -67,6 +68,9 @@ const CASES: FaultCase[] = [
   { on: 'b', point: 'dest-state', action: 'cut', endsOn: 'a' },
   { on: 'b', point: 'dest-commit', action: 'cut', endsOn: 'a' },
   { on: 'a', point: 'src-pages', action: 'cut', endsOn: 'a' },
+  // The source itself killed while it sends pages: the process dies with it (nothing can save a
+  // process from the crash of the node it runs on); the destination drops what it got.
+  { on: 'a', point: 'src-pages', action: 'crash', endsOn: 'lost' },
   { on: 'a', point: 'src-commit', action: 'cut', endsOn: 'either' },
   { on: 'b', point: 'dest-running', action: 'cut', endsOn: 'b' },
   // Post-processing (post-copy, demand paging): the link breaks, is re-dialled, and the process carries on.
@@ -85,6 +89,24 @@ function same(actual: Outcome, expected: Outcome, what: string): void {
 const arrivals = (c: Cluster, n: number, pid: string) => c.nodes[n]!.log().split('\n').filter((l) => l.includes(`${pid} arrived`)).length;
 const endedOn = (c: Cluster, pid: string) => c.nodes.map((n, i) => ({ n: n.name, i })).filter(({ i }) => new RegExp(`${pid.replace('/', '\\/')} (exited|failed)`).test(c.nodes[i]!.log())).map(({ n }) => n);
 
+/** The source crashes mid-migration: the client (through b) is told the process's node is gone;
+ *  the migration is not reported completed; b dropped the incoming migration and never ran it. */
+async function diesWithSource(c: Cluster, algo: string, variant: string | undefined): Promise<void> {
+  const client = ClusterClient.for(c, 1);
+  let pid = '';
+  const { outcome, during } = await clusterRun(c, client, rma, { node: 'a', via: 1 }, async (p) => {
+    pid = p;
+    return client.migrate(p, 'b', { algorithm: algo, ...(variant ? { variant } : {}) }).then((m) => m.state, (e: Error) => e.message);
+  });
+  assert.notEqual(outcome.exitCode, 0, 'the process died with its node');
+  assert.match(outcome.stderr, /lost the connection to a, where the process ran/, `the client names the node: ${outcome.stderr}`);
+  assert.notEqual(during, 'completed', 'the migration did not complete');
+  assert.match(c.nodes[1]!.log(), /aborted: the connection from a closed/, 'the destination dropped it');
+  assert.equal(arrivals(c, 1, pid), 0, 'the destination never ran it');
+  await c.nodes[0]!.exited;
+  assert.equal(c.nodes[0]!.child.signalCode, 'SIGKILL', 'the fault fired (the source was killed)');
+}
+
 describe('migrations under faults', { timeout: 1_800_000 }, () => {
   let expected: Outcome;
   before(async () => { expected = await reference(rma); assert.equal(expected.exitCode, 0); });
@@ -93,13 +115,14 @@ describe('migrations under faults', { timeout: 1_800_000 }, () => {
     const k = { ...base, endsOn: OVERRIDES[algorithm]?.[`${base.point}:${base.action}`] ?? base.endsOn };
     const [algo, variant] = algorithm.split(':') as [string, string | undefined];
     if (k.endsOn === 'not-applicable') continue;
-    it(`${algorithm}: ${k.action} at ${k.point} (on ${k.on === 'a' ? 'the source' : 'the destination'}): ${k.endsOn === 'b-fails' ? 'fails on the destination naming the source' : `runs exactly once, on ${k.endsOn === 'a' ? 'the source' : k.endsOn === 'b' ? 'the destination' : 'one of them'}`}`, async () => {
+    it(`${algorithm}: ${k.action} at ${k.point} (on ${k.on === 'a' ? 'the source' : 'the destination'}): ${k.endsOn === 'b-fails' ? 'fails on the destination naming the source' : k.endsOn === 'lost' ? 'dies with the source, never runs on the destination' : `runs exactly once, on ${k.endsOn === 'a' ? 'the source' : k.endsOn === 'b' ? 'the destination' : 'one of them'}`}`, async () => {
       const c = await startCluster(2, { names: ['a', 'b'], env: { [k.on]: { FERRY_FAULTS: `${k.point}:${k.action}` } } });
       try {
         if (strategyFor(algo).fileServer) {
           await c.addNode(FILE_SERVER, { extraArgs: ['--role', 'file-server'] });
           await eventually(async () => ((await ClusterClient.for(c, 0).call('nodes')).members as { name: string; roles: string[] }[]).find((m) => m.name === FILE_SERVER)?.roles.includes('file-server'), 10_000, 'the file server\'s role to be known');
         }
+        if (k.endsOn === 'lost') return await diesWithSource(c, algo, variant);
         const client = ClusterClient.for(c);
         let pid = '';
         const { outcome, during: m } = await clusterRun(c, client, rma, { node: 'a' }, async (p): Promise<MigrationMetrics> => {
