@@ -66,15 +66,28 @@ describe('assisted post-copy: the source\'s answers', () => {
     return { s, ctx, sent, metrics };
   };
 
-  it('a fault on a page not written since the pass: "not modified"; on a written one: its bytes, once; then "in flight"', async () => {
+  it('a fault on a page not written since the pass: "not modified"; on a written one: its bytes; on a pushed one: "in flight"', async () => {
     const { s, ctx, sent, metrics } = await setupStrategy(8, [2, 5]);
     assert.deepEqual(sent, [[0, 1, 2, 3, 4, 5, 6, 7]], 'the pass: every page');
     assert.equal(metrics.m.modifiedSincePass, 2);
     assert.deepEqual(s.planFault([1, 2]), { send: [2], notModified: [1], inFlight: [] });
-    assert.deepEqual(s.planFault([2]), { send: [], notModified: [], inFlight: [2] }, 'never a third send');
+    // The destination asks only for pages it lacks: asked again, the answer was lost (a broken link).
+    assert.deepEqual(s.planFault([2]), { send: [2], notModified: [], inFlight: [] }, 'a served page asked again is served again');
     await s.postProcess(ctx);
     assert.deepEqual(sent[1], [5], 'the push: modified pages not served to a fault');
     assert.deepEqual(s.planFault([5, 6]), { send: [], notModified: [6], inFlight: [5] }, 'a pushed page is waited for, not sent again');
+  });
+
+  it('a push cut by a broken link: the pushed pages the destination still lacks go again on the new connection', async () => {
+    const { s, ctx, sent } = await setupStrategy(4, [0, 1, 2, 3]);
+    let cuts = 0;
+    await s.postProcess({
+      ...ctx,
+      sendPages: async (ix: Iterable<number>) => { sent.push([...ix]); if (cuts++ === 0) throw new Error('connection closed'); },
+      recover: async () => [1, 3], // the destination got 0 and 2 before the link broke
+    });
+    assert.deepEqual(sent.slice(1), [[0, 1, 2, 3], [1, 3]]);
+    assert.deepEqual(s.planFault([0, 1]), { send: [], notModified: [], inFlight: [0, 1] }, 'pushed again: waited for');
   });
 
   it('a page pushed before its fault is not sent to the fault', async () => {
