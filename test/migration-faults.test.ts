@@ -75,7 +75,7 @@ const CASES: FaultCase[] = [
   { on: 'b', point: 'dest-running', action: 'cut', endsOn: 'b' },
   // Post-processing (post-copy, demand paging): the link breaks, is re-dialled, and the process carries on.
   { on: 'a', point: 'src-push', action: 'cut', endsOn: 'b', recovery: { on: 'a', re: 'reconnected to b; \\d+ pages still to push' } },
-  { on: 'b', point: 'dest-fault', action: 'cut', endsOn: 'b', recovery: { on: 'b', re: 'page faults of \\S+ resumed: (a|f) answered again' } },
+  { on: 'b', point: 'dest-fault', action: 'cut', endsOn: 'b', recovery: { on: 'b', re: 'page faults of \\S+ resumed: ((a|f) answered again|the pages came meanwhile in a\'s push)' } },
 ];
 
 const rma: Workload = { ...WORKLOADS.find((w) => w.name === 'rma')!, args: ['8', '250'] };

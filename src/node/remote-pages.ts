@@ -211,7 +211,10 @@ export class RemotePages {
       if (attempt > 0) {
         // Pages that came meanwhile (the push) are not asked again: the holder would send them twice.
         pages = pages.filter((p) => !inc.isPresent(p));
-        if (!pages.length) return { indices: new Uint32Array(0), data: new Uint8Array(0), zero: new Uint32Array(0) };
+        if (!pages.length) {
+          this.ctx.log?.(`page faults of ${pid} resumed: the pages came meanwhile in ${holder}'s push after ${Date.now() - first} ms`);
+          return { indices: new Uint32Array(0), data: new Uint8Array(0), zero: new Uint32Array(0) };
+        }
       }
       try {
         const conn = await this.conn(holder);
