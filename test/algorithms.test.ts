@@ -5,10 +5,10 @@
 // and flushing (its pages on the file server) carries on.
 import { before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { ClusterClient, eventually, startCluster } from './helpers/cluster.ts';
+import { addFileServer, ClusterClient, eventually, startCluster } from './helpers/cluster.ts';
 import { clusterRun, ferryRun } from './helpers/modes.ts';
 import { prepareAllVariants, WORKLOADS, type Workload } from './helpers/workloads.ts';
-import type { MigrationMetrics } from '../src/migration/index.ts';
+import { strategyFor, type MigrationMetrics } from '../src/migration/index.ts';
 
 const rma = (mb: number, millions: number): Workload => ({ ...WORKLOADS.find((w) => w.name === 'rma')!, args: [String(mb), String(millions)] });
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
@@ -67,10 +67,7 @@ describe('algorithm invariants', { timeout: 900_000 }, () => {
     const w = rma(64, 2000);
     const c = await startCluster(3, { names: ['h', 's', 'd'], extraArgs: ['--link-bandwidth', '100mbit'] });
     try {
-      if (k.algorithm === 'flushing' || k.algorithm === 'freeze-free') {
-        await c.addNode('f', { extraArgs: ['--link-bandwidth', '100mbit', '--role', 'file-server'] });
-        await eventually(async () => ((await ClusterClient.for(c, 1).call('nodes')).members as { name: string; roles: string[] }[]).find((m) => m.name === 'f')?.roles.includes('file-server'), 15_000, 'the file server\'s role to be known');
-      }
+      if (strategyFor(k.algorithm).fileServer) await addFileServer(c, 'f', ['--link-bandwidth', '100mbit'], [1]);
       const client = ClusterClient.for(c, 0);
       // Home h (its stdio stays there); moved to s, then from s to d with the algorithm.
       const { outcome } = await clusterRun(c, client, w, { node: 'h', via: 0 }, async (p) => {

@@ -7,7 +7,7 @@
 // plus one kill -9 sent by the test in the middle of a transfer.
 import { describe, it, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { ClusterClient, eventually, startCluster, type Cluster } from './helpers/cluster.ts';
+import { addFileServer, ClusterClient, startCluster, type Cluster } from './helpers/cluster.ts';
 import { clusterRun, ferryRun, reference, type Outcome } from './helpers/modes.ts';
 import { WORKLOADS, type Workload } from './helpers/workloads.ts';
 import { strategyFor, type MigrationMetrics } from '../src/migration/index.ts';
@@ -118,10 +118,7 @@ describe('migrations under faults', { timeout: 1_800_000 }, () => {
     it(`${algorithm}: ${k.action} at ${k.point} (on ${k.on === 'a' ? 'the source' : 'the destination'}): ${k.endsOn === 'b-fails' ? 'fails on the destination naming the source' : k.endsOn === 'lost' ? 'dies with the source, never runs on the destination' : `runs exactly once, on ${k.endsOn === 'a' ? 'the source' : k.endsOn === 'b' ? 'the destination' : 'one of them'}`}`, async () => {
       const c = await startCluster(2, { names: ['a', 'b'], env: { [k.on]: { FERRY_FAULTS: `${k.point}:${k.action}` } } });
       try {
-        if (strategyFor(algo).fileServer) {
-          await c.addNode(FILE_SERVER, { extraArgs: ['--role', 'file-server'] });
-          await eventually(async () => ((await ClusterClient.for(c, 0).call('nodes')).members as { name: string; roles: string[] }[]).find((m) => m.name === FILE_SERVER)?.roles.includes('file-server'), 10_000, 'the file server\'s role to be known');
-        }
+        if (strategyFor(algo).fileServer) await addFileServer(c, FILE_SERVER);
         if (k.endsOn === 'lost') return await diesWithSource(c, algo, variant);
         const client = ClusterClient.for(c);
         let pid = '';

@@ -110,6 +110,14 @@ export async function startCluster(n: number, opts: { names?: string[]; extraArg
   return cluster;
 }
 
+/** Add a node with the file-server role and wait until the nodes at `askVia` know its role
+ *  (flushing and freeze-free pick their file server from the membership). */
+export async function addFileServer(c: Cluster, name: string, extraArgs: string[] = [], askVia: number[] = [0]): Promise<void> {
+  await c.addNode(name, { extraArgs: [...extraArgs, '--role', 'file-server'] });
+  for (const i of askVia)
+    await eventually(async () => ((await ClusterClient.for(c, i).call('nodes')).members as { name: string; roles: string[] }[]).find((m) => m.name === name)?.roles.includes('file-server'), 15_000, `the file server ${name}'s role to be known`);
+}
+
 /** Poll until fn returns a truthy value (or throw after timeoutMs). */
 export async function eventually<T>(fn: () => Promise<T | undefined | false>, timeoutMs = 8000, what = 'condition'): Promise<T> {
   const t0 = Date.now();
