@@ -161,7 +161,7 @@ const FINAL_INVARIANTS: Record<string, (m: MigrationMetrics) => void> = {
 };
 
 function same(actual: Outcome, expected: Outcome, what: string): void {
-  assert.equal(actual.exitCode, expected.exitCode, `${what}: exit code (stderr: ${actual.stderr.slice(-800)})`);
+  assert.equal(actual.exitCode, expected.exitCode, `${what}: exit code (stderr: ${actual.stderr.slice(-800)}; stdout ends: ${actual.stdout.slice(-400)})`);
   assert.equal(actual.stdout, expected.stdout, `${what}: stdout`);
   assert.deepEqual(actual.files, expected.files, `${what}: files`);
 }
@@ -191,7 +191,9 @@ export function complianceSuite(family: Family, link: Case['link']): void {
           for (const i of [0, 1, 2]) // every node that may be a source must know the role
             await eventually(async () => ((await ClusterClient.for(c, i).call('nodes')).members as { name: string; roles: string[] }[]).find((m) => m.name === FILE_SERVER)?.roles.includes('file-server'), 10_000, 'the file server\'s role to be known');
         }
+        let runPid = '';
         const { outcome, during: ms } = await clusterRun(c, client, k.workload, { node: 'a' }, async (pid) => {
+          runPid = pid;
           const done: MigrationMetrics[] = [];
           for (const to of ['b', 'c', 'a', 'b', 'c', 'a'].slice(0, k.migrations)) {
             let m: MigrationMetrics;
@@ -205,7 +207,12 @@ export function complianceSuite(family: Family, link: Case['link']): void {
           }
           return done;
         });
-        same(outcome, exp, `${k.algorithm} over ${link}`);
+        try { same(outcome, exp, `${k.algorithm} over ${link}`); } catch (e) {
+          // What the nodes logged about this process: the failure's story (a flake is otherwise lost).
+          const lines = c.nodes.flatMap((n) => n.log().split('\n').filter((l) => runPid && l.includes(runPid)).map((l) => `${n.name}: ${l}`));
+          (e as Error).message += `\nnode logs of ${runPid}:\n${lines.slice(-60).join('\n')}`;
+          throw e;
+        }
         assert.ok(ms.length >= Math.min(2, k.migrations), `several migrations mid-run (${ms.length} of ${k.migrations} before it ended)`);
         for (const m of ms) { assert.equal(m.algorithm, k.algorithm); assert.equal(m.variant, k.variant); INVARIANTS[k.algorithm]?.(m); }
         const final = FINAL_INVARIANTS[k.algorithm];
