@@ -13,7 +13,7 @@
 //   file-server: it faults them in from a file server (flushing, freeze-free).
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { ClusterClient, eventually, startCluster, type Cluster } from '../helpers/cluster.ts';
+import { addFileServer, ClusterClient, eventually, startCluster, type Cluster } from '../helpers/cluster.ts';
 import { clusterRun, reference, type Outcome } from '../helpers/modes.ts';
 import { prepareAllVariants, WORKLOADS, type Workload } from '../helpers/workloads.ts';
 import { ALGORITHMS, VARIANTS, strategyFor, type MigrationMetrics } from '../../src/migration/index.ts';
@@ -186,11 +186,8 @@ export function complianceSuite(family: Family, link: Case['link']): void {
         if (!expected.has(key)) expected.set(key, await reference(k.workload));
         const exp = expected.get(key)!;
         assert.equal(exp.exitCode, 0, exp.stderr);
-        if (strategyFor(k.algorithm).fileServer && !c.nodes.some((n) => n.name === FILE_SERVER)) {
-          await c.addNode(FILE_SERVER, { extraArgs: [...(link === 'loopback' ? [] : ['--link-bandwidth', link]), '--role', 'file-server'] });
-          for (const i of [0, 1, 2]) // every node that may be a source must know the role
-            await eventually(async () => ((await ClusterClient.for(c, i).call('nodes')).members as { name: string; roles: string[] }[]).find((m) => m.name === FILE_SERVER)?.roles.includes('file-server'), 10_000, 'the file server\'s role to be known');
-        }
+        if (strategyFor(k.algorithm).fileServer && !c.nodes.some((n) => n.name === FILE_SERVER)) // every node that may be a source must know the role
+          await addFileServer(c, FILE_SERVER, link === 'loopback' ? [] : ['--link-bandwidth', link], [0, 1, 2]);
         let runPid = '';
         const { outcome, during: ms } = await clusterRun(c, client, k.workload, { node: 'a' }, async (pid) => {
           runPid = pid;
