@@ -4,7 +4,8 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { resolve } from 'node:path';
 import { statSync } from 'node:fs';
 import { loadProgram, resumeFromImage } from '../vm/snapshot.ts';
-import { loadPrepared } from '../vm/cache.ts';
+import { cacheDir, loadPrepared, prepareVariants } from '../vm/cache.ts';
+import { VARIANT_NAMES, type Variant } from '../vm/module-meta.ts';
 import { WasmProcess } from '../vm/process.ts';
 import { Supervisor, type SuperviseOptions } from '../vm/supervisor.ts';
 import { initialWasiState } from '../wasi/host.ts';
@@ -122,6 +123,22 @@ export function buildCli(): Command {
     .action(async (file: string, flags: { json?: boolean }) => {
       const s = summarizeImage(await readImageFile(file));
       process.stdout.write(flags.json ? JSON.stringify(s, null, 2) + '\n' : formatSummary(s) + '\n');
+    });
+
+  program.command('prepare')
+    .description('prepare programs ahead of time (every variant, cached on disk by content hash): a run or a migration then only compiles')
+    .argument('<programs...>', 'wasm32-wasi command modules')
+    .addOption(new Option('--variant <name>', 'only this variant').choices([...VARIANT_NAMES]))
+    .action(async (files: string[], flags: { variant?: Variant }) => {
+      for (const file of files) {
+        const program = loadProgram(resolve(file));
+        const variants = flags.variant ? [flags.variant] : VARIANT_NAMES;
+        const t0 = performance.now();
+        const made = await prepareVariants(program.bytes, variants, program.hash);
+        const fresh = variants.filter((_, i) => !made[i]!.cached);
+        process.stdout.write(`${file}: ${fresh.length ? `${fresh.join(', ')} prepared in ${((performance.now() - t0) / 1000).toFixed(1)} s` : ''}` +
+          `${fresh.length && fresh.length < variants.length ? '; ' : ''}${fresh.length < variants.length ? `${variants.filter((v) => !fresh.includes(v)).join(', ')} already prepared` : ''} (${cacheDir()})\n`);
+      }
     });
 
   registerClusterCommands(program);

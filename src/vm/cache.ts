@@ -3,7 +3,8 @@
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import { Worker } from 'node:worker_threads';
+import { fork } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { sha256, TRANSFORM_VERSION, type PreparedMeta, type PreparedModule, type Variant } from './module-meta.ts';
 import { deserializeError, FerryError, type SerializedError } from '../errors.ts';
 
@@ -13,31 +14,58 @@ export function cacheDir(): string {
 
 export interface LoadedModule { module: WebAssembly.Module; meta: PreparedMeta; cached: boolean }
 
-/** Transform in a worker thread (binaryen is heavy, and the caller stays responsive). */
-export function transformInThread(original: Uint8Array, variant: Variant): Promise<PreparedModule> {
+/** Transform in a child process (binaryen is heavy, the caller stays responsive, and the
+ *  child's V8 flags are its own: see transform-child.mjs). One child for every variant asked. */
+export function transformInChild(original: Uint8Array, variants: readonly Variant[]): Promise<PreparedModule[]> {
   return new Promise((resolve, reject) => {
-    const w = new Worker(new URL('./transform-entry.mjs', import.meta.url), { resourceLimits: { stackSizeMb: 64 } });
-    w.once('message', (r: { ok: true; bytes: Uint8Array; meta: PreparedMeta } | { ok: false; error: SerializedError }) => {
-      void w.terminate();
-      if (r.ok) resolve({ bytes: r.bytes, meta: r.meta }); else reject(deserializeError(r.error));
+    const child = fork(fileURLToPath(new URL('./transform-child.mjs', import.meta.url)), [], {
+      serialization: 'advanced', execArgv: [], stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
     });
-    w.once('error', reject);
-    w.postMessage({ original, variant });
+    let answered = false;
+    child.once('message', (r: { ok: true; modules: PreparedModule[] } | { ok: false; error: SerializedError }) => {
+      answered = true;
+      if (r.ok) resolve(r.modules.map((m) => ({ bytes: new Uint8Array(m.bytes), meta: m.meta }))); else reject(deserializeError(r.error));
+    });
+    child.once('error', (e) => reject(new FerryError('transform-failed', `module transform: ${e.message}`, { cause: e })));
+    child.once('exit', (code, signal) => {
+      if (!answered) reject(new FerryError('transform-failed', `the module transform's process ended (${signal ?? `code ${code}`}) before answering`));
+    });
+    child.send({ original, variants });
   });
 }
 
-/** The prepared module for these original bytes, from the cache or freshly transformed. */
-export async function preparedBytes(original: Uint8Array, variant: Variant = 'tracked', hash = sha256(original), onTransform?: () => void): Promise<PreparedModule & { cached: boolean }> {
-  const dir = cacheDir();
+const entryBase = (hash: string, variant: Variant) =>
   // A native wasm-opt produces different (equally valid) bytes: its own cache entries.
-  const base = join(dir, `${hash}-t${TRANSFORM_VERSION}-${variant}${process.env.FERRY_WASM_OPT ? '-native' : ''}`);
-  if (existsSync(`${base}.json`) && existsSync(`${base}.wasm`)) {
-    try {
-      const meta = JSON.parse(readFileSync(`${base}.json`, 'utf8')) as PreparedMeta;
-      if (meta.transformVersion === TRANSFORM_VERSION && meta.originalHash === hash)
-        return { bytes: readFileSync(`${base}.wasm`), meta, cached: true };
-    } catch { /* a damaged entry: rebuild it */ }
-  }
+  join(cacheDir(), `${hash}-t${TRANSFORM_VERSION}-${variant}${process.env.FERRY_WASM_OPT ? '-native' : ''}`);
+
+function readEntry(hash: string, variant: Variant): PreparedModule | null {
+  const base = entryBase(hash, variant);
+  if (!existsSync(`${base}.json`) || !existsSync(`${base}.wasm`)) return null;
+  try {
+    const meta = JSON.parse(readFileSync(`${base}.json`, 'utf8')) as PreparedMeta;
+    if (meta.transformVersion === TRANSFORM_VERSION && meta.originalHash === hash) return { bytes: readFileSync(`${base}.wasm`), meta };
+  } catch { /* a damaged entry: rebuild it */ }
+  return null;
+}
+
+function writeEntry(hash: string, variant: Variant, prepared: PreparedModule): void {
+  const base = entryBase(hash, variant);
+  try {
+    mkdirSync(cacheDir(), { recursive: true });
+    const tmp = `${base}.${process.pid}.${Date.now()}.tmp`;
+    writeFileSync(`${tmp}.wasm`, prepared.bytes);
+    writeFileSync(`${tmp}.json`, JSON.stringify(prepared.meta));
+    renameSync(`${tmp}.wasm`, `${base}.wasm`);
+    renameSync(`${tmp}.json`, `${base}.json`); // json last: its presence marks a complete entry
+  } catch { /* a read-only cache is not an error */ }
+}
+
+/** The prepared modules of these variants, from the cache or freshly transformed (the missing
+ *  ones together: binaryen loads once). */
+export async function prepareVariants(original: Uint8Array, variants: readonly Variant[], hash = sha256(original), onTransform?: () => void): Promise<(PreparedModule & { cached: boolean })[]> {
+  const found = variants.map((v) => readEntry(hash, v));
+  const missing = variants.filter((_, i) => !found[i]);
+  if (!missing.length) return found.map((p) => ({ ...p!, cached: true }));
   // Validate without generating code (ferry compiles eagerly); only an invalid module
   // is compiled, because V8 then names what is wrong and binaryen does not.
   if (!WebAssembly.validate(original as Uint8Array<ArrayBuffer>)) {
@@ -48,16 +76,14 @@ export async function preparedBytes(original: Uint8Array, variant: Variant = 'tr
     }
   }
   onTransform?.();
-  const prepared = await transformInThread(original, variant);
-  try {
-    mkdirSync(dir, { recursive: true });
-    const tmp = `${base}.${process.pid}.${Date.now()}.tmp`;
-    writeFileSync(`${tmp}.wasm`, prepared.bytes);
-    writeFileSync(`${tmp}.json`, JSON.stringify(prepared.meta));
-    renameSync(`${tmp}.wasm`, `${base}.wasm`);
-    renameSync(`${tmp}.json`, `${base}.json`); // json last: its presence marks a complete entry
-  } catch { /* a read-only cache is not an error */ }
-  return { ...prepared, cached: false };
+  const made = await transformInChild(original, missing);
+  missing.forEach((v, i) => writeEntry(hash, v, made[i]!));
+  return variants.map((v, i) => (found[i] ? { ...found[i]!, cached: true } : { ...made[missing.indexOf(v)]!, cached: false }));
+}
+
+/** The prepared module for these original bytes, from the cache or freshly transformed. */
+export async function preparedBytes(original: Uint8Array, variant: Variant = 'tracked', hash = sha256(original), onTransform?: () => void): Promise<PreparedModule & { cached: boolean }> {
+  return (await prepareVariants(original, [variant], hash, onTransform))[0]!;
 }
 
 /** Compiled modules of this OS process, by hash and variant: a node compiles each program once. */

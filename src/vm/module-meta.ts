@@ -9,6 +9,8 @@ export const TRANSFORM_VERSION = 8;
  *  (pre-copy); 'faulting': dirty marks and present checks (post-copy, demand paging).
  *  All three share their asyncify frames: a process captured in one resumes in another. */
 export type Variant = 'plain' | 'tracked' | 'faulting';
+/** Every variant a process may run in (see prepare.ts). */
+export const VARIANT_NAMES: readonly Variant[] = ['plain', 'tracked', 'faulting'];
 export type ValType = 'i32' | 'i64' | 'f32' | 'f64';
 
 export interface PreparedMeta {

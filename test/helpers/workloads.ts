@@ -3,7 +3,8 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ROOT, TEST_CACHE } from './ferry.ts';
-import { preparedBytes } from '../../src/vm/cache.ts';
+import { prepareVariants } from '../../src/vm/cache.ts';
+import { VARIANT_NAMES } from '../../src/vm/module-meta.ts';
 
 export interface Workload {
   name: string;
@@ -56,5 +57,5 @@ export function readOutputs(w: Workload, dir: string): Record<string, Buffer> {
  *  post-copy would otherwise transform the faulting variant while the program runs out. */
 export async function prepareAllVariants(): Promise<void> {
   process.env.FERRY_CACHE_DIR = TEST_CACHE;
-  for (const w of WORKLOADS) for (const v of ['plain', 'tracked', 'faulting'] as const) await preparedBytes(readFileSync(w.wasm), v);
+  for (const w of WORKLOADS) await prepareVariants(readFileSync(w.wasm), VARIANT_NAMES);
 }
