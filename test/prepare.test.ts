@@ -4,7 +4,7 @@
 // exit identically under node:wasi, under ferry, and under ferry hopping every few ms.
 import { describe, it, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import binaryen from 'binaryen';
 import { ferry, ROOT, tempDir, TEST_CACHE } from './helpers/ferry.ts';
@@ -107,4 +107,39 @@ describe('frozen in one variant, resumed in the other', () => {
       assert.equal(Buffer.concat(out).toString(), expected.stdout.toString());
     });
   }
+});
+
+// `ferry prepare`: every variant transformed ahead of time into the cache (one child
+// process for all of them), then found there; bad input named.
+describe('ferry prepare', () => {
+  const cache = tempDir('ferry-prepare-cache-');
+  after(() => cache.cleanup());
+  const env = { FERRY_CACHE_DIR: cache.path };
+  const getpid = join(ROOT, 'workloads', 'bin', 'getpid.wasm');
+
+  it('prepares every variant into the cache, then finds them there; a run needs no transform', async () => {
+    const first = await ferry(['prepare', getpid], { env, timeoutMs: 300_000 });
+    assert.equal(first.exitCode, 0, first.stderr.toString());
+    assert.match(first.stdout.toString(), /plain, tracked, faulting prepared in [\d.]+ s/);
+    const entries = readdirSync(cache.path).sort();
+    assert.deepEqual(entries.filter((f) => f.endsWith('.json')).map((f) => f.replace(/^.*-/, '')), ['faulting.json', 'plain.json', 'tracked.json']);
+    assert.equal(entries.filter((f) => f.endsWith('.wasm')).length, 3);
+    const again = await ferry(['prepare', getpid, '--variant', 'tracked'], { env });
+    assert.match(again.stdout.toString(), /tracked already prepared/);
+    const run = await ferry(['run', getpid, '1000'], { env });
+    assert.equal(run.exitCode, 0);
+    assert.deepEqual(readdirSync(cache.path).sort(), entries, 'the run found its variant in the cache');
+  });
+
+  it('names a missing program, a file that is not wasm and an unknown variant', async () => {
+    const missing = await ferry(['prepare', '/nonexistent/prog.wasm'], { env });
+    assert.equal(missing.exitCode, 1);
+    assert.equal(missing.stderr.toString(), 'ferry: program /nonexistent/prog.wasm not found\n');
+    const notWasm = await ferry(['prepare', join(ROOT, 'README.md')], { env });
+    assert.equal(notWasm.exitCode, 1);
+    assert.match(notWasm.stderr.toString(), /^ferry: not a valid WebAssembly module: .*\n$/);
+    const bad = await ferry(['prepare', getpid, '--variant', 'fast'], { env });
+    assert.notEqual(bad.exitCode, 0);
+    assert.match(bad.stderr.toString(), /fast/);
+  });
 });
