@@ -135,9 +135,12 @@ export function buildCli(): Command {
         const variants = flags.variant ? [flags.variant] : VARIANT_NAMES;
         const t0 = performance.now();
         const made = await prepareVariants(program.bytes, variants, program.hash);
-        const fresh = variants.filter((_, i) => !made[i]!.cached);
-        process.stdout.write(`${file}: ${fresh.length ? `${fresh.join(', ')} prepared in ${((performance.now() - t0) / 1000).toFixed(1)} s` : ''}` +
-          `${fresh.length && fresh.length < variants.length ? '; ' : ''}${fresh.length < variants.length ? `${variants.filter((v) => !fresh.includes(v)).join(', ')} already prepared` : ''} (${cacheDir()})\n`);
+        const fresh = variants.filter((_, i) => !made[i]!.cached), cached = variants.filter((_, i) => made[i]!.cached);
+        const parts = [
+          ...(fresh.length ? [`${fresh.join(', ')} prepared in ${((performance.now() - t0) / 1000).toFixed(1)} s`] : []),
+          ...(cached.length ? [`${cached.join(', ')} already prepared`] : []),
+        ];
+        process.stdout.write(`${file}: ${parts.join('; ')} (${cacheDir()})\n`);
       }
     });
 

@@ -78,7 +78,8 @@ export async function prepareVariants(original: Uint8Array, variants: readonly V
   onTransform?.();
   const made = await transformInChild(original, missing);
   missing.forEach((v, i) => writeEntry(hash, v, made[i]!));
-  return variants.map((v, i) => (found[i] ? { ...found[i]!, cached: true } : { ...made[missing.indexOf(v)]!, cached: false }));
+  let next = 0; // made is in the order of missing, which keeps the order of variants
+  return found.map((p) => (p ? { ...p, cached: true } : { ...made[next++]!, cached: false }));
 }
 
 /** The prepared module for these original bytes, from the cache or freshly transformed. */
