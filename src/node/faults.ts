@@ -13,28 +13,44 @@
 //     src-push        source, after its first background-push batch (post-copy, post-processing)
 //     dest-fault      destination, a remote page fault about to be sent to the page server
 //     src-batch       source, its first page batch as it goes out (action corrupt only)
+//     src-committed   source, the commit's answer received: post-processing (a push) begins after (delay only)
+//     dest-answer     destination, the answer to its first remote page fault received (action delay only)
 //   actions
 //     crash           SIGKILL this node (kill -9 at exactly that point)
 //     cut             destroy the connection the migration runs on (both ends see it drop)
 //     corrupt         send the batch's body cut in half (compressed or not): a malformed batch
+//     delay[=MS]      go on MS later (default 1000): with src-committed and dest-answer, what a link does
+//                     when it delivers the push and MIG_DONE (one connection) before the answer to a
+//                     fault (another connection) served before the push began
 //
 // Each fault fires once. Unknown points or actions are refused at start-up.
 import { FerryError } from '../errors.ts';
 import type { Connection } from '../transport/index.ts';
 
-export const FAULT_POINTS = ['dest-setup', 'dest-pages', 'dest-state', 'dest-commit', 'dest-running', 'src-pages', 'src-commit', 'src-push', 'dest-fault', 'src-batch'] as const;
+export const FAULT_POINTS = ['dest-setup', 'dest-pages', 'dest-state', 'dest-commit', 'dest-running', 'src-pages', 'src-commit', 'src-push', 'dest-fault', 'src-batch', 'src-committed', 'dest-answer'] as const;
 export type FaultPoint = (typeof FAULT_POINTS)[number];
-type Action = 'crash' | 'cut' | 'corrupt';
+type Action = 'crash' | 'cut' | 'corrupt' | 'delay';
+/** How long a delay holds what it holds unless given (delay=MS). */
+const DELAY_MS = 1000;
+/** Actions that go with some points only, and those points with them only. */
+const ONLY: Partial<Record<Action, readonly FaultPoint[]>> = { corrupt: ['src-batch'], delay: ['src-committed', 'dest-answer'] };
 
 export class Faults {
   private readonly armed = new Map<FaultPoint, Action>();
+  private readonly delays = new Map<FaultPoint, number>();
 
   constructor(spec: string | undefined, private readonly log?: (m: string) => void) {
     for (const item of (spec ?? '').split(',').map((s) => s.trim()).filter(Boolean)) {
-      const [point, action] = item.split(':');
+      const [point, how = ''] = item.split(':');
+      const [action, ms] = how.split('=');
       if (!(FAULT_POINTS as readonly string[]).includes(point!)) throw new FerryError('bad-argument', `FERRY_FAULTS: unknown point '${point}' (known: ${FAULT_POINTS.join(', ')})`);
-      if (action !== 'crash' && action !== 'cut' && action !== 'corrupt') throw new FerryError('bad-argument', `FERRY_FAULTS: unknown action '${action}' (crash, cut or corrupt)`);
-      if ((action === 'corrupt') !== (point === 'src-batch')) throw new FerryError('bad-argument', `FERRY_FAULTS: ${item}: corrupt goes with src-batch, and only it`);
+      if (action !== 'crash' && action !== 'cut' && action !== 'corrupt' && action !== 'delay') throw new FerryError('bad-argument', `FERRY_FAULTS: unknown action '${how}' (crash, cut, corrupt or delay[=MS])`);
+      for (const [a, only] of Object.entries(ONLY))
+        if ((action === a) !== only.includes(point as FaultPoint)) throw new FerryError('bad-argument', `FERRY_FAULTS: ${item}: ${a} goes with ${only.join(' or ')}, and they with it only`);
+      if (ms !== undefined) {
+        if (action !== 'delay' || !/^\d{1,6}$/.test(ms)) throw new FerryError('bad-argument', `FERRY_FAULTS: ${item}: only delay takes =MS, a whole number of milliseconds`);
+        this.delays.set(point as FaultPoint, Number(ms));
+      }
       this.armed.set(point as FaultPoint, action);
     }
   }
@@ -45,6 +61,15 @@ export class Faults {
     this.armed.delete(point);
     this.log?.(`FAULT ${point}: corrupt`);
     return body.subarray(0, body.length >> 1);
+  }
+
+  /** Wait here if a delay is armed at this point (once). */
+  async delay(point: FaultPoint): Promise<void> {
+    if (this.armed.get(point) !== 'delay') return;
+    this.armed.delete(point);
+    const ms = this.delays.get(point) ?? DELAY_MS;
+    this.log?.(`FAULT ${point}: delay=${ms}`);
+    await new Promise((r) => setTimeout(r, ms));
   }
 
   /** Fail here if a fault is armed at this point. Returns true if the connection was cut. */

@@ -331,6 +331,7 @@ export class Migrator {
   private onDone = async (msg: Message): Promise<Reply> => {
     const inc = this.need(msg);
     if (inc.state !== 'running' || !inc.spec.faulting) throw new FerryError('bad-request', `MIG_DONE: migration ${inc.spec.id} is ${inc.state}, not in post-copy`);
+    await this.remotePages.answered(inc.spec.pid, inc.spec.id);
     inc.finish();
     this.remotePages.finished(inc.spec.pid, inc.spec.id);
     await this.ctx.table.rehost(inc.spec.pid, await inc.steady!);
@@ -469,6 +470,7 @@ class ConnectionChannel implements MigrationChannel {
       this.faults.hit('src-commit', this.conn);
       await answer;
       this.committed = true;
+      await this.faults.delay('src-committed');
       return this.delta();
     } catch (e) {
       if (e instanceof FerryError && e.code === 'migration-aborted') throw e;

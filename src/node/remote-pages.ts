@@ -149,6 +149,14 @@ export class RemotePages {
     return true;
   }
 
+  /** Post-copy's MIG_DONE came. The push skips pages the holder sent in answer to faults, and
+   *  those answers come on another connection, which MIG_DONE may overtake: the fetch in flight
+   *  (if any) is applied before every page is counted. */
+  async answered(pid: string, mid: string): Promise<void> {
+    const d = this.deps.get(pid);
+    if (d && d.spec.mid === mid) await d.idle();
+  }
+
   /** Post-copy's MIG_DONE: the holder pushed everything and ended the dependency itself. */
   finished(pid: string, mid: string): void {
     const d = this.deps.get(pid);
@@ -220,6 +228,7 @@ export class RemotePages {
         const conn = await this.conn(holder);
         this.ctx.faults.hit('dest-fault', conn);
         const r = await conn.request('PAGE_REQUEST', { mid, pid, pages }, undefined, { priority: 'urgent', timeoutMs: ATTEMPT_TIMEOUT_MS });
+        await this.ctx.faults.delay('dest-answer');
         if (attempt > 0) this.ctx.log?.(`page faults of ${pid} resumed: ${holder} answered again after ${Date.now() - first} ms (${attempt} retries)`);
         return { ...decodePageBatch(r.body, inc.spec.pageSize, MAX_PAGES), notModified: pageList(r.header.notModified, pages), inFlight: pageList(r.header.inFlight, pages) };
       } catch (e) {
