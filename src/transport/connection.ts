@@ -352,7 +352,7 @@ export class Connection {
               pending = []; pendingBytes = 0;
               // Let timers run (the delay line's release among them) between slices: booked ahead
               // within the window, this loop would otherwise go on in microtasks alone.
-              await new Promise<void>((r) => setImmediate(r));
+              if (s < segments.length - 1 || off < seg.length) await new Promise<void>((r) => setImmediate(r));
             }
           }
         } else {
@@ -369,6 +369,10 @@ export class Connection {
         this.stats.bytesSent += item.length;
         this.stats.framesSent++;
         item.resolve();
+        // After the last slice, the sender (who awaits each frame, as the migration engine does)
+        // queues its next one within this turn: the writer goes on with it in the same run, so
+        // the link stays backlogged and a stall of the event loop does not leave it idle.
+        if (this.delay && this.shaper) await new Promise<void>((r) => setImmediate(r));
       }
     } finally {
       this.pumping = false;
