@@ -86,6 +86,28 @@ describe('checkpoint entry points', () => {
     } finally { t.cleanup(); }
   });
 
+  it('stdin given and ended before a vacate goes with the image, read or not: a restore without stdin finishes the run', async () => {
+    const t = tempDir();
+    try {
+      const input = Buffer.from(Array.from({ length: 40 }, (_, i) => `line ${i} hello ${'x'.repeat(i)}\n`).join(''));
+      const expected = await runNodeWasi({ wasm: sleeper, args: [sleeper, '--echo'], stdin: input });
+      for (const delay of [1, 1, 2, 5]) {
+        const image = join(t.path, `ahead-${delay}.img`);
+        // Vacated 1 ms in, the program has often not asked for stdin yet: its bytes are still in
+        // the pipe, which closes with this OS process. Ferry reads them ahead into the image.
+        const a = await ferry(['run', '--checkpoint', image, '--vacate-after', String(delay), sleeper, '--echo'], { stdin: input });
+        if (a.exitCode === 0) { assert.equal(a.stdout.toString(), expected.stdout.toString()); continue; } // it finished first
+        assert.equal(a.exitCode, 85, a.stderr.toString());
+        const summary = JSON.parse((await ferry(['inspect', '--json', image])).stdout.toString());
+        assert.equal(summary.wasi.stdinTakenBytes, input.length, 'every byte given was taken');
+        assert.equal(summary.wasi.stdinEof, true, 'and its end');
+        const b = await ferry(['restore', image]);
+        assert.equal(b.exitCode, 0, b.stderr.toString());
+        assert.equal(Buffer.concat([a.stdout, b.stdout]).toString(), expected.stdout.toString(), `vacate after ${delay} ms`);
+      }
+    } finally { t.cleanup(); }
+  });
+
   it('stdin read by ferry before a checkpoint is neither lost nor duplicated (unread bytes travel in the image)', async () => {
     const t = tempDir();
     try {

@@ -44,6 +44,9 @@ export interface ProcessOptions {
   fileTimeoutMs?: number;
 }
 
+/** Stdin read ahead into a vacate's image, at most (readStdinAhead). */
+export const STDIN_AHEAD_MAX = 16 << 20;
+
 export function newGuestMemory(): WebAssembly.Memory {
   return new WebAssembly.Memory({ initial: PHYSICAL_PAGES, maximum: PHYSICAL_PAGES, shared: true });
 }
@@ -359,6 +362,36 @@ export class WasmProcess extends EventEmitter {
       if (this.stdinPending.length) readable.pause(); else readable.resume();
     }
     this.wake();
+  }
+
+  /** Frozen, about to end in this OS process (a vacate): read what its stdin source already
+   *  holds, until the source ends or nothing more comes for `quietMs` (at most `maxBytes`), into
+   *  the capture. Input the program was given but had not asked for yet would otherwise be
+   *  lost with this OS process (a pipe's unread bytes); a terminal gives nothing in `quietMs`. */
+  async readStdinAhead(cap: Captured, quietMs = 50, maxBytes = STDIN_AHEAD_MAX): Promise<number> {
+    if (this.state !== 'frozen') throw new FerryError('runtime', `stdin is read ahead only while frozen, not ${this.state}`);
+    const src = (this.opts.stdin === undefined ? process.stdin : this.opts.stdin) as NodeJS.ReadableStream | null;
+    if (!src || cap.wasi.stdinEof) return 0;
+    const got: Buffer[] = [];
+    let n = 0;
+    const ended = await new Promise<boolean>((resolve) => {
+      let quiet = setTimeout(() => done(false), quietMs);
+      const onData = (c: Buffer) => {
+        got.push(c); n += c.length;
+        clearTimeout(quiet);
+        if (n >= maxBytes) done(false); else quiet = setTimeout(() => done(false), quietMs);
+      };
+      const onEnd = () => done(true);
+      const done = (end: boolean) => { clearTimeout(quiet); src.off('data', onData); src.off('end', onEnd); src.pause(); resolve(end); };
+      src.on('data', onData);
+      src.on('end', onEnd);
+      src.resume();
+    });
+    const before = Buffer.from(cap.wasi.stdinBuffered, 'base64');
+    cap.wasi.stdinBuffered = Buffer.concat([before, ...got]).toString('base64');
+    cap.wasi.stdinEof = ended;
+    cap.wasi.stdinTakenBytes = (cap.wasi.stdinTakenBytes ?? 0) + n;
+    return n;
   }
 
   private stopStdin(): void {

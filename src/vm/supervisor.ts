@@ -136,9 +136,11 @@ export class Supervisor {
       if (!this.opts.checkpoint) throw new FerryError('bad-argument', 'no checkpoint file given');
       const cap = await this.freeze();
       if (!cap) return;
+      // It ends in this OS process: input it was given and has not read goes with it.
+      const ahead = await this.proc.readStdinAhead(cap);
       await writeImageChunks(this.opts.checkpoint, this.encode(cap, 'checkpoint'));
       this.result.checkpoints++;
-      this.opts.log?.(`vacated: image written to ${this.opts.checkpoint}`);
+      this.opts.log?.(`vacated: image written to ${this.opts.checkpoint}${ahead ? ` (with ${ahead} bytes of stdin read ahead)` : ''}`);
       await this.proc.kill();
       this.finish({ exitCode: EXIT_CHECKPOINTED, checkpointed: true });
     });
