@@ -41,7 +41,10 @@ describe('switching a pre-copy that does not converge to post-copy', { timeout: 
       assert.equal(during.length, 2);
       for (const m of during) {
         assert.equal(m.switchedToPostCopy, true, `${m.algorithm}: RMA's 4 MB never fit 300 ms at 10 Mb/s: it switched`);
-        assert.equal(m.rounds, 2, `${m.algorithm}: switched after 2 rounds`);
+        // Pre-copy gives it the 2 rounds; queued pre-copy switches as soon as its working set
+        // stops shrinking (RMA writes every page: after its first round), at most after 2.
+        if (m.algorithm === 'pre-copy') assert.equal(m.rounds, 2, 'pre-copy: switched after 2 rounds');
+        else assert.ok(m.rounds >= 1 && m.rounds <= 2, `queued pre-copy: switched after ${m.rounds} rounds`);
         // The state and a bitmap of one bit per page: no page (the post-copy invariant of compliance.test.ts).
         assert.ok(m.bytes.downtime < 64 * 1024 + m.pages.addressSpace, `${m.algorithm}: down time carries no pages (${m.bytes.downtime} bytes)`);
         assert.ok(m.bytes.postProcessing > 1 << 20, `${m.algorithm}: the pages written since they were sent went after the freeze (${m.bytes.postProcessing} bytes)`);

@@ -8,6 +8,9 @@ export interface ConvergenceInput {
   maxRounds: number;
   /** What may be left for down time, in bytes (see downtimeBudget); 0 if absent. */
   limitBytes?: number;
+  /** What was pending before the last round, for a strategy that gauges its working set
+   *  (queued pre-copy); undefined for the others and before the first round. */
+  previousPending?: number;
 }
 
 /** Nothing left to send while running. */
@@ -19,16 +22,31 @@ export const fitsDowntime = (c: ConvergenceInput): boolean => c.rounds > 0 && c.
 /** The round budget is spent (the thesis stopped pre-copy after 6 rounds). */
 export const roundsExhausted = (c: ConvergenceInput): boolean => c.rounds >= c.maxRounds;
 
-/** Another round while the process runs? */
-export function shouldIterate(c: ConvergenceInput): boolean {
-  return !nothingPending(c) && !fitsDowntime(c) && !roundsExhausted(c);
+/** A round that takes less than this share off what it found pending has not converged. */
+export const STALL_SHRINK = 0.1;
+
+/** The working set stopped shrinking: the last round took less than a tenth off what it
+ *  found pending (queued pre-copy gauges W so, thesis 2.3.6 step 6). Its pages are written
+ *  faster than they settle: more rounds would only wait, and send the same pages at the freeze. */
+export const stalled = (c: ConvergenceInput): boolean =>
+  c.previousPending !== undefined && c.pending > c.previousPending * (1 - STALL_SHRINK);
+
+/** Why the rounds end (the first predicate that holds), or null: another round. */
+export type RoundsEnd = 'nothing-pending' | 'fits-downtime' | 'rounds-exhausted' | 'stalled';
+export function roundsEnd(c: ConvergenceInput): RoundsEnd | null {
+  if (nothingPending(c)) return 'nothing-pending';
+  if (fitsDowntime(c)) return 'fits-downtime';
+  if (roundsExhausted(c)) return 'rounds-exhausted';
+  if (stalled(c)) return 'stalled';
+  return null;
 }
 
-/** --postcopy-after-rounds N: the rounds are over (N of them, or the round budget ran out
- *  first) and what is left still does not fit the down time: post-copy takes over. */
+/** --postcopy-after-rounds N: the rounds are over (N of them, the round budget ran out
+ *  first, or the working set stalled) and what is left still does not fit the down time:
+ *  post-copy takes over. */
 export function switchesToPostCopy(c: ConvergenceInput & { postcopyAfterRounds?: number }): boolean {
   if (c.postcopyAfterRounds === undefined) return false;
-  return !nothingPending(c) && !fitsDowntime(c) && c.rounds >= Math.min(c.postcopyAfterRounds, c.maxRounds);
+  return !nothingPending(c) && !fitsDowntime(c) && (c.rounds >= Math.min(c.postcopyAfterRounds, c.maxRounds) || stalled(c));
 }
 
 export interface BudgetInput {

@@ -13,7 +13,7 @@ import { encodePageBatch, encodePageBatchParts, isZeroPage } from '../memory/pag
 import { MetricsRecorder, type MigrationMetrics, type Phase } from './metrics.ts';
 import { MigrationStateMachine } from './state.ts';
 import type { FileServerView, SourceContext, Strategy } from './strategy.ts';
-import { downtimeBudget, shouldIterate, switchesToPostCopy, throttleFor } from './convergence.ts';
+import { downtimeBudget, roundsEnd, switchesToPostCopy, throttleFor } from './convergence.ts';
 import { DirtyPages } from '../memory/dirty.ts';
 import type { FaultStats } from './destination.ts';
 import type { SendOptions } from './strategy.ts';
@@ -290,6 +290,7 @@ export class Migration extends EventEmitter {
     const o = this.spec.options ?? {};
     let bandwidth = channel.linkBytesPerSec;
     let throttle = 0;
+    let previousPending: number | undefined;
     for (let rounds = 0; ; rounds++) {
       const pending = strategy.pending?.(ctx) ?? 0;
       const limitBytes = downtimeBudget({
@@ -297,13 +298,15 @@ export class Migration extends EventEmitter {
         addressSpaceBytes: ctx.dirty.addressSpacePages() * ctx.pageSize, thesisLimits: o.thesisLimits ?? false,
       });
       this.metrics.m.rounds = rounds;
-      const c = { pending, rounds, maxRounds: o.maxRounds ?? DEFAULT_MAX_ROUNDS, limitBytes };
+      const c = { pending, rounds, maxRounds: o.maxRounds ?? DEFAULT_MAX_ROUNDS, limitBytes, previousPending };
       if (strategy.remaining && switchesToPostCopy({ ...c, postcopyAfterRounds: o.postcopyAfterRounds })) {
         this.switched = true;
         this.metrics.m.switchedToPostCopy = true;
         return;
       }
-      if (!shouldIterate(c)) return;
+      const end = roundsEnd(c);
+      if (end) { this.metrics.m.roundsEnded = end; return; }
+      if (strategy.gaugesWorkingSet) previousPending = pending;
       const t0 = performance.now(), b0 = this.metrics.m.bytes.total;
       await strategy.iterate!(ctx);
       this.check();

@@ -36,6 +36,9 @@ export interface MigrationMetrics {
   throughputBytesPerSec: number | null;
   /** Pre-copy rounds while the process ran. */
   rounds: number;
+  /** Why the rounds ended (convergence.ts): nothing-pending, fits-downtime, rounds-exhausted,
+   *  stalled; null without rounds (or when the switch to post-copy ended them). */
+  roundsEnded: string | null;
   /** Bytes/s the process dirtied during the last round (pre-copy). */
   dirtyRateBytesPerSec: number | null;
   /** Auto-converge's last throttle (share of time the process slept). */
@@ -81,7 +84,7 @@ export class MetricsRecorder {
       bytes: { setup: 0, preparation: 0, downtime: 0, postProcessing: 0, total: 0 },
       pages: { addressSpace: 0, sent: 0, zero: 0, maxSendsPerPage: 0, resent: 0, pageSize: init.pageSize },
       linkBandwidthBps: init.linkBytesPerSec === null ? null : init.linkBytesPerSec * 8,
-      wireTimeMs: null, throughputBytesPerSec: null, rounds: 0, dirtyRateBytesPerSec: null, throttle: 0, switchedToPostCopy: false, downtimeSteps: {},
+      wireTimeMs: null, throughputBytesPerSec: null, rounds: 0, roundsEnded: null, dirtyRateBytesPerSec: null, throttle: 0, switchedToPostCopy: false, downtimeSteps: {},
       remoteFaults: 0, faultRoundTripMs: null, executionDelayMs: 0, modifiedSincePass: 0, notModifiedAnswers: 0, residualDependencies: [],
       compression: { codec: 'none', rawBytes: 0, wireBytes: 0, ratio: null }, fileServer: null,
     };

@@ -19,10 +19,12 @@
 //
 // At the freeze the state and W go (with anything still queued, anything written
 // since the last scan, and memory grown since): the thesis's final flush. The
-// engine's convergence predicates decide when (what is left fits the down-time
-// limit, or the rounds run out): unlike the thesis's, it cannot "fail" on a
-// heavy writer, whose working set simply goes at the freeze (or, with
-// --postcopy-after-rounds, after it: remaining() names the pages for that).
+// engine's convergence predicates decide when: what is left fits the down-time
+// limit, the rounds run out, or W stopped shrinking (a round took less than a tenth
+// off what it found pending: the thesis's step 6 gauges W). Unlike the thesis's, it cannot
+// "fail" on a heavy writer, whose working set simply goes at the freeze, at once
+// instead of after every rerun (or, with --postcopy-after-rounds, after the
+// freeze: remaining() names the pages for that).
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Captured } from '../vm/process.ts';
 import type { SourceContext, Strategy } from './strategy.ts';
@@ -37,6 +39,7 @@ const SENT = 0, R = 1, W = 2;
 
 export class QueuedPreCopy implements Strategy {
   readonly algorithm = 'queued-pre-copy';
+  readonly gaugesWorkingSet = true;
   private round = 0;
   /** Migration pages the rounds know of (the address space seen while running). */
   private covered = 0;

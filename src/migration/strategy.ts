@@ -109,6 +109,9 @@ export interface Strategy {
    *  process's memory; after the commit every page is absent until the source says whether
    *  the stored copy is current (assisted post-copy). */
   readonly temporaryStore?: boolean;
+  /** Stop the rounds once one leaves as much pending as it found (convergence.ts, stalled):
+   *  queued pre-copy, whose working set no longer shrinks. */
+  readonly gaugesWorkingSet?: boolean;
   /** How to answer a fault on these pages (default: send them all). */
   planFault?(pages: number[]): FaultPlan;
   setup?(ctx: SourceContext): Promise<void>;
