@@ -109,8 +109,8 @@ export interface Strategy {
    *  process's memory; after the commit every page is absent until the source says whether
    *  the stored copy is current (assisted post-copy). */
   readonly temporaryStore?: boolean;
-  /** Stop the rounds once one leaves as much pending as it found (convergence.ts, stalled):
-   *  queued pre-copy, whose working set no longer shrinks. */
+  /** Stop the rounds once one no longer shrinks what is pending (convergence.ts, stalled):
+   *  queued pre-copy gauges its working set so. */
   readonly gaugesWorkingSet?: boolean;
   /** How to answer a fault on these pages (default: send them all). */
   planFault?(pages: number[]): FaultPlan;

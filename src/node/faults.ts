@@ -36,8 +36,7 @@ const DELAY_MS = 1000;
 const ONLY: Partial<Record<Action, readonly FaultPoint[]>> = { corrupt: ['src-batch'], delay: ['src-committed', 'dest-answer'] };
 
 export class Faults {
-  private readonly armed = new Map<FaultPoint, Action>();
-  private readonly delays = new Map<FaultPoint, number>();
+  private readonly armed = new Map<FaultPoint, { action: Action; ms?: number }>();
 
   constructor(spec: string | undefined, private readonly log?: (m: string) => void) {
     for (const item of (spec ?? '').split(',').map((s) => s.trim()).filter(Boolean)) {
@@ -47,17 +46,15 @@ export class Faults {
       if (action !== 'crash' && action !== 'cut' && action !== 'corrupt' && action !== 'delay') throw new FerryError('bad-argument', `FERRY_FAULTS: unknown action '${how}' (crash, cut, corrupt or delay[=MS])`);
       for (const [a, only] of Object.entries(ONLY))
         if ((action === a) !== only.includes(point as FaultPoint)) throw new FerryError('bad-argument', `FERRY_FAULTS: ${item}: ${a} goes with ${only.join(' or ')}, and they with it only`);
-      if (ms !== undefined) {
-        if (action !== 'delay' || !/^\d{1,6}$/.test(ms)) throw new FerryError('bad-argument', `FERRY_FAULTS: ${item}: only delay takes =MS, a whole number of milliseconds`);
-        this.delays.set(point as FaultPoint, Number(ms));
-      }
-      this.armed.set(point as FaultPoint, action);
+      if (ms !== undefined && (action !== 'delay' || !/^\d{1,6}$/.test(ms)))
+        throw new FerryError('bad-argument', `FERRY_FAULTS: ${item}: only delay takes =MS, a whole number of milliseconds`);
+      this.armed.set(point as FaultPoint, { action, ...(ms !== undefined ? { ms: Number(ms) } : {}) });
     }
   }
 
   /** A batch to send: damaged if a corrupt fault is armed at this point (once). */
   corrupt(point: FaultPoint, body: Buffer): Buffer {
-    if (this.armed.get(point) !== 'corrupt') return body;
+    if (this.armed.get(point)?.action !== 'corrupt') return body;
     this.armed.delete(point);
     this.log?.(`FAULT ${point}: corrupt`);
     return body.subarray(0, body.length >> 1);
@@ -65,16 +62,17 @@ export class Faults {
 
   /** Wait here if a delay is armed at this point (once). */
   async delay(point: FaultPoint): Promise<void> {
-    if (this.armed.get(point) !== 'delay') return;
+    const armed = this.armed.get(point);
+    if (armed?.action !== 'delay') return;
     this.armed.delete(point);
-    const ms = this.delays.get(point) ?? DELAY_MS;
+    const ms = armed.ms ?? DELAY_MS;
     this.log?.(`FAULT ${point}: delay=${ms}`);
     await new Promise((r) => setTimeout(r, ms));
   }
 
   /** Fail here if a fault is armed at this point. Returns true if the connection was cut. */
   hit(point: FaultPoint, conn: Connection): boolean {
-    const action = this.armed.get(point);
+    const action = this.armed.get(point)?.action;
     if (!action) return false;
     this.armed.delete(point);
     this.log?.(`FAULT ${point}: ${action}`);

@@ -331,11 +331,16 @@ export class WasmProcess extends EventEmitter {
     return out;
   }
 
+  /** Where stdin comes from: the option, else this OS process's own. */
+  private get stdinSource(): NodeJS.ReadableStream | null {
+    return this.opts.stdin === undefined ? process.stdin : this.opts.stdin;
+  }
+
   private readonly onStdinData = (chunk: Buffer) => { this.stdinTaken += chunk.length; this.stdinPending.push(chunk); this.pumpStdin(); };
   private readonly onStdinEnd = () => { this.stdinEnded = true; this.pumpStdin(); };
 
   private pumpStdin(): void {
-    const src = this.opts.stdin === undefined ? process.stdin : this.opts.stdin;
+    const src = this.stdinSource;
     if (!this.stdinStarted && src && !this.stdinEnded) {
       this.stdinStarted = true;
       src.on('data', this.onStdinData);
@@ -370,7 +375,7 @@ export class WasmProcess extends EventEmitter {
    *  lost with this OS process (a pipe's unread bytes); a terminal gives nothing in `quietMs`. */
   async readStdinAhead(cap: Captured, quietMs = 50, maxBytes = STDIN_AHEAD_MAX): Promise<number> {
     if (this.state !== 'frozen') throw new FerryError('runtime', `stdin is read ahead only while frozen, not ${this.state}`);
-    const src = (this.opts.stdin === undefined ? process.stdin : this.opts.stdin) as NodeJS.ReadableStream | null;
+    const src = this.stdinSource;
     if (!src || cap.wasi.stdinEof) return 0;
     const got: Buffer[] = [];
     let n = 0;
@@ -395,7 +400,7 @@ export class WasmProcess extends EventEmitter {
   }
 
   private stopStdin(): void {
-    const src = this.opts.stdin === undefined ? process.stdin : this.opts.stdin;
+    const src = this.stdinSource;
     if (src && this.stdinStarted) {
       src.off('data', this.onStdinData);
       src.off('end', this.onStdinEnd);
