@@ -36,7 +36,7 @@ export function transformInChild(original: Uint8Array, variants: readonly Varian
 
 const entryBase = (hash: string, variant: Variant) =>
   // A native wasm-opt produces different (equally valid) bytes: its own cache entries.
-  join(cacheDir(), `${hash}-t${TRANSFORM_VERSION}-${variant}${process.env.FERRY_WASM_OPT ? '-native' : ''}`);
+  join(cacheDir(), `${hash}-t${TRANSFORM_VERSION}-${variant}${process.env.FERRY_WASM_OPT ? '-native' : ''}${process.env.FERRY_NO_FAST_PATHS === '1' ? '-nofast' : ''}`);
 
 function readEntry(hash: string, variant: Variant): PreparedModule | null {
   const base = entryBase(hash, variant);

@@ -3,7 +3,7 @@
 import { createHash } from 'node:crypto';
 
 /** Bump when the transform's output changes: it keys the on-disk cache. */
-export const TRANSFORM_VERSION = 8;
+export const TRANSFORM_VERSION = 9;
 
 /** 'plain': no dirty marks, no present checks (steady state); 'tracked': dirty marks
  *  (pre-copy); 'faulting': dirty marks and present checks (post-copy, demand paging).
@@ -26,7 +26,7 @@ export interface PreparedMeta {
   /** Captured mutable globals, in export order. */
   globals: { export: string; name: string; type: ValType }[];
   hasStartFunction: boolean;
-  stats: { functions: number; loopPolls: number; entryPolls: number; writes: number; reads: number; bulk: number };
+  stats: { functions: number; loopPolls: number; entryPolls: number; writes: number; reads: number; bulk: number; fastPaths?: number };
 }
 
 export interface PreparedModule { bytes: Uint8Array; meta: PreparedMeta }

@@ -20,6 +20,9 @@
 //  5. every mutable global is exported so the execution state can be captured;
 //  6. asyncify (optimizing the functions it instruments), with only the safe-point and
 //     blocking imports able to unwind.
+//  7. fast paths (fast-path.ts): each function asyncify instrumented is split into its
+//     normal entry, where the state checks that cannot fire are folded away, and the
+//     rewind path asyncify made (FERRY_NO_FAST_PATHS=1 leaves them out, to compare).
 import binaryen from 'binaryen';
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -39,65 +42,8 @@ const FEATURES = binaryen.Features.Atomics | binaryen.Features.MutableGlobals |
   binaryen.Features.BulkMemoryOpt | binaryen.Features.SignExt | binaryen.Features.ReferenceTypes |
   binaryen.Features.Multivalue | binaryen.Features.ExtendedConst | binaryen.Features.ExceptionHandling;
 
-const b = binaryen as any; // class wrappers (binaryen.Store.getPtr, ...) are not all in the typings
-
-/** How to reach each child of an expression: [field, arity]. Fields map to the
- *  class wrapper's getX/setX (one) or getNumXs/getXAt/setXAt (many). */
-const CHILDREN: Record<string, [string, 'one' | 'many'][]> = {
-  Block: [['Child', 'many']], If: [['Condition', 'one'], ['IfTrue', 'one'], ['IfFalse', 'one']],
-  Loop: [['Body', 'one']], Break: [['Condition', 'one'], ['Value', 'one']],
-  Switch: [['Condition', 'one'], ['Value', 'one']], Call: [['Operand', 'many']],
-  CallIndirect: [['Target', 'one'], ['Operand', 'many']], LocalSet: [['Value', 'one']],
-  GlobalSet: [['Value', 'one']], Load: [['Ptr', 'one']], Store: [['Ptr', 'one'], ['Value', 'one']],
-  Unary: [['Value', 'one']], Binary: [['Left', 'one'], ['Right', 'one']],
-  Select: [['IfTrue', 'one'], ['IfFalse', 'one'], ['Condition', 'one']], Drop: [['Value', 'one']],
-  Return: [['Value', 'one']], MemoryGrow: [['Delta', 'one']],
-  AtomicRMW: [['Ptr', 'one'], ['Value', 'one']],
-  AtomicCmpxchg: [['Ptr', 'one'], ['Expected', 'one'], ['Replacement', 'one']],
-  AtomicWait: [['Ptr', 'one'], ['Expected', 'one'], ['Timeout', 'one']],
-  AtomicNotify: [['Ptr', 'one'], ['NotifyCount', 'one']], SIMDExtract: [['Vec', 'one']],
-  SIMDReplace: [['Vec', 'one'], ['Value', 'one']], SIMDShuffle: [['Left', 'one'], ['Right', 'one']],
-  SIMDTernary: [['A', 'one'], ['B', 'one'], ['C', 'one']], SIMDShift: [['Vec', 'one'], ['Shift', 'one']],
-  SIMDLoad: [['Ptr', 'one']], SIMDLoadStoreLane: [['Ptr', 'one'], ['Vec', 'one']],
-  MemoryInit: [['Dest', 'one'], ['Offset', 'one'], ['Size', 'one']],
-  MemoryCopy: [['Dest', 'one'], ['Source', 'one'], ['Size', 'one']],
-  MemoryFill: [['Dest', 'one'], ['Value', 'one'], ['Size', 'one']],
-  TableGet: [['Index', 'one']], TableSet: [['Index', 'one'], ['Value', 'one']],
-  TableGrow: [['Value', 'one'], ['Delta', 'one']], RefIsNull: [['Value', 'one']],
-  RefAs: [['Value', 'one']], RefEq: [['Left', 'one'], ['Right', 'one']],
-  Try: [['Body', 'one'], ['CatchBody', 'many']], Throw: [['Operand', 'many']],
-  TupleMake: [['Operand', 'many']], TupleExtract: [['Tuple', 'one']],
-  RefTest: [['Ref', 'one']], RefCast: [['Ref', 'one']], BrOn: [['Ref', 'one']],
-};
-const LEAVES = ['LocalGet', 'GlobalGet', 'Const', 'Nop', 'Unreachable', 'MemorySize', 'DataDrop',
-  'AtomicFence', 'RefNull', 'RefFunc', 'TableSize', 'Pop', 'Rethrow'];
-
-const classById = new Map<number, string>();
-for (const name of [...Object.keys(CHILDREN), ...LEAVES]) {
-  const id = b[`${name}Id`];
-  if (typeof id === 'number') classById.set(id, name);
-}
-
-type Slot = (replacement: number) => void;
-
-function childSlots(expr: number, cls: string): { child: number; set: Slot }[] {
-  const C = b[cls];
-  const out: { child: number; set: Slot }[] = [];
-  for (const [field, arity] of CHILDREN[cls] ?? []) {
-    if (arity === 'one') {
-      if (cls === 'Call' || (cls === 'CallIndirect' && field !== 'Target')) continue;
-      const child = C[`get${field}`](expr);
-      if (child) out.push({ child, set: (r) => C[`set${field}`](expr, r) });
-    } else {
-      const n = field === 'Child' ? C.getNumChildren(expr) : C[`getNum${field === 'CatchBody' ? 'CatchBodies' : field + 's'}`](expr);
-      for (let i = 0; i < n; i++) {
-        const child = C[`get${field}At`](expr, i);
-        if (child) out.push({ child, set: (r) => C[`set${field}At`](expr, i, r) });
-      }
-    }
-  }
-  return out;
-}
+import { b, childSlots, classById, type Slot } from './ir.ts';
+import { splitFastPaths } from './fast-path.ts';
 
 const SIMD_LANE_BYTES = [1, 2, 4, 8, 1, 2, 4, 8]; // Load8Lane..Load64Lane, Store8Lane..Store64Lane
 
@@ -611,6 +557,8 @@ function transform(m: binaryen.Module, original: Uint8Array, variant: Variant): 
   stage('asyncify', t0);
   if (variant === 'faulting') inlineChecks(m, ctx, funcNames);
   if (variant === 'plain') dropMarks(m, ctx, funcNames);
+  if (process.env.FERRY_NO_FAST_PATHS !== '1') stats.fastPaths = splitFastPaths(m, funcNames, asyncImports);
+  stage('fast paths', t0);
   binaryen.setOptimizeLevel(2);
   m.optimize();
   stage('optimize', t0);

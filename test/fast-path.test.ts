@@ -1,0 +1,75 @@
+// The fast paths of asyncify-instrumented functions (src/vm/fast-path.ts): which reads
+// of the asyncify state the pass may fold to 0 (clean: the state cannot be 1 there) and
+// which it must keep (a call that can unwind came before, and no check since). Cases are
+// data: a function body after asyncify's fashion, and how many reads must stay in it.
+// The end-to-end check is elsewhere: every hop and checkpoint test stops processes at
+// random points in these fast paths and resumes them through the rewind paths.
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import binaryen from 'binaryen';
+import { splitFastPaths } from '../src/vm/fast-path.ts';
+import { prepareModule } from '../src/vm/prepare.ts';
+import { ROOT } from './helpers/ferry.ts';
+
+const S = '(global.get $__asyncify_state)';
+const CASES: { name: string; body: string; kept: number | 'not split' }[] = [
+  { name: 'a read before any call is 0; one after a call that can unwind stays', body: `(drop ${S}) (call $g) (drop ${S})`, kept: 1 },
+  { name: 'after the unwinding check (if state == 1: return), the state is 0', body: `(call $g) (if (i32.eq ${S} (i32.const 1)) (then (return))) (drop ${S})`, kept: 1 },
+  { name: 'after br_if out on state == 1, the state is 0 on the fall-through', body: `(block $u (call $g) (br_if $u (i32.eq ${S} (i32.const 1))) (drop ${S})) (drop ${S})`, kept: 2 },
+  { name: 'a call that cannot unwind leaves the state 0', body: `(call $h) (drop ${S})`, kept: 0 },
+  { name: 'an indirect call may unwind', body: `(call_indirect (type $v) (i32.const 0)) (drop ${S})`, kept: 1 },
+  { name: 'a loop head is reached again after a call in its body', body: `(loop $l (drop ${S}) (call $g) (br_if $l (local.get 0)))`, kept: 1 },
+  { name: 'a loop whose back edge is taken only where the state is 0 keeps its head clean', body: `(loop $l (drop ${S}) (call $g) (br_if $l (i32.eqz ${S})))`, kept: 1 },
+  { name: 'if (state): the else side is clean, the then side not', body: `(call $g) (if ${S} (then (drop ${S})) (else (drop ${S})))`, kept: 2 },
+  { name: 'if (state == 0): the then side is clean', body: `(call $g) (if (i32.eqz ${S}) (then (drop ${S})) (else (drop ${S})))`, kept: 2 },
+  { name: 'branches join: dirty on either side is dirty after', body: `(if (local.get 0) (then (call $g))) (drop ${S})`, kept: 1 },
+  { name: 'an arm that ends in unreachable does not join', body: `(call $g) (if (i32.eq ${S} (i32.const 1)) (then (unreachable))) (drop ${S})`, kept: 1 },
+  { name: 'exceptions are not modelled: the function is left as it was', body: `(try (do (call $g)) (catch_all)) (drop ${S})`, kept: 'not split' },
+];
+
+function moduleWith(body: string): binaryen.Module {
+  const m = binaryen.parseText(`(module
+    (type $v (func))
+    (import "ferry" "safepoint" (func $sp))
+    (global $__asyncify_state (mut i32) (i32.const 0))
+    (table 1 funcref)
+    (func $g (call $sp) (drop ${S}))
+    (func $h (nop))
+    (func $f (param i32) ${body}))`);
+  m.setFeatures(binaryen.Features.All & ~binaryen.Features.GC);
+  assert.ok(m.validate(), 'the case validates');
+  return m;
+}
+
+/** Reads of the state in a body. */
+function stateReads(wat: string): number { return wat.split('global.get $__asyncify_state').length - 1; }
+
+describe('fast paths: which reads of the asyncify state fold to 0', () => {
+  for (const c of CASES) {
+    it(c.name, () => {
+      const m = moduleWith(c.body);
+      try {
+        splitFastPaths(m, ['g', 'h', 'f'], ['ferry.safepoint']);
+        assert.ok(m.validate(), 'the split module validates');
+        const f = binaryen.emitText(binaryen.getFunctionInfo(m.getFunction('f')).body);
+        const rewind = m.getFunction('f$rewind');
+        if (c.kept === 'not split') { assert.equal(rewind, 0, 'no rewind path'); return; }
+        assert.notEqual(rewind, 0, 'f has a rewind path');
+        assert.equal(stateReads(binaryen.emitText(binaryen.getFunctionInfo(rewind).body)), stateReads(c.body), 'the rewind path is asyncify\'s body, unchanged');
+        assert.equal(stateReads(f) - 1, c.kept, `reads kept in the fast path (besides the dispatch at entry):\n${f}`);
+      } finally { m.dispose(); }
+    });
+  }
+});
+
+describe('fast paths in a prepared program', () => {
+  it('recurse: every recursive function gets one, in every variant', () => {
+    const bytes = readFileSync(join(ROOT, 'workloads', 'bin', 'recurse.wasm'));
+    for (const variant of ['plain', 'tracked', 'faulting'] as const) {
+      const p = prepareModule(bytes, variant);
+      assert.ok((p.meta.stats.fastPaths ?? 0) >= p.meta.stats.entryPolls, `${variant}: ${p.meta.stats.fastPaths} fast paths, ${p.meta.stats.entryPolls} recursive functions`);
+    }
+  });
+});
