@@ -134,11 +134,17 @@ export class WasiHost {
     this.dirty(addr, data.length);
     this.mem.bytes().set(data, addr);
   }
+  /** The iovecs at `iovs`, empty ones left out: wasi-libc's stdio passes its own (often
+   *  empty) buffer beside the caller's, and one buffer is one plain read or write call
+   *  instead of a vectored one (cheaper in Node's fs). */
   private iovecs(iovs: number, n: number): [number, number][] {
     this.present(iovs, n * 8);
     const v = this.mem.view();
     const out: [number, number][] = [];
-    for (let i = 0; i < n; i++) out.push([v.getUint32(iovs + i * 8, true), v.getUint32(iovs + i * 8 + 4, true)]);
+    for (let i = 0; i < n; i++) {
+      const len = v.getUint32(iovs + i * 8 + 4, true);
+      if (len > 0) out.push([v.getUint32(iovs + i * 8, true), len]);
+    }
     return out;
   }
 
