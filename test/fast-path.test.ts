@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import binaryen from 'binaryen';
 import { splitFastPaths } from '../src/vm/fast-path.ts';
 import { prepareModule } from '../src/vm/prepare.ts';
+import { STOP_FLAG } from '../src/vm/layout.ts';
 import { ROOT } from './helpers/ferry.ts';
 
 const S = '(global.get $__asyncify_state)';
@@ -29,10 +30,11 @@ const CASES: { name: string; body: string; kept: number | 'not split' }[] = [
   { name: 'exceptions are not modelled: the function is left as it was', body: `(try (do (call $g)) (catch_all)) (drop ${S})`, kept: 'not split' },
 ];
 
-function moduleWith(body: string): binaryen.Module {
+function moduleWith(body: string, memory = false): binaryen.Module {
   const m = binaryen.parseText(`(module
     (type $v (func))
     (import "ferry" "safepoint" (func $sp))
+    ${memory ? '(import "ferry" "memory" (memory 65536 65536 shared))' : ''}
     (global $__asyncify_state (mut i32) (i32.const 0))
     (table 1 funcref)
     (func $g (call $sp) (drop ${S}))
@@ -59,6 +61,40 @@ describe('fast paths: which reads of the asyncify state fold to 0', () => {
         assert.notEqual(rewind, 0, 'f has a rewind path');
         assert.equal(stateReads(binaryen.emitText(binaryen.getFunctionInfo(rewind).body)), stateReads(c.body), 'the rewind path is asyncify\'s body, unchanged');
         assert.equal(stateReads(f) - 1, c.kept, `reads kept in the fast path (besides the dispatch at entry):\n${f}`);
+      } finally { m.dispose(); }
+    });
+  }
+});
+
+// A function with a safe point at entry dispatches on the stop flag (kept set through a
+// rewind) instead of the state, and its fast body's reads of the flag before any call,
+// loop or branch become 0. Cases: the body, and how many reads of the flag stay in the fast body.
+const FLAG = `(i32.atomic.load offset=${STOP_FLAG} (i32.const 0))`;
+const FLAG_CASES: { name: string; body: string; kept: number; byFlag: boolean }[] = [
+  { name: 'the entry poll folds away', body: `(if ${FLAG} (then (call $g))) (drop ${S})`, kept: 0, byFlag: true },
+  { name: 'a read after a call stays', body: `(drop ${FLAG}) (call $g) (drop ${FLAG})`, kept: 1, byFlag: true },
+  { name: 'a read in a loop stays', body: `(drop ${FLAG}) (loop $l (br_if $l ${FLAG}))`, kept: 1, byFlag: true },
+  { name: 'a read after a branch stays', body: `(drop ${FLAG}) (block $b (br_if $b (local.get 0)) (drop ${FLAG}))`, kept: 1, byFlag: true },
+  { name: 'both arms of an if fold, and what follows them', body: `(if (local.get 0) (then (drop ${FLAG})) (else (drop ${FLAG}))) (drop ${FLAG})`, kept: 0, byFlag: true },
+  { name: 'no read before the first call: the state dispatches', body: `(call $g) (drop ${FLAG})`, kept: 1, byFlag: false },
+];
+
+const countFlagReads = (wat: string): number => wat.match(new RegExp(`i32\\.atomic\\.load[^\\n]*offset=${STOP_FLAG}\\b`, 'g'))?.length ?? 0;
+
+describe('fast paths of functions with a safe point at entry: dispatch on the stop flag', () => {
+  for (const c of FLAG_CASES) {
+    it(c.name, () => {
+      const m = moduleWith(`${c.body} (drop ${S})`, true); // a read of the state: asyncify instrumented it
+      try {
+        splitFastPaths(m, ['g', 'h', 'f'], ['ferry.safepoint'], new Set(['f']), STOP_FLAG);
+        assert.ok(m.validate(), 'the split module validates');
+        const f = binaryen.emitText(binaryen.getFunctionInfo(m.getFunction('f')).body);
+        const flagReads = countFlagReads(f);
+        const dispatch = f.split('\n').slice(0, 4).join('\n'); // (block (if (<condition>
+        assert.ok(c.byFlag ? countFlagReads(dispatch) === 1 : stateReads(dispatch) === 1, `dispatch on the ${c.byFlag ? 'flag' : 'state'}:\n${f}`);
+        assert.equal(flagReads - (c.byFlag ? 1 : 0), c.kept, `flag reads kept in the fast body:\n${f}`);
+        const rewind = binaryen.emitText(binaryen.getFunctionInfo(m.getFunction('f$rewind')).body);
+        assert.equal(countFlagReads(rewind), c.body.split('i32.atomic.load').length - 1, 'the rewind path keeps every read');
       } finally { m.dispose(); }
     });
   }

@@ -17,6 +17,14 @@
 // Both halves save the same values in the same order, so a stack unwound from either
 // rewinds through F$rewind, and frames stay interchangeable between the variants.
 //
+// A function with a safe point at entry (a recursive one, prepare.ts) tests the stop flag
+// instead of the state at entry: the runtime keeps the flag set for the whole of a rewind
+// (src/vm/worker.ts), so a clear flag means state 0 and no stop asked. A set flag goes to
+// F$rewind, which rewinds or reaches its own entry poll. The fast body's reads of the flag
+// before any call, loop or branch read 0 then (a stop asked meanwhile is seen at the next
+// poll, as if asked a moment later), and the optimizer drops the entry poll from it. One
+// test at entry instead of two: recursions call these functions more than anything else.
+//
 // The proof is a forward pass over the structured body in evaluation order: the state is
 // "clean" (0) at entry; a call that can unwind makes it "dirty" (0 or 1); a branch on
 // the state (state == 1, state == 0, state) makes it clean again on the side where it
@@ -24,7 +32,7 @@
 // code after an unconditional branch is unreachable. Anything the pass does not model
 // (exceptions, branches on references) leaves the function as asyncify made it.
 import binaryen from 'binaryen';
-import { b, childSlots, classById } from './ir.ts';
+import { b, childSlots, classById, type Slot } from './ir.ts';
 
 const STATE = '__asyncify_state';
 
@@ -143,11 +151,50 @@ function readsState(body: number): boolean {
   return false;
 }
 
+/** Is `e` the poll's read of the stop flag (prepare.ts pollStop)? */
+function isFlagRead(e: number, stopFlag: number): boolean {
+  if (binaryen.getExpressionId(e) !== b.LoadId || !b.Load.isAtomic(e) || b.Load.getBytes(e) !== 4) return false;
+  if ((b.Load.getOffset(e) >>> 0) !== stopFlag) return false;
+  const ptr = b.Load.getPtr(e);
+  return binaryen.getExpressionId(ptr) === b.ConstId && b.Const.getValueI32(ptr) === 0;
+}
+
+/** Replace by 0 every read of the stop flag that runs before any call, loop or branch
+ *  (in evaluation order; an if's arms each from where its condition left off). Returns
+ *  how many were replaced. */
+function foldEarlyFlagReads(m: binaryen.Module, body: number, set: Slot, stopFlag: number): number {
+  let folded = 0;
+  const walk = (e: number, put: Slot, open: boolean): boolean => {
+    if (!open) return false;
+    const cls = classById.get(binaryen.getExpressionId(e));
+    switch (cls) {
+      case 'Call': case 'CallIndirect': case 'Loop': case 'Break': case 'Switch': case 'Return':
+      case 'Unreachable': case 'Try': case 'Throw': case 'Rethrow': case 'BrOn': case undefined:
+        return false;
+      case 'Load':
+        if (isFlagRead(e, stopFlag)) { put(m.i32.const(0)); folded++; return true; }
+        return walk(b.Load.getPtr(e), (r) => b.Load.setPtr(e, r), true);
+      case 'If': {
+        if (!walk(b.If.getCondition(e), (r) => b.If.setCondition(e, r), true)) return false;
+        const no = b.If.getIfFalse(e);
+        const yes = walk(b.If.getIfTrue(e), (r) => b.If.setIfTrue(e, r), true);
+        return (no ? walk(no, (r) => b.If.setIfFalse(e, r), true) : true) && yes;
+      }
+      default:
+        for (const s of childSlots(e, cls)) if (!walk(s.child, s.set, true)) return false;
+        return true;
+    }
+  };
+  walk(body, set, true);
+  return folded;
+}
+
 /** Split every function of `names` that asyncify instrumented into a fast path and its
  *  rewind path (see the top of this file). `asyncImports`: the imports that unwind.
  *  Run after asyncify and before the optimizer, which folds the constants. Returns how
  *  many functions were split. */
-export function splitFastPaths(m: binaryen.Module, names: readonly string[], asyncImports: readonly string[]): number {
+export function splitFastPaths(m: binaryen.Module, names: readonly string[], asyncImports: readonly string[],
+  entryPolled: ReadonlySet<string> = new Set(), stopFlag = 0): number {
   if (!m.getGlobal(STATE)) return 0;
   const instrumented = new Set(names.filter((n) => readsState(binaryen.getFunctionInfo(m.getFunction(n)).body)));
   const unwinds = new Set(asyncImports);
@@ -179,7 +226,11 @@ export function splitFastPaths(m: binaryen.Module, names: readonly string[], asy
     const params = binaryen.expandType(info.params);
     const forward = m.call(rewind, params.map((t, i) => m.local.get(i, t)), info.results);
     const toRewind = info.results === binaryen.none ? m.block(null, [forward, m.return()]) : m.return(forward);
-    b.Function.setBody(fn, m.block(null, [m.if(m.global.get(STATE, binaryen.i32), toRewind), info.body], info.results));
+    // The body may have been replaced above (a read of the state at its root): read it again.
+    let body = b.Function.getBody(fn);
+    const byFlag = entryPolled.has(name) && foldEarlyFlagReads(m, body, (r) => { body = r; }, stopFlag) > 0;
+    const dispatch = byFlag ? m.i32.atomic.load(stopFlag, m.i32.const(0)) : m.global.get(STATE, binaryen.i32);
+    b.Function.setBody(fn, m.block(null, [m.if(dispatch, toRewind), body], info.results));
     split++;
   }
   return split;

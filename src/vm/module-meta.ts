@@ -3,7 +3,7 @@
 import { createHash } from 'node:crypto';
 
 /** Bump when the transform's output changes: it keys the on-disk cache. */
-export const TRANSFORM_VERSION = 9;
+export const TRANSFORM_VERSION = 10;
 
 /** 'plain': no dirty marks, no present checks (steady state); 'tracked': dirty marks
  *  (pre-copy); 'faulting': dirty marks and present checks (post-copy, demand paging).

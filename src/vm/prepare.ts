@@ -557,7 +557,7 @@ function transform(m: binaryen.Module, original: Uint8Array, variant: Variant): 
   stage('asyncify', t0);
   if (variant === 'faulting') inlineChecks(m, ctx, funcNames);
   if (variant === 'plain') dropMarks(m, ctx, funcNames);
-  if (process.env.FERRY_NO_FAST_PATHS !== '1') stats.fastPaths = splitFastPaths(m, funcNames, asyncImports);
+  if (process.env.FERRY_NO_FAST_PATHS !== '1') stats.fastPaths = splitFastPaths(m, funcNames, asyncImports, recursive, STOP_FLAG);
   stage('fast paths', t0);
   binaryen.setOptimizeLevel(2);
   m.optimize();
