@@ -21,7 +21,7 @@ describe('queued pre-copy', { timeout: 1_200_000 }, () => {
   before(prepareAllVariants);
 
   it('sends the pages RMA keeps writing less often than pre-copy (4 MB at 100 Mb/s), output identical', async (t) => {
-    const w = rma(4, 600);
+    const w = rma(4, 1500); // outlasts four migrations at 100 Mb/s, pre-copy's 6 rounds each, on a loaded machine
     const expected = await reference(w);
     assert.equal(expected.exitCode, 0, expected.stderr);
     const c = await startCluster(2, { names: ['a', 'b'], extraArgs: ['--link-bandwidth', '100mbit'] });
