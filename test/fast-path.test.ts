@@ -86,7 +86,7 @@ describe('fast paths of functions with a safe point at entry: dispatch on the st
     it(c.name, () => {
       const m = moduleWith(`${c.body} (drop ${S})`, true); // a read of the state: asyncify instrumented it
       try {
-        splitFastPaths(m, ['g', 'h', 'f'], ['ferry.safepoint'], new Set(['f']), STOP_FLAG);
+        splitFastPaths(m, ['g', 'h', 'f'], ['ferry.safepoint'], new Set(['f']));
         assert.ok(m.validate(), 'the split module validates');
         const f = binaryen.emitText(binaryen.getFunctionInfo(m.getFunction('f')).body);
         const flagReads = countFlagReads(f);

@@ -32,7 +32,8 @@
 // code after an unconditional branch is unreachable. Anything the pass does not model
 // (exceptions, branches on references) leaves the function as asyncify made it.
 import binaryen from 'binaryen';
-import { b, childSlots, classById, type Slot } from './ir.ts';
+import { b, childSlots, classById, rewriteFunction, type Slot } from './ir.ts';
+import { isStopFlagRead, readStopFlag } from './poll.ts';
 
 const STATE = '__asyncify_state';
 
@@ -151,18 +152,10 @@ function readsState(body: number): boolean {
   return false;
 }
 
-/** Is `e` the poll's read of the stop flag (prepare.ts pollStop)? */
-function isFlagRead(e: number, stopFlag: number): boolean {
-  if (binaryen.getExpressionId(e) !== b.LoadId || !b.Load.isAtomic(e) || b.Load.getBytes(e) !== 4) return false;
-  if ((b.Load.getOffset(e) >>> 0) !== stopFlag) return false;
-  const ptr = b.Load.getPtr(e);
-  return binaryen.getExpressionId(ptr) === b.ConstId && b.Const.getValueI32(ptr) === 0;
-}
-
 /** Replace by 0 every read of the stop flag that runs before any call, loop or branch
  *  (in evaluation order; an if's arms each from where its condition left off). Returns
  *  how many were replaced. */
-function foldEarlyFlagReads(m: binaryen.Module, body: number, set: Slot, stopFlag: number): number {
+function foldEarlyFlagReads(m: binaryen.Module, body: number, set: Slot): number {
   let folded = 0;
   const walk = (e: number, put: Slot, open: boolean): boolean => {
     if (!open) return false;
@@ -172,7 +165,7 @@ function foldEarlyFlagReads(m: binaryen.Module, body: number, set: Slot, stopFla
       case 'Unreachable': case 'Try': case 'Throw': case 'Rethrow': case 'BrOn': case undefined:
         return false;
       case 'Load':
-        if (isFlagRead(e, stopFlag)) { put(m.i32.const(0)); folded++; return true; }
+        if (isStopFlagRead(e)) { put(m.i32.const(0)); folded++; return true; }
         return walk(b.Load.getPtr(e), (r) => b.Load.setPtr(e, r), true);
       case 'If': {
         if (!walk(b.If.getCondition(e), (r) => b.If.setCondition(e, r), true)) return false;
@@ -194,7 +187,7 @@ function foldEarlyFlagReads(m: binaryen.Module, body: number, set: Slot, stopFla
  *  Run after asyncify and before the optimizer, which folds the constants. Returns how
  *  many functions were split. */
 export function splitFastPaths(m: binaryen.Module, names: readonly string[], asyncImports: readonly string[],
-  entryPolled: ReadonlySet<string> = new Set(), stopFlag = 0): number {
+  entryPolled: ReadonlySet<string> = new Set()): number {
   if (!m.getGlobal(STATE)) return 0;
   const instrumented = new Set(names.filter((n) => readsState(binaryen.getFunctionInfo(m.getFunction(n)).body)));
   const unwinds = new Set(asyncImports);
@@ -215,21 +208,13 @@ export function splitFastPaths(m: binaryen.Module, names: readonly string[], asy
     }
     const rewind = `${name}$rewind`;
     m.addFunction(rewind, info.params, info.results, info.vars, m.copyExpression(info.body));
-    // Replace the clean reads in place (the walk below reaches each read through its parent's setter).
-    const stack: { e: number; set: (r: number) => void }[] = [{ e: info.body, set: () => { throw new Error('unreachable'); } }];
-    while (stack.length) {
-      const { e, set } = stack.pop()!;
-      const cls = classById.get(binaryen.getExpressionId(e))!;
-      if (cls === 'GlobalGet' && b.GlobalGet.getName(e) === STATE && !dirty.has(e)) { set(m.i32.const(0)); continue; }
-      for (const s of childSlots(e, cls)) stack.push({ e: s.child, set: s.set });
-    }
+    rewriteFunction(fn, (e, cls) => (cls === 'GlobalGet' && b.GlobalGet.getName(e) === STATE && !dirty.has(e) ? m.i32.const(0) : undefined));
     const params = binaryen.expandType(info.params);
     const forward = m.call(rewind, params.map((t, i) => m.local.get(i, t)), info.results);
     const toRewind = info.results === binaryen.none ? m.block(null, [forward, m.return()]) : m.return(forward);
-    // The body may have been replaced above (a read of the state at its root): read it again.
-    let body = b.Function.getBody(fn);
-    const byFlag = entryPolled.has(name) && foldEarlyFlagReads(m, body, (r) => { body = r; }, stopFlag) > 0;
-    const dispatch = byFlag ? m.i32.atomic.load(stopFlag, m.i32.const(0)) : m.global.get(STATE, binaryen.i32);
+    let body = b.Function.getBody(fn); // (a read of the state at its root was replaced above)
+    const byFlag = entryPolled.has(name) && foldEarlyFlagReads(m, body, (r) => { body = r; }) > 0;
+    const dispatch = byFlag ? readStopFlag(m) : m.global.get(STATE, binaryen.i32);
     b.Function.setBody(fn, m.block(null, [m.if(dispatch, toRewind), body], info.results));
     split++;
   }

@@ -1,6 +1,7 @@
 // Walking binaryen's IR from binaryen.js: the children of each expression class, reached
 // through its class wrapper, each with a setter so a walk can replace it in place.
 import binaryen from 'binaryen';
+import { FerryError } from '../errors.ts';
 
 /** binaryen.js's class wrappers (binaryen.Store.getPtr, ...), not all in its typings. */
 export const b = binaryen as any;
@@ -63,3 +64,22 @@ export function childSlots(expr: number, cls: string): { child: number; set: Slo
   return out;
 }
 
+/** Every expression under `root`, each with its setter: where `visit` returns an expression,
+ *  that replaces the visited one (whose children are then not visited). Iterative: real
+ *  binaries nest deeper than the JS stack allows. */
+export function rewrite(root: number, setRoot: Slot, visit: (e: number, cls: string) => number | undefined): void {
+  const stack: { e: number; set: Slot }[] = [{ e: root, set: setRoot }];
+  while (stack.length) {
+    const { e, set } = stack.pop()!;
+    const cls = classById.get(binaryen.getExpressionId(e));
+    if (cls === undefined) throw new FerryError('unsupported-module', `unsupported instruction (binaryen expression id ${binaryen.getExpressionId(e)})`);
+    const r = visit(e, cls);
+    if (r !== undefined) { set(r); continue; }
+    for (const c of childSlots(e, cls)) stack.push({ e: c.child, set: c.set });
+  }
+}
+
+/** rewrite() over a function's body. */
+export function rewriteFunction(fn: number, visit: (e: number, cls: string) => number | undefined): void {
+  rewrite(b.Function.getBody(fn), (r) => b.Function.setBody(fn, r), visit);
+}

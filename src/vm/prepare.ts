@@ -42,7 +42,8 @@ const FEATURES = binaryen.Features.Atomics | binaryen.Features.MutableGlobals |
   binaryen.Features.BulkMemoryOpt | binaryen.Features.SignExt | binaryen.Features.ReferenceTypes |
   binaryen.Features.Multivalue | binaryen.Features.ExtendedConst | binaryen.Features.ExceptionHandling;
 
-import { b, childSlots, classById, type Slot } from './ir.ts';
+import { b, childSlots, classById, rewriteFunction, type Slot } from './ir.ts';
+import { readStopFlag } from './poll.ts';
 import { splitFastPaths } from './fast-path.ts';
 
 const SIMD_LANE_BYTES = [1, 2, 4, 8, 1, 2, 4, 8]; // Load8Lane..Load64Lane, Store8Lane..Store64Lane
@@ -142,7 +143,7 @@ function wrapBulk(ctx: Ctx, expr: number, cls: 'MemoryCopy' | 'MemoryFill' | 'Me
 }
 
 function pollStop(m: binaryen.Module): number {
-  return m.if(m.i32.atomic.load(STOP_FLAG, m.i32.const(0)), m.call(IMPORT_SAFEPOINT, [], binaryen.none));
+  return m.if(readStopFlag(m), m.call(IMPORT_SAFEPOINT, [], binaryen.none));
 }
 
 /**
@@ -166,7 +167,7 @@ function pollLoop(ctx: Ctx, loop: number): number {
   const exit = `ferry$exit${n}`, again = `ferry$again${n}`, restart = `ferry$restart${n}`;
   const body = b.Loop.getBody(loop);
   b.Loop.setBody(loop, m.block(null, [
-    m.br(restart, m.i32.atomic.load(STOP_FLAG, m.i32.const(0))), body,
+    m.br(restart, readStopFlag(m)), body,
   ], binaryen.getExpressionType(body)));
   b.Loop.finalize?.(loop);
   const type = binaryen.getExpressionType(loop);
@@ -316,24 +317,17 @@ function inlineChecks(m: binaryen.Module, ctx: Ctx, names: string[]): void {
   for (const name of names) {
     const fn = m.getFunction(name);
     let x = -1, n = -1;
-    const stack: { e: number; set: Slot }[] = [{ e: b.Function.getBody(fn), set: (r) => b.Function.setBody(fn, r) }];
-    while (stack.length) {
-      const { e, set } = stack.pop()!;
-      const cls = classById.get(binaryen.getExpressionId(e));
-      if (cls === undefined) throw new FerryError('unsupported-module', `unsupported instruction (binaryen expression id ${binaryen.getExpressionId(e)})`);
-      if (cls === 'Call' && b.Call.getTarget(e) === ctx.checkFn) {
-        if (x < 0) { x = b._BinaryenFunctionAddVar(fn, i32); n = b._BinaryenFunctionAddVar(fn, i32); }
-        const get = (i: number) => m.local.get(i, i32);
-        const page = (p: number) => m.i32.load8_u(ABSENT_MAP, 1, m.i32.shr_u(p, m.i32.const(TRACK_SHIFT)));
-        set(m.block(null, [
-          m.local.set(x, b.Call.getOperandAt(e, 0)), m.local.set(n, b.Call.getOperandAt(e, 1)),
-          m.if(m.i32.or(page(get(x)), page(m.i32.add(get(x), m.i32.sub(get(n), m.i32.const(1))))),
-            m.call(IMPORT_FAULT, [get(x), get(n)], binaryen.none)),
-        ], binaryen.none));
-        continue;
-      }
-      for (const s of childSlots(e, cls)) stack.push({ e: s.child, set: s.set });
-    }
+    rewriteFunction(fn, (e, cls) => {
+      if (cls !== 'Call' || b.Call.getTarget(e) !== ctx.checkFn) return undefined;
+      if (x < 0) { x = b._BinaryenFunctionAddVar(fn, i32); n = b._BinaryenFunctionAddVar(fn, i32); }
+      const get = (i: number) => m.local.get(i, i32);
+      const page = (p: number) => m.i32.load8_u(ABSENT_MAP, 1, m.i32.shr_u(p, m.i32.const(TRACK_SHIFT)));
+      return m.block(null, [
+        m.local.set(x, b.Call.getOperandAt(e, 0)), m.local.set(n, b.Call.getOperandAt(e, 1)),
+        m.if(m.i32.or(page(get(x)), page(m.i32.add(get(x), m.i32.sub(get(n), m.i32.const(1))))),
+          m.call(IMPORT_FAULT, [get(x), get(n)], binaryen.none)),
+      ], binaryen.none);
+    });
   }
 }
 
@@ -344,18 +338,10 @@ function inlineChecks(m: binaryen.Module, ctx: Ctx, names: string[]): void {
  *  and the optimizer drops the calls. */
 function dropMarks(m: binaryen.Module, ctx: Ctx, names: string[]): void {
   for (const name of names) {
-    const fn = m.getFunction(name);
-    const stack: { e: number; set: Slot }[] = [{ e: b.Function.getBody(fn), set: (r) => b.Function.setBody(fn, r) }];
-    while (stack.length) {
-      const { e, set } = stack.pop()!;
-      const cls = classById.get(binaryen.getExpressionId(e));
-      if (cls === undefined) throw new FerryError('unsupported-module', `unsupported instruction (binaryen expression id ${binaryen.getExpressionId(e)})`);
-      if (cls === 'Store' && b.Store.getBytes(e) === 1 && (b.Store.getOffset(e) >>> 0) === DIRTY_MAP) {
-        set(m.block(null, [m.drop(b.Store.getPtr(e)), m.drop(b.Store.getValue(e))], binaryen.none));
-        continue;
-      }
-      for (const s of childSlots(e, cls)) stack.push({ e: s.child, set: s.set });
-    }
+    rewriteFunction(m.getFunction(name), (e, cls) =>
+      cls === 'Store' && b.Store.getBytes(e) === 1 && (b.Store.getOffset(e) >>> 0) === DIRTY_MAP
+        ? m.block(null, [m.drop(b.Store.getPtr(e)), m.drop(b.Store.getValue(e))], binaryen.none)
+        : undefined);
   }
   b.Function.setBody(m.getFunction(ctx.markRangeFn), m.nop());
 }
@@ -557,7 +543,7 @@ function transform(m: binaryen.Module, original: Uint8Array, variant: Variant): 
   stage('asyncify', t0);
   if (variant === 'faulting') inlineChecks(m, ctx, funcNames);
   if (variant === 'plain') dropMarks(m, ctx, funcNames);
-  if (process.env.FERRY_NO_FAST_PATHS !== '1') stats.fastPaths = splitFastPaths(m, funcNames, asyncImports, recursive, STOP_FLAG);
+  if (process.env.FERRY_NO_FAST_PATHS !== '1') stats.fastPaths = splitFastPaths(m, funcNames, asyncImports, recursive);
   stage('fast paths', t0);
   binaryen.setOptimizeLevel(2);
   m.optimize();
