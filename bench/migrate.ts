@@ -71,19 +71,29 @@ export async function runMigrate(opts: { sizes?: number[]; links?: string[]; alg
   for (const link of links) {
     const shaped = !unshaped(link);
     const t0 = performance.now();
-    const c = await startCluster(2, { names: ['a', 'b'], extraArgs: shaped ? ['--link-bandwidth', link] : [], noKey: link === 'tcp' });
+    const c = await startCluster(2, { names: ['a', 'b'], extraArgs: shaped ? ['--link-bandwidth', link] : [], noKey: link === 'tcp' || !!process.env.FERRY_BENCH_NOKEY });
     const client = ClusterClient.for(c);
     try {
       for (const mb of sizes) {
         const { pid, run } = await startRma(c, client, mb);
         const reps = repsFor(link, mb);
         let at = 0;
+        if (mb === sizes[0] && reps > 1) {
+          // Warm-up, not measured: each node sends and receives once, so V8 has compiled the
+          // code a migration runs on both sides (a cluster that has been up a while has).
+          for (const to of ['b', 'a']) {
+            const m = await client.migrate(pid, to, { algorithm });
+            if (m.state !== 'completed') throw new Error(`warm-up migration of rma ${mb} MB over ${link} ${m.state}: ${m.error?.message}`);
+          }
+          console.log(`   ${link}: 2 warm-up migrations (not counted)`);
+        }
         for (const compress of codecs) {
           const row: MigrateRow = { link, compress, linkBps: shaped ? parseBandwidth(link) * 8 : null, mb, runs: [] };
           for (let i = 0; i < reps; i++) {
             const m = await client.migrate(pid, at++ % 2 === 0 ? 'b' : 'a', { algorithm, ...(compress !== 'none' ? { compress } : {}) });
             if (m.state !== 'completed') throw new Error(`migration of rma ${mb} MB over ${link} ${m.state}: ${m.error?.message}`);
             row.runs.push(m);
+            if (process.env.FERRY_BENCH_STEPS) console.log(`     ${m.id}: steps ${JSON.stringify(m.downtimeSteps)} setup ${m.setupMs?.toFixed(1)} ms`);
           }
           rows.push(row);
           printRow(row);

@@ -9,7 +9,8 @@ import { join } from 'node:path';
 import binaryen from 'binaryen';
 import { ferry, ROOT, tempDir, TEST_CACHE } from './helpers/ferry.ts';
 import { loadPrepared } from '../src/vm/cache.ts';
-import { newGuestMemory, WasmProcess } from '../src/vm/process.ts';
+import { newGuestMemory, PreparedWorker, WasmProcess } from '../src/vm/process.ts';
+import { EXPORT_INIT_DATA, FERRY_MODULE, IMPORT_MEMORY } from '../src/vm/layout.ts';
 import { initialWasiState } from '../src/wasi/host.ts';
 import { runNodeWasi } from './helpers/oracle.ts';
 
@@ -108,6 +109,73 @@ describe('frozen in one variant, resumed in the other', () => {
     });
   }
 });
+
+// A prepared module's data segments are passive: instantiating it writes no memory (a
+// destination instantiates while pages arrive); a fresh start copies them in.
+describe('data segments are written by a fresh start, not by instantiation', () => {
+  it('instantiation leaves the memory as it was; ferry_init_data writes each segment at its offset', async () => {
+    const m = binaryen.parseText(`(module
+      (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+      (memory (export "memory") 1 8)
+      (data (i32.const 1024) "first segment")
+      (data (i32.const 40000) "second")
+      (func (export "_start") (call $exit (i32.load8_u (i32.const 1024)))))`);
+    const bytes = m.emitBinary();
+    m.dispose();
+    const loaded = await loadPrepared(bytes, 'plain');
+    assert.deepEqual(loaded.meta.dataRanges, [[1024, 1037], [40000, 40006]]);
+    const memory = newGuestMemory();
+    const mem = new Uint8Array(memory.buffer);
+    mem.fill(0xab, 0, 65536); // what a migration's pages put there
+    const imports: Record<string, Record<string, unknown>> = {};
+    for (const i of WebAssembly.Module.imports(loaded.module)) {
+      imports[i.module] ??= {};
+      imports[i.module]![i.name] = i.module === FERRY_MODULE && i.name === IMPORT_MEMORY ? memory : () => 0;
+    }
+    const instance = new WebAssembly.Instance(loaded.module, imports as WebAssembly.Imports);
+    assert.ok(mem.subarray(0, 65536).every((b) => b === 0xab), 'instantiation wrote no byte');
+    (instance.exports[EXPORT_INIT_DATA] as () => void)();
+    assert.equal(Buffer.from(mem.subarray(1024, 1037)).toString(), 'first segment');
+    assert.equal(Buffer.from(mem.subarray(40000, 40006)).toString(), 'second');
+    assert.equal(mem[1023], 0xab);
+    assert.equal(mem[1037], 0xab);
+  });
+});
+
+// A worker that instantiated the module over the memory ahead of time (a migration's
+// destination makes one during setup) runs the resumed process; one prepared for another
+// module or memory is not used (the process gets a worker of its own), and either way the
+// output is node:wasi's.
+describe('a resume in a prepared worker', () => {
+  const wasm = join(ROOT, 'workloads', 'bin', 'recurse.wasm');
+  const args = ['3000', '6000'];
+  for (const matching of [true, false]) {
+    it(matching ? 'uses the prepared instance' : 'ignores one prepared for another memory', async () => {
+      const expected = await runNodeWasi({ wasm, args: [wasm, ...args] });
+      const loaded = await loadPrepared(readFileSync(wasm), 'plain');
+      const out: Buffer[] = [];
+      const p = WasmProcess.start(loaded, initialWasiState({ args: [wasm, ...args], env: [], preopens: [] }), { stdin: null, stdio: 'message' });
+      p.on('stdout', (d: Uint8Array) => out.push(Buffer.from(d)));
+      await new Promise((r) => p.once('running', r));
+      await sleep(40);
+      const mem = newGuestMemory();
+      const prepared = new PreparedWorker(loaded, matching ? mem : newGuestMemory());
+      const c = await p.freeze();
+      new Uint8Array(mem.buffer).set(c.memory.subarray(0, c.logicalBytes));
+      await eventually(() => prepared.ready);
+      const q = WasmProcess.resume(loaded, mem, c.exec, c.wasi, { stdin: null, stdio: 'message', prepared });
+      assert.equal(q.startsPrepared, matching);
+      q.on('stdout', (d: Uint8Array) => out.push(Buffer.from(d)));
+      await p.kill();
+      assert.equal(await q.exited, expected.exitCode);
+      assert.equal(Buffer.concat(out).toString(), expected.stdout.toString());
+    });
+  }
+});
+
+async function eventually(cond: () => boolean, ms = 10_000): Promise<void> {
+  for (const t0 = Date.now(); !cond(); await sleep(5)) if (Date.now() - t0 > ms) throw new Error('timed out');
+}
 
 // `ferry prepare`: every variant transformed ahead of time into the cache (one child
 // process for all of them), then found there; bad input named.

@@ -28,7 +28,7 @@ import { applyPageBatch, decodePageBatch, PageBatchWriter, type PageBatch } from
 import { ABSENT_MAP, TRACK_PAGE } from '../vm/layout.ts';
 import { loadPrepared, type LoadedModule } from '../vm/cache.ts';
 import { WASM_PAGE } from '../vm/layout.ts';
-import { newGuestMemory, warmWorkers } from '../vm/process.ts';
+import { newGuestMemory, PreparedWorker, warmWorkers } from '../vm/process.ts';
 import { checkResumable } from '../vm/snapshot.ts';
 import { prefault } from '../memory/prefault.ts';
 import { PageStore } from '../memory/page-store.ts';
@@ -79,6 +79,8 @@ export class IncomingMigration {
   /** The faulting variant (post-copy), loaded during setup. */
   faultingModule: LoadedModule | null = null;
   image: ProcessImage | null = null;
+  /** A worker with the module instantiated over `memory` (made at setup's end), for the commit. */
+  prepared: PreparedWorker | null = null;
   /** Migration pages received (1) so far. */
   private received = new Uint8Array(0);
   private readonly faultTimes: number[] = [];
@@ -117,6 +119,9 @@ export class IncomingMigration {
     if (this.state !== 'setup') throw this.refusal();
     await warm;
     if (this.state !== 'setup') throw this.refusal();
+    // The variant it will run in is known (unless a pre-copy may switch to post-copy at its
+    // commit): instantiate it now, so the commit sends the worker only the state.
+    if (!this.spec.mayPostCopy) this.prepared = new PreparedWorker(loaded, this.memory);
     this.state = 'receiving';
   }
 
@@ -346,7 +351,11 @@ export class IncomingMigration {
   }
 
   /** Let go of the memory (the process has its own reference), the image and the temporary store. */
-  release(): void { this.memory = null; this.image = null; this.store?.clear(); }
+  release(): void {
+    this.memory = null; this.image = null; this.store?.clear();
+    this.prepared?.discard(); // unless the process took it over
+    this.prepared = null;
+  }
 
   private refusal(what?: string): FerryError {
     return new FerryError('migration-aborted', `migration ${this.spec.id} is ${this.state}${this.reason ? ` (${this.reason})` : ''}${what ? `: ${what} refused` : ''}`);

@@ -41,7 +41,6 @@ import type { MigrationMetrics } from '../migration/metrics.ts';
 import { strategyFor } from '../migration/index.ts';
 import type { Connection, IncomingStream, Message, Reply } from '../transport/index.ts';
 import { sha256 } from '../vm/module-meta.ts';
-import { warmWorkers } from '../vm/process.ts';
 import type { HomeRouter } from './home.ts';
 import type { HomeFiles } from './home-files.ts';
 import type { Membership } from './membership.ts';
@@ -307,7 +306,7 @@ export class Migrator {
       }
       try {
         await this.ctx.table.adopt({
-          image: img, program, loaded: m.spec.faulting ? m.faultingModule! : m.loaded!, memory: m.memory!,
+          image: img, program, loaded: m.spec.faulting ? m.faultingModule! : m.loaded!, memory: m.memory!, prepared: m.prepared ?? undefined,
           sink: this.ctx.home.routeFor(img.meta.pid, x.home), fileOps, onFault, residual: m.spec.faulting ? [m.spec.holder ?? m.spec.from] : [],
         });
       } catch (e) { this.remotePages.finished(m.spec.pid, m.spec.id); throw e; }
@@ -320,9 +319,6 @@ export class Migrator {
           .catch((e: Error) => this.ctx.log?.(`could not tell home ${x.home} that ${img.meta.pid} runs here: ${e.message}`));
       }
     });
-    // The next arrival (or hop) finds a loaded worker; started after the answer is on its way
-    // (new Worker() holds this thread a few ms, and the source waits for the answer).
-    setTimeout(() => void warmWorkers.prewarm(), 20);
     if (this.ctx.faults.hit('dest-running', conn)) throw new FerryError('fault', 'dest-running');
     return { header: { state: 'running' } };
   };

@@ -112,6 +112,8 @@ export interface AdoptSpec {
   onFault?: ProcessOptions['onFault'];
   /** Nodes it depends on until post-processing ends. */
   residual?: string[];
+  /** A worker that instantiated its module over `memory` during the migration. */
+  prepared?: ProcessOptions['prepared'];
 }
 
 const RECENT = 256;
@@ -184,7 +186,7 @@ export class ProcessTable {
     entry.stdinOffset = img.wasi.stdinTakenBytes ?? 0;
     entry.initialBytes = Math.max(spec.loaded.meta.initialPages * WASM_PAGE, img.memory.logicalBytes);
     entry.residual = spec.residual ?? [];
-    await this.run(entry, async () => resumeInMemory(img, spec.loaded, spec.memory, { stdio: 'message', stdin: entry.stdin, fileOps: spec.fileOps, onFault: spec.onFault }));
+    await this.run(entry, async () => resumeInMemory(img, spec.loaded, spec.memory, { stdio: 'message', stdin: entry.stdin, fileOps: spec.fileOps, onFault: spec.onFault, prepared: spec.prepared }));
     this.log?.(`${info.pid} arrived (migration ${info.migrations})`);
     return this.snapshot(entry);
   }
@@ -214,7 +216,7 @@ export class ProcessTable {
     try {
       const proc = await make();
       this.attach(entry, proc);
-      await new Promise<void>((res, rej) => { proc.once('running', res); proc.exited.then(() => res(), rej); });
+      if (!proc.startsPrepared) await new Promise<void>((res, rej) => { proc.once('running', res); proc.exited.then(() => res(), rej); });
     } catch (e) {
       this.entries.delete(pid);
       entry.ended = true;

@@ -37,3 +37,5 @@ export const IMPORT_FAULT = 'fault';
 export const EXPORT_LOGICAL_PAGES = 'ferry_logical_pages';
 export const EXPORT_GLOBAL_PREFIX = 'ferry_global_';
 export const EXPORT_START_FN = 'ferry_start_function';
+/** Copies the (passive) data segments to their places: a fresh start's first step. */
+export const EXPORT_INIT_DATA = 'ferry_init_data';

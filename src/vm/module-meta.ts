@@ -3,7 +3,7 @@
 import { createHash } from 'node:crypto';
 
 /** Bump when the transform's output changes: it keys the on-disk cache. */
-export const TRANSFORM_VERSION = 10;
+export const TRANSFORM_VERSION = 11;
 
 /** 'plain': no dirty marks, no present checks (steady state); 'tracked': dirty marks
  *  (pre-copy); 'faulting': dirty marks and present checks (post-copy, demand paging).
@@ -20,8 +20,8 @@ export interface PreparedMeta {
   /** Logical memory size at start and the most it may grow to, in wasm pages. */
   initialPages: number;
   maxPages: number;
-  /** [start, end) of every active data segment: re-applied by instantiation, so a
-   *  resume must zero them before writing the captured pages. */
+  /** [start, end) of every data segment the original module wrote at instantiation; the
+   *  prepared module writes them on a fresh start only (EXPORT_INIT_DATA). */
   dataRanges: [number, number][];
   /** Captured mutable globals, in export order. */
   globals: { export: string; name: string; type: ValType }[];

@@ -29,7 +29,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
-  ABSENT_MAP, DIRTY_MAP, EXPORT_GLOBAL_PREFIX, EXPORT_LOGICAL_PAGES, EXPORT_START_FN,
+  ABSENT_MAP, DIRTY_MAP, EXPORT_GLOBAL_PREFIX, EXPORT_INIT_DATA, EXPORT_LOGICAL_PAGES, EXPORT_START_FN,
   FERRY_MODULE, IMPORT_FAULT, IMPORT_MEMORY, IMPORT_SAFEPOINT, LOGICAL_PAGES_WORD, MAX_LOGICAL_PAGES,
   PHYSICAL_PAGES, STOP_FLAG, TRACK_SHIFT,
 } from './layout.ts';
@@ -46,6 +46,7 @@ import { b, childSlots, classById, rewriteFunction, type Slot } from './ir.ts';
 import { readStopFlag } from './poll.ts';
 import { splitFastPaths } from './fast-path.ts';
 
+const INIT_DATA_FN = 'ferry$init_data';
 const SIMD_LANE_BYTES = [1, 2, 4, 8, 1, 2, 4, 8]; // Load8Lane..Load64Lane, Store8Lane..Store64Lane
 
 interface Ctx {
@@ -449,18 +450,26 @@ function transform(m: binaryen.Module, original: Uint8Array, variant: Variant): 
   const maxPages = Math.min(mem.max ?? MAX_LOGICAL_PAGES, MAX_LOGICAL_PAGES);
   if (mem.initial > maxPages) throw new FerryError('unsupported-module', `module needs ${mem.initial} pages of memory; at most ${MAX_LOGICAL_PAGES} fit beside ferry's bookkeeping`);
 
-  // Data segments: keep them, record the ranges a re-instantiation rewrites.
+  // Data segments become passive: instantiating the module then writes no memory, so a
+  // destination can instantiate it while pages arrive, and a resumed process's memory is
+  // never overwritten with initial data. A fresh start copies them in (EXPORT_INIT_DATA).
   const segments: binaryen.MemorySegment[] = [];
   const dataRanges: [number, number][] = [];
+  const memInternal = memoryName ?? '0';
+  const inits: binaryen.ExpressionRef[] = [];
   for (let i = 0; i < (b._BinaryenGetNumDataSegments(m.ptr) as number); i++) {
     const info = (m as any).getDataSegmentInfo(m.getDataSegmentByIndex(i)) as { name: string; offset: number | null; data: ArrayBuffer; passive: boolean };
     const data = new Uint8Array(info.data);
-    const offset = info.passive ? 0 : (info.offset ?? 0) >>> 0;
-    if (!info.passive) dataRanges.push([offset, offset + data.length]);
-    segments.push({ name: info.name, data, passive: info.passive, offset: info.passive ? 0 : m.i32.const(offset | 0) } as any);
+    if (!info.passive) {
+      const offset = (info.offset ?? 0) >>> 0;
+      dataRanges.push([offset, offset + data.length]);
+      inits.push(m.memory.init(info.name, m.i32.const(offset | 0), m.i32.const(0), m.i32.const(data.length), memInternal), m.data.drop(info.name));
+    }
+    segments.push({ name: info.name, data, passive: true } as any);
   }
-  const memInternal = memoryName ?? '0';
   m.setMemory(PHYSICAL_PAGES, PHYSICAL_PAGES, null, segments, true, false, memInternal);
+  m.addFunction(INIT_DATA_FN, binaryen.none, binaryen.none, [], m.block(null, inits));
+  m.addFunctionExport(INIT_DATA_FN, EXPORT_INIT_DATA);
   m.addMemoryImport(memInternal, FERRY_MODULE, IMPORT_MEMORY, true);
 
   // The start function would rerun on every re-instantiation: run it only on a fresh start.

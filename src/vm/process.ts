@@ -42,6 +42,8 @@ export interface ProcessOptions {
   /** How long the worker waits for one file reply before failing the call with EIO
    *  (default 60 s): a dead peer ends as an error, not a hang. */
   fileTimeoutMs?: number;
+  /** A worker that instantiated the module over this memory ahead of time (resume only). */
+  prepared?: PreparedWorker;
 }
 
 /** Stdin read ahead into a vacate's image, at most (readStdinAhead). */
@@ -80,11 +82,57 @@ class WarmWorkers {
 }
 export const warmWorkers = new WarmWorkers();
 
+/**
+ * A worker that instantiated a module over a guest memory ahead of time: a migration's
+ * destination makes one while the pages arrive (instantiation writes no memory), so the
+ * resume at the commit sends the worker the state alone. The first WasmProcess resumed
+ * with it (ProcessOptions.prepared) takes it over; discard() ends it otherwise.
+ */
+export class PreparedWorker {
+  readonly control = new SharedArrayBuffer(CONTROL_BYTES);
+  private worker: Worker | null;
+  private failed = false;
+  /** The worker has instantiated the module. */
+  ready = false;
+  private readonly onMessage = (m: FromWorker) => {
+    if (m.type === 'failed') this.failed = true;
+    if (m.type === 'prepared') this.ready = true;
+  };
+
+  constructor(readonly loaded: LoadedModule, readonly memory: WebAssembly.Memory) {
+    this.worker = warmWorkers.take();
+    this.worker.unref(); // until a process runs in it
+    this.worker.on('message', this.onMessage);
+    this.worker.on('error', () => { this.failed = true; });
+    const msg: ToWorker = { type: 'prepare', module: loaded.module, meta: loaded.meta, memory, control: this.control };
+    this.worker.postMessage(msg);
+  }
+
+  /** The worker, for a process of this module over this memory (null: it does not match, or
+   *  its preparation failed; it is ended then). Only once. */
+  claim(loaded: LoadedModule, memory: WebAssembly.Memory): Worker | null {
+    const w = this.worker;
+    if (!w) return null;
+    this.worker = null;
+    w.off('message', this.onMessage);
+    if (this.failed || loaded !== this.loaded || memory !== this.memory) { void w.terminate(); return null; }
+    w.ref();
+    return w;
+  }
+
+  /** Not needed after all (the migration failed): end the worker. */
+  discard(): void {
+    const w = this.worker;
+    this.worker = null;
+    if (w) void w.terminate();
+  }
+}
+
 export class WasmProcess extends EventEmitter {
   state: ProcessState = 'starting';
   readonly bytes: Uint8Array;
   private readonly ctl: Int32Array;
-  private readonly control = new SharedArrayBuffer(CONTROL_BYTES);
+  private readonly control: SharedArrayBuffer;
   private readonly memI32: Int32Array;
   private worker: Worker;
   private stdinPending: Buffer[] = [];
@@ -98,6 +146,9 @@ export class WasmProcess extends EventEmitter {
   private pendingStop: { t0: number; resolve: (c: Captured) => void; reject: (e: Error) => void } | null = null;
   /** Resolves with the exit code when the program ends; rejects if it fails. */
   readonly exited: Promise<number>;
+  /** It was handed to a worker that had instantiated its module already: nothing is left
+   *  that can refuse it, so it counts as running without waiting for the worker to say so. */
+  readonly startsPrepared: boolean;
   private settle!: { resolve: (code: number) => void; reject: (e: Error) => void };
   lastWasi: WasiState;
 
@@ -114,7 +165,6 @@ export class WasmProcess extends EventEmitter {
     super();
     this.bytes = new Uint8Array(memory.buffer);
     this.memI32 = new Int32Array(memory.buffer);
-    this.ctl = new Int32Array(this.control);
     this.lastWasi = wasi;
     this.exited = new Promise((resolve, reject) => { this.settle = { resolve, reject }; });
     this.exited.catch(() => {}); // observed through events too; never an unhandled rejection
@@ -122,11 +172,18 @@ export class WasmProcess extends EventEmitter {
     if (wasi.stdinBuffered) this.stdinPending.push(Buffer.from(wasi.stdinBuffered, 'base64'));
     this.stdinEnded = wasi.stdinEof;
     this.stdinTaken = wasi.stdinTakenBytes ?? 0;
-    this.worker = warmWorkers.take();
+    const ready = opts.prepared?.ready ?? false;
+    const prepared = opts.prepared?.claim(running, memory) ?? null;
+    this.startsPrepared = !!prepared && ready;
+    this.control = prepared ? opts.prepared!.control : new SharedArrayBuffer(CONTROL_BYTES);
+    this.ctl = new Int32Array(this.control);
+    this.worker = prepared ?? warmWorkers.take();
     this.worker.on('message', (m: FromWorker) => this.onMessage(m));
     this.worker.on('error', (e) => this.fail(e));
     this.worker.on('exit', (code) => { if (this.state === 'running' || this.state === 'starting' || this.state === 'stopping') this.fail(new FerryError('runtime', `worker thread exited unexpectedly (code ${code})`)); });
-    const start: ToWorker = { type: 'start', module: running.module, meta: running.meta, memory, control: this.control, wasi, stdio: opts.stdio ?? 'inherit', exec };
+    const begin = { wasi, stdio: opts.stdio ?? 'inherit', exec } as const;
+    const start: ToWorker = prepared ? { type: 'start', prepared: true, ...begin }
+      : { type: 'start', module: running.module, meta: running.meta, memory, control: this.control, ...begin };
     if (opts.fileOps) {
       const ch = new MessageChannel();
       this.filePort = ch.port1;
@@ -231,6 +288,8 @@ export class WasmProcess extends EventEmitter {
 
   private onMessage(m: FromWorker): void {
     switch (m.type) {
+      case 'prepared':
+        break; // a prepared worker's answer, arriving after a process took it over
       case 'running':
         if (this.state === 'starting') this.state = 'running';
         this.emit('running');

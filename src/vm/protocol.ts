@@ -17,26 +17,37 @@ export interface ExecState {
 
 export type StdioMode = 'inherit' | 'message';
 
+/** What a worker instantiates: the module over the shared memory, with its control block. */
+export interface WorkerSetup {
+  module: WebAssembly.Module;
+  meta: PreparedMeta;
+  memory: WebAssembly.Memory;
+  control: SharedArrayBuffer;
+}
+
+/** What it needs to run: the WASI state, and the captured stack of a resumed process. */
+export interface WorkerBegin {
+  wasi: WasiState;
+  stdio: StdioMode;
+  /** Absent on a fresh start; present to rewind a captured call stack. */
+  exec?: ExecState;
+  /** Files served by the owner (home node): the worker's end of the reply port
+   *  (FileReplyMessage from src/wasi/remote-fs.ts) and the per-call timeout. */
+  files?: { port: MessagePort; timeoutMs: number };
+}
+
 export type ToWorker =
-  | {
-      type: 'start';
-      module: WebAssembly.Module;
-      meta: PreparedMeta;
-      memory: WebAssembly.Memory;
-      control: SharedArrayBuffer;
-      wasi: WasiState;
-      stdio: StdioMode;
-      /** Absent on a fresh start; present to rewind a captured call stack. */
-      exec?: ExecState;
-      /** Files served by the owner (home node): the worker's end of the reply port
-       *  (FileReplyMessage from src/wasi/remote-fs.ts) and the per-call timeout. */
-      files?: { port: MessagePort; timeoutMs: number };
-    }
+  /** Instantiate now, run later (a migration's destination, while the pages arrive: the
+   *  instance writes no memory). Answered by 'prepared' (or 'failed'). */
+  | ({ type: 'prepare' } & WorkerSetup)
+  /** Run: in the instance a 'prepare' made (prepared: true), or instantiate first. */
+  | ({ type: 'start' } & WorkerBegin & (WorkerSetup | { prepared: true }))
   /** After a capture that keeps running here (periodic checkpoint); with a module, in that
    *  variant of the same program (its frames match: prepare.ts), instantiated over the same memory. */
   | { type: 'continue'; module?: WebAssembly.Module; meta?: PreparedMeta };
 
 export type FromWorker =
+  | { type: 'prepared' }
   | { type: 'running' }
   /** stoppedAt: when the stack was unwound (epoch ms, high resolution: timeOrigin + now). */
   | { type: 'stopped'; exec: ExecState; wasi: WasiState; stoppedAt: number }

@@ -4,11 +4,11 @@ import { parentPort } from 'node:worker_threads';
 import { writeSync } from 'node:fs';
 import {
   ABSENT_MAP, ASYNCIFY_DATA, ASYNCIFY_STACK, ASYNCIFY_STACK_END, DIRTY_MAP, EXPORT_LOGICAL_PAGES,
-  EXPORT_START_FN, FERRY_MODULE, IMPORT_FAULT, IMPORT_MEMORY, IMPORT_SAFEPOINT, LOGICAL_PAGES_WORD, STOP_FLAG, TRACK_SHIFT,
+  EXPORT_INIT_DATA, EXPORT_START_FN, FERRY_MODULE, IMPORT_FAULT, IMPORT_MEMORY, IMPORT_SAFEPOINT, LOGICAL_PAGES_WORD, STOP_FLAG, TRACK_SHIFT,
 } from './layout.ts';
 import {
   CTL_FAULT, CTL_FILE, CTL_HEADER_BYTES, CTL_STDIN_EOF, CTL_STDIN_READ, CTL_STDIN_WRITE, CTL_STOP, CTL_THROTTLE, CTL_WAKE,
-  STDIN_RING_BYTES, type ExecState, type FromWorker, type ToWorker,
+  STDIN_RING_BYTES, type ExecState, type FromWorker, type StdioMode, type ToWorker, type WorkerBegin, type WorkerSetup,
 } from './protocol.ts';
 import { WASI_MODULE, type PreparedMeta } from './module-meta.ts';
 import { SUSPEND, SUSPENDABLE_IMPORTS, WasiExit, type GuestMemory, type WasiIo, type WaitResult } from '../wasi/types.ts';
@@ -39,8 +39,16 @@ warmUp();
 
 port.on('message', (msg: ToWorker) => {
   try {
-    if (msg.type === 'start') { session = new Session(msg); session.run(msg.exec); }
-    else if (msg.type === 'continue') {
+    if (msg.type === 'prepare') {
+      session = new Session(msg);
+      post({ type: 'prepared' });
+    } else if (msg.type === 'start') {
+      if ('prepared' in msg) {
+        if (!session) throw new Error('start in a prepared instance, but none was prepared (its preparation failed)');
+      } else session = new Session(msg);
+      session.begin(msg);
+      session.run(msg.exec);
+    } else if (msg.type === 'continue') {
       if (msg.module) session!.switchModule(msg.module, msg.meta!);
       session!.run(session!.lastExec ?? undefined, true);
     }
@@ -56,6 +64,8 @@ class Session {
   readonly i32: Int32Array;
   instance!: WebAssembly.Instance;
   readonly wasi: WasiHost;
+  private readonly memory: WebAssembly.Memory;
+  private stdio: StdioMode = 'message';
   exports!: Record<string, any>;
   /** The running variant's meta (a switch of variant replaces it). */
   meta: PreparedMeta;
@@ -67,8 +77,10 @@ class Session {
   mode: Mode = 'normal';
   lastExec: ExecState | null = null;
 
-  constructor(private readonly msg: Extract<ToWorker, { type: 'start' }>) {
+  /** Instantiates: everything but the process's own state (begin() brings that). */
+  constructor(msg: WorkerSetup) {
     this.meta = msg.meta;
+    this.memory = msg.memory;
     this.mem = new Uint8Array(msg.memory.buffer);
     this.i32 = new Int32Array(msg.memory.buffer);
     this.ctl = new Int32Array(msg.control);
@@ -81,14 +93,8 @@ class Session {
       // Plain: every page is local (it runs only then), like its own accesses the host's skip the check.
       ensurePresent: (addr, len) => { if (this.tracking) this.ensurePresent(addr >>> 0, len >>> 0); },
     };
-    // Files served by the owner (home node's file policy): every call blocks on it.
-    const files = msg.files;
-    const fs = files ? new RemoteFs(atomicsFileCall({
-      signal: this.ctl, index: CTL_FILE, port: files.port, timeoutMs: files.timeoutMs,
-      // A write's data is a fresh copy (RemoteFs slices it): move it, do not copy it again.
-      send: (id, req) => post({ type: 'file-op', id, req }, req.op === 'write' ? [req.data.buffer as ArrayBuffer] : undefined),
-    })) : nodeFs;
-    this.wasi = new WasiHost(msg.wasi, memory, this.io(), fs);
+    // The host's imports exist before the state they serve (begin() loads it into the host).
+    this.wasi = new WasiHost(initialWasiState({ args: [], env: [], preopens: [] }), memory, this.io());
     const raw = this.wasi.imports();
     // The host marks pages before it writes them; mark them again once the call returns, so
     // a pre-copy round that cleared a mark in between still sees the write (see prepare.ts).
@@ -109,27 +115,38 @@ class Session {
     };
     this.plainImports = suspending(raw);
     this.trackedImports = suspending(remarking);
-    this.instantiate(msg.module, msg.meta, !!msg.exec);
-    if (!msg.exec) this.i32[LOGICAL_PAGES_WORD >>> 2] = msg.meta.initialPages;
+    this.instantiate(msg.module, msg.meta);
   }
 
-  /** An instance of the module over the shared memory. Instantiation writes the data
-   *  segments; a resumed process's memory already holds its own content there (the owner
-   *  wrote it, or the process did), so `resumed` keeps what was there. */
-  private instantiate(module: WebAssembly.Module, meta: PreparedMeta, resumed: boolean): void {
+  /** The process's own state: its WASI state (and where its files are served), and on a
+   *  fresh start its initial memory size. */
+  begin(msg: WorkerBegin): void {
+    this.stdio = msg.stdio;
+    // Files served by the owner (home node's file policy): every call blocks on it.
+    const files = msg.files;
+    const fs = files ? new RemoteFs(atomicsFileCall({
+      signal: this.ctl, index: CTL_FILE, port: files.port, timeoutMs: files.timeoutMs,
+      // A write's data is a fresh copy (RemoteFs slices it): move it, do not copy it again.
+      send: (id, req) => post({ type: 'file-op', id, req }, req.op === 'write' ? [req.data.buffer as ArrayBuffer] : undefined),
+    })) : nodeFs;
+    this.wasi.load(msg.wasi, fs);
+    if (!msg.exec) this.i32[LOGICAL_PAGES_WORD >>> 2] = this.meta.initialPages;
+  }
+
+  /** An instance of the module over the shared memory. It writes no memory (its data
+   *  segments are passive: prepare.ts); a fresh start copies them in (run). */
+  private instantiate(module: WebAssembly.Module, meta: PreparedMeta): void {
     this.meta = meta;
     this.tracking = meta.variant !== 'plain';
-    const saved = resumed ? meta.dataRanges.map(([a, z]) => this.mem.slice(a, z)) : [];
     this.instance = new WebAssembly.Instance(module, {
       [WASI_MODULE]: this.tracking ? this.trackedImports : this.plainImports,
       [FERRY_MODULE]: {
-        [IMPORT_MEMORY]: this.msg.memory,
+        [IMPORT_MEMORY]: this.memory,
         [IMPORT_SAFEPOINT]: () => this.safepoint(),
         [IMPORT_FAULT]: (addr: number, len: number) => this.ensurePresent(addr >>> 0, len >>> 0),
       },
     } as WebAssembly.Imports);
     this.exports = this.instance.exports as Record<string, any>;
-    meta.dataRanges.forEach(([a], i) => { if (saved[i]) this.mem.set(saved[i], a); });
   }
 
   /** While stopped (unwound, frames on the asyncify stack): carry on in another variant of
@@ -138,7 +155,7 @@ class Session {
   switchModule(module: WebAssembly.Module, meta: PreparedMeta): void {
     const exec = this.lastExec;
     if (!exec || this.mode !== 'normal') throw new Error('a variant switch needs a stopped process');
-    this.instantiate(module, meta, true);
+    this.instantiate(module, meta);
     this.restoreExec(exec);
   }
 
@@ -154,7 +171,10 @@ class Session {
       Atomics.store(this.i32, STOP_FLAG >>> 2, 1); // the poll must fire again to reach the safe point
       this.mode = 'rewinding';
       this.exports.asyncify_start_rewind(ASYNCIFY_DATA);
-    } else if (this.meta.hasStartFunction) this.exports[EXPORT_START_FN]();
+    } else {
+      this.exports[EXPORT_INIT_DATA]();
+      if (this.meta.hasStartFunction) this.exports[EXPORT_START_FN]();
+    }
     post({ type: 'running' });
     let exitCode = 0;
     try {
@@ -280,11 +300,10 @@ class Session {
   }
 
   private io(): WasiIo {
-    const stdio = this.msg.stdio;
     let askedStdin = false;
     return {
       write: (fd, data) => {
-        if (stdio === 'message') post({ type: fd === 1 ? 'stdout' : 'stderr', data: data.slice() });
+        if (this.stdio === 'message') post({ type: fd === 1 ? 'stdout' : 'stderr', data: data.slice() });
         else writeAllSync(fd, data);
       },
       takeStdin: (max) => {

@@ -76,15 +76,23 @@ type ImportFn = (...a: any[]) => number | Suspend;
 
 export class WasiHost {
   /** The live state (shared with whoever passed it in; snapshot() returns a copy). */
-  readonly state: WasiState;
-  private readonly monoOffset: bigint;
+  state!: WasiState;
+  private monoOffset = 0n;
   /** guest fd -> backend handle (cache, not state). */
   private readonly handles = new Map<number, number>();
   /** guest fd -> directory listing taken at cookie 0 (cache, keeps cookies stable). */
   private readonly listings = new Map<number, HostDirent[]>();
 
   constructor(state: WasiState, private readonly mem: GuestMemory, private readonly io: WasiIo,
-              private readonly fs: HostFs = nodeFs) {
+              private fs: HostFs = nodeFs) {
+    this.load(state, fs);
+  }
+
+  /** Serve this state from now on (a worker's host exists before the process it will run:
+   *  its imports are bound at instantiation). Cached handles of the previous one are closed. */
+  load(state: WasiState, fs: HostFs = nodeFs): void {
+    this.dispose();
+    this.fs = fs;
     this.state = state;
     if (state.pendingPollStartNs === undefined) state.pendingPollStartNs = null;
     this.monoOffset = BigInt(state.monotonicNs) - hostMonoNs();

@@ -45,7 +45,9 @@ export interface StartNodeOptions {
 
 /** Start one daemon and wait for its "listening on HOST:PORT" line. */
 export function startNode(o: StartNodeOptions): Promise<ClusterNode> {
-  const args = [FERRY_BIN, 'node', 'start', '--name', o.name, '--listen', '127.0.0.1:0', '--data-dir', o.dataDir,
+  // FERRY_TEST_DAEMON_NODE_ARGS: node flags for every daemon (e.g. --cpu-prof --cpu-prof-dir=DIR, to profile one).
+  const nodeArgs = (process.env.FERRY_TEST_DAEMON_NODE_ARGS ?? '').split(/\s+/).filter(Boolean);
+  const args = [...nodeArgs, FERRY_BIN, 'node', 'start', '--name', o.name, '--listen', '127.0.0.1:0', '--data-dir', o.dataDir,
     ...(o.keyFile ? ['--key-file', o.keyFile] : []), ...(o.join ?? []).flatMap((j) => ['--join', j]), ...(o.extraArgs ?? [])];
   const child = spawn(process.execPath, args, { cwd: ROOT, env: { ...process.env, FERRY_CACHE_DIR: TEST_CACHE, FERRY_KEY_FILE: '', FERRY_PARENT_PID: String(process.pid), ...o.env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '', err = '';
