@@ -5,6 +5,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { applyPageBatch, decodePageBatch, encodePageBatch, encodePageBatchParts, isZeroPage, PageBatchWriter } from '../src/memory/page-batch.ts';
+import { copyInto } from '../src/memory/copy.ts';
 import { encodeFrame, FrameDecoder, resolveCode } from '../src/transport/index.ts';
 
 const PS = 4096, PAGES = 64;
@@ -70,5 +71,33 @@ describe('page batches', () => {
     const m = new Uint8Array(8 * PS);
     m[3 * PS + 17] = 1;
     assert.deepEqual([...Array(8).keys()].filter((i) => !isZeroPage(m, i, PS)), [3]);
+  });
+});
+
+describe('copyInto (copies into and out of a shared guest memory at any alignment)', () => {
+  const shared = () => new Uint8Array(new WebAssembly.Memory({ initial: 3, maximum: 3, shared: true }).buffer);
+  const data = new Uint8Array(randomBytes(150_000));
+  // Lengths below, at and across the staging piece (64 KiB); every relative alignment mod 8.
+  const lengths = [1, 511, 512, 4097, 65_536, 65_543, 140_000];
+
+  it('into a shared memory equals TypedArray.set', () => {
+    for (const n of lengths) for (let s = 0; s < 8; s++) for (let t = 0; t < 8; t++) {
+      const got = shared(), want = new Uint8Array(got.length);
+      const src = data.subarray(s, s + n);
+      copyInto(got, 1000 + t, src);
+      want.set(src, 1000 + t);
+      assert.ok(Buffer.from(got).equals(Buffer.from(want)), `length ${n}, source offset ${s}, target offset ${t}`);
+    }
+  });
+
+  it('out of a shared memory equals TypedArray.set', () => {
+    const mem = shared();
+    mem.set(data.subarray(0, mem.length - 50_000));
+    for (const n of lengths) for (let s = 0; s < 8; s++) for (let t = 0; t < 8; t++) {
+      const got = new Uint8Array(n + 16), want = new Uint8Array(n + 16);
+      copyInto(got, t, mem.subarray(7 + s, 7 + s + n));
+      want.set(mem.subarray(7 + s, 7 + s + n), t);
+      assert.ok(Buffer.from(got).equals(Buffer.from(want)), `length ${n}, source offset ${s}, target offset ${t}`);
+    }
   });
 });

@@ -5,6 +5,7 @@ import {
   ImageError, PAGE_SIZES, WASM_PAGE, crc32,
 } from './format.ts';
 import type { MemoryInput } from './types.ts';
+import { copyInto } from '../memory/copy.ts';
 
 /** Memory header: pageSize u32, flags u32, logicalBytes u64, totalPages u32, storedPages u32. */
 export const MEMORY_HEADER_SIZE = 24;
@@ -143,7 +144,7 @@ export class MemoryImage {
     let pos = 0;
     for (const run of this.runs()) {
       if (zeroFill && run.offset > pos) target.fill(0, pos, run.offset);
-      target.set(run.bytes, run.offset);
+      copyInto(target, run.offset, run.bytes);
       pos = run.offset + run.bytes.length;
     }
     if (zeroFill && this.logicalBytes > pos) target.fill(0, pos, this.logicalBytes);

@@ -9,6 +9,7 @@
 // Little-endian. The decoder checks every length and index before anything
 // is written, so a malformed batch is refused whole.
 import { FerryError } from '../errors.ts';
+import { copyInto } from './copy.ts';
 
 export const PAGE_BATCH_VERSION = 1;
 
@@ -48,7 +49,7 @@ export function encodePageBatch(memory: Uint8Array, pageSize: number, indices: r
   const n = indices.length;
   const out = encodeHead(n, indices, zero, n * pageSize);
   const base = 8 + 4 * (n + zero.length);
-  forRuns(indices, (k, first, c) => { out.set(memory.subarray(first * pageSize, (first + c) * pageSize), base + k * pageSize); });
+  forRuns(indices, (k, first, c) => { copyInto(out, base + k * pageSize, memory.subarray(first * pageSize, (first + c) * pageSize)); });
   return out;
 }
 
@@ -79,7 +80,7 @@ export function decodePageBatch(body: Uint8Array, pageSize: number, maxPages: nu
 /** Write a decoded batch into memory. */
 export function applyPageBatch(batch: PageBatch, memory: Uint8Array, pageSize: number): void {
   const data = batch.data;
-  forRuns(batch.indices, (k, first, c) => { memory.set(data.subarray(k * pageSize, (k + c) * pageSize), first * pageSize); });
+  forRuns(batch.indices, (k, first, c) => { copyInto(memory, first * pageSize, data.subarray(k * pageSize, (k + c) * pageSize)); });
   for (const i of batch.zero) memory.fill(0, i * pageSize, (i + 1) * pageSize);
 }
 
@@ -170,7 +171,7 @@ export class PageBatchWriter {
     while (o < chunk.length) {
       if (this.k >= idx.length) throw bad('longer than its pages');
       const n = Math.min(run[this.k]! * ps - this.off, chunk.length - o);
-      this.memory.set(chunk.subarray(o, o + n), idx[this.k]! * ps + this.off);
+      copyInto(this.memory, idx[this.k]! * ps + this.off, chunk.subarray(o, o + n));
       o += n;
       this.off += n;
       this.k += Math.floor(this.off / ps);

@@ -8,6 +8,8 @@
 // The cost is a second copy of the address space for a while; it is held in
 // slabs of SLAB_PAGES pages, each dropped as soon as its last page has moved
 // into the process or has been found stale, so it shrinks as post-processing goes.
+import { copyInto } from './copy.ts';
+
 const SLAB_PAGES = 256;
 
 interface Slab { bytes: Uint8Array; held: Uint8Array; count: number }
@@ -44,7 +46,7 @@ export class PageStore {
     const k = Math.floor(index / SLAB_PAGES), at = index % SLAB_PAGES, ps = this.pageSize;
     const s = this.slabs.get(k);
     if (!s || !s.held[at]) return false;
-    into.set(s.bytes.subarray(at * ps, (at + 1) * ps), offset);
+    copyInto(into, offset, s.bytes.subarray(at * ps, (at + 1) * ps));
     this.forget(k, s, at);
     return true;
   }

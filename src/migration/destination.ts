@@ -31,6 +31,7 @@ import { WASM_PAGE } from '../vm/layout.ts';
 import { newGuestMemory, PreparedWorker, warmWorkers } from '../vm/process.ts';
 import { checkResumable } from '../vm/snapshot.ts';
 import { prefault } from '../memory/prefault.ts';
+import { copyInto } from '../memory/copy.ts';
 import { PageStore } from '../memory/page-store.ts';
 
 export type IncomingState = 'setup' | 'receiving' | 'ready' | 'running' | 'aborted';
@@ -186,7 +187,7 @@ export class IncomingMigration {
     const take = (p: number, bytes: Uint8Array | null) => {
       this.store?.drop(p); // a newer copy than the pass's
       if (this.isPresent(p) || p >= this.totalPages) return;
-      if (bytes) mem.set(bytes, p * ps); else mem.fill(0, p * ps, (p + 1) * ps);
+      if (bytes) copyInto(mem, p * ps, bytes); else mem.fill(0, p * ps, (p + 1) * ps);
       this.mark(Uint32Array.of(p));
       mem.fill(0, ABSENT_MAP + p * per, ABSENT_MAP + (p + 1) * per); // present from now on
       this.absent--;
