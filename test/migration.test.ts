@@ -136,6 +136,12 @@ describe('Total Copy across three nodes', { timeout: 900_000 }, () => {
     assert.equal(Buffer.concat(out).toString('latin1'), expected.stdout);
     assert.ok(moved >= 7, `moved ${moved} times while typing`);
   });
+
+  it('every migration ran on a connection its destination dialled back (it reads the pages into one buffer)', () => {
+    const logs = c.nodes.map((n) => n.log()).join('\n');
+    assert.match(logs, /arrived \(migration \d+\)/, 'the nodes log each arrival (the check below sees their logs)');
+    assert.doesNotMatch(logs, /did not dial back/);
+  });
 });
 
 describe('--files home: the home node holds the files', { timeout: 300_000 }, () => {

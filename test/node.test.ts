@@ -150,6 +150,12 @@ describe('node cluster', { timeout: 300_000 }, () => {
       await conn.send('PROC_INPUT', { session: 'nobody' }, Buffer.from('x'));
       await conn.send('PROC_OUTPUT', { session: 7 }, Buffer.from('x'));
       await conn.send('HEARTBEAT', { node: 42 });
+      // Dial-back is for nodes (a client is not dialled), with a token; an unasked-for DIALED_BACK closes that connection.
+      await assert.rejects(conn.request('DIAL_BACK', { token: 't' }), (e: unknown) => e instanceof FerryError && e.code === 'forbidden');
+      await assert.rejects(conn.request('DIAL_BACK', { token: 42 }), (e: unknown) => e instanceof FerryError && e.code === 'bad-request');
+      const stray = await connect(host, port, { key: loadKey(c.keyFile), node: 'fuzzer', role: 'node' });
+      await stray.send('DIALED_BACK', { token: 'never-asked' });
+      assert.equal(await stray.closed.then((e) => e?.code ?? 'closed'), 'closed');
       const ok = await conn.request('REQUEST', { method: 'nodes' });
       assert.equal((ok.header.members as unknown[]).length, 3);
     } finally { conn.destroy(); }

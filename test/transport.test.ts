@@ -54,6 +54,23 @@ describe('frames', () => {
     assert.equal(d.bufferedBytes, 0);
   });
 
+  it('keeps its own copies of a transient chunk (a read buffer reused at once): frames and buffered bytes survive the reuse', () => {
+    const bodies = [randomBytes(100), randomBytes(70_000), randomBytes(5), randomBytes(200_000)];
+    const all = Buffer.concat(bodies.map((b, i) => frameBytes('STREAM_DATA', { stream: i }, b)));
+    const d = new FrameDecoder();
+    const got: Frame[] = [];
+    const reused = Buffer.alloc(65_536);
+    for (let i = 0, k = 0; i < all.length; i += k, k = 1 + ((i * 7919) % 65_536)) {
+      const n = Math.min(k || 1000, all.length - i);
+      all.copy(reused, 0, i, i + n);
+      got.push(...d.push(reused.subarray(0, n), true));
+      reused.fill(0xee); // the socket's next read overwrites it
+      k = n;
+    }
+    assert.equal(got.length, bodies.length);
+    for (const [i, f] of got.entries()) assert.ok(f.body.equals(bodies[i]!), `frame ${i}: its body is intact after the buffer was reused`);
+  });
+
   it('refuses an oversized frame from its 12-byte prefix, before buffering it', () => {
     const d = new FrameDecoder({ maxFrame: 1 << 20 });
     const prefix = Buffer.alloc(12);

@@ -19,6 +19,7 @@ import { ProgramStore } from './programs.ts';
 import { StdioRouter } from './stdio.ts';
 import { HomeRouter } from './home.ts';
 import { Migrator } from './migrator.ts';
+import { DialBack } from './dial-back.ts';
 import { Uploads } from './uploads.ts';
 import { Faults } from './faults.ts';
 import { HomeFiles } from './home-files.ts';
@@ -89,14 +90,17 @@ export class NodeDaemon {
     const home = new HomeRouter(opts.name, this.membership, (pid, offset, data, eof) => this.table.inputAt(pid, offset, data, eof), log,
       { moved: (pid, node) => homeFiles.moved(pid, node), ended: (pid) => homeFiles.close(pid) });
     const stdio = new StdioRouter((pid, data, eof) => home.input(pid, data, eof), log);
+    const dialNode = async (name: string) => {
+      const m = this.membership.list().find((x) => x.name === name);
+      if (!m) throw new FerryError('no-such-node', `no node named ${name} in the cluster`);
+      return dial(m.addr);
+    };
+    const dialBack = new DialBack({ peer: (name) => this.membership.peer(name), dial: dialNode });
     this.migrator = new Migrator({
       name: opts.name, membership: this.membership, table: this.table, home, homeFiles, programs, log, roles: opts.roles,
       faults: new Faults(opts.faults, log),
-      dialNode: async (name) => {
-        const m = this.membership.list().find((x) => x.name === name);
-        if (!m) throw new FerryError('no-such-node', `no node named ${name} in the cluster`);
-        return dial(m.addr);
-      },
+      dialNode,
+      dialledBy: (name) => dialBack.from(name),
     });
     const control = new ControlApi({
       name: opts.name,
@@ -115,6 +119,7 @@ export class NodeDaemon {
       conn.on('HOME_INPUT', home.onInput);
       conn.on('HOME_ATTACH', home.onAttach);
       conn.handle('FILE_OP', homeFiles.onFileOp);
+      dialBack.install(conn);
       this.migrator.install(conn);
       conn.onStream((s, c) => {
         if (s.meta.kind === 'module' && c.peer.role === 'node') this.migrator.onModuleStream(s);

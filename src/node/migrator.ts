@@ -4,7 +4,9 @@
 // side: IncomingMigration). It keeps the record of past migrations for
 // `ferry migrations`.
 //
-// The wire, on one connection per migration (codes.ts, MIG_*):
+// The wire, on one connection per migration (codes.ts, MIG_*), which the destination
+// dials on the source's request (dial-back.ts: it then reads the page stream into one
+// reused buffer), or the source dials when it cannot:
 //   S -> D  MIG_SETUP {mid, pid, sha256, pageSize, algorithm, memoryBytes}  D: {ready} or {needModule}
 //           (memoryBytes: the source's memory in use; the destination pre-faults as much)
 //           (module bytes as a stream {kind: 'module', mid}, then MIG_SETUP again)
@@ -72,6 +74,8 @@ export interface MigratorContext {
   programs: ProgramStore;
   /** A new connection to a node (not shared with membership), handlers installed. */
   dialNode(name: string): Promise<Connection>;
+  /** A new connection that the node dials to this one (dial-back.ts), handlers installed. */
+  dialledBy(name: string): Promise<Connection>;
   faults: Faults;
   /** This node's roles (file-server: it keeps page stores for flushing and freeze-free). */
   roles?: string[];
@@ -134,7 +138,7 @@ export class Migrator {
     const bytes = table.programBytes(req.pid);
     const id = randomUUID().slice(0, 8);
     let conn: Connection;
-    try { conn = await this.ctx.dialNode(req.to); } catch (e) { source.resume(); throw e; }
+    try { conn = await this.connectTo(req.to); } catch (e) { source.resume(); throw e; }
     const channel = new ConnectionChannel(conn, id, this.ctx.faults, {
       pid: req.pid, sha256: hash, pageSize, algorithm: strategy.algorithm, memoryBytes: inUse, postcopy: switches, compress: req.options?.compress ?? 'none',
       program: () => bytes, to: req.to, pageServer: this.pageServer,
@@ -181,6 +185,16 @@ export class Migrator {
   }
 
   isMigrating(pid: string): boolean { return this.active.has(pid); }
+
+  /** The migration's connection: dialled by the destination, which then reads the page stream
+   *  into one buffer (socket-input.ts); dialled from here if it cannot (an older node, a peer
+   *  not yet up in membership). */
+  private async connectTo(to: string): Promise<Connection> {
+    try { return await this.ctx.dialledBy(to); } catch (e) {
+      this.ctx.log?.(`${to} did not dial back (${(e as Error).message}); dialling it`);
+      return this.ctx.dialNode(to);
+    }
+  }
 
   /** Past migrations from this node (live for those whose process still depends on it), and the ones under way. */
   list(): MigrationMetrics[] {

@@ -8,6 +8,7 @@ import { Connection } from './connection.ts';
 import { clientHandshake, DEFAULT_HANDSHAKE_TIMEOUT_MS } from './handshake.ts';
 import type { EndpointOptions } from './server.ts';
 import { Shaper } from './shaper.ts';
+import { SocketInput } from './socket-input.ts';
 import { clientTlsOptions, tlsError, toKey } from './tls.ts';
 
 export type ConnectOptions = EndpointOptions;
@@ -18,10 +19,11 @@ export async function connect(host: string, port: number, opts: ConnectOptions =
   const where = `${host.includes(':') ? `[${host}]` : host}:${port}`;
   const timeoutMs = opts.timeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
 
+  const input = new SocketInput(); // reads into one reused buffer: no garbage per read
   const socket: net.Socket = await new Promise((resolve, reject) => {
     const s = key
-      ? tls.connect({ host, port, ...clientTlsOptions(key), allowHalfOpen: false } as tls.ConnectionOptions)
-      : net.connect({ host, port, allowHalfOpen: true });
+      ? tls.connect({ host, port, ...clientTlsOptions(key), allowHalfOpen: false, onread: input.onread } as tls.ConnectionOptions)
+      : net.connect({ host, port, allowHalfOpen: true, onread: input.onread });
     const ready = key ? 'secureConnect' : 'connect';
     const timer = setTimeout(() => { s.destroy(); reject(new FerryError('connect-timeout', `cannot connect to ${where}: no answer within ${timeoutMs} ms`)); }, timeoutMs);
     const fail = (e: Error) => {
@@ -38,8 +40,8 @@ export async function connect(host: string, port: number, opts: ConnectOptions =
   socket.setNoDelay(true);
   socket.on('error', () => { /* reported through the handshake or the connection */ });
   try {
-    const { peer, decoder } = await clientHandshake(socket, where, { ...opts, role: opts.role ?? 'node', timeoutMs });
-    return new Connection(socket, { label: `${peer.node}@${where}`, peer, decoder, shaper, requestTimeoutMs: opts.requestTimeoutMs, limits: opts.limits });
+    const { peer, decoder } = await clientHandshake(socket, where, { ...opts, role: opts.role ?? 'node', timeoutMs }, input);
+    return new Connection(socket, { label: `${peer.node}@${where}`, peer, decoder, shaper, requestTimeoutMs: opts.requestTimeoutMs, limits: opts.limits, input });
   } catch (e) {
     socket.destroy();
     if (key && e instanceof FerryError && (e.code === 'connection-failed' || e.code === 'connection-closed' || e.code === 'handshake-incomplete')) {

@@ -47,7 +47,10 @@ export const CODES = {
   HOME_EXIT:    { code: 0x0105, priority: 'bulk',   header: true, body: false }, // running node -> home: {pid, seq, code, error?}: ended after seq outputs
   HOME_INPUT:   { code: 0x0106, priority: 'bulk',   header: true, body: true  }, // home -> running node: {pid, offset, eof?} + stdin bytes from that offset
   HOME_ATTACH:  { code: 0x0107, priority: 'bulk',   header: true, body: false }, // new running node -> home: {pid, node, stdinOffset}: send stdin here from that offset
-  // Migration (src/migration): one dedicated connection per migration, source -> destination.
+  // A connection the peer dials to this node on request (src/node/dial-back.ts): the side that dials reads into one buffer (socket-input.ts).
+  DIAL_BACK:    { code: 0x0108, priority: 'urgent', header: true, body: false }, // node: request {token}: dial me; answered once dialled
+  DIALED_BACK:  { code: 0x0109, priority: 'urgent', header: true, body: false }, // node: {token}: the first frame on the connection dialled back
+  // Migration (src/migration): one dedicated connection per migration, dialled by the destination (dial-back.ts) or else by the source.
   MIG_SETUP:    { code: 0x0120, priority: 'bulk',   header: true, body: true  }, // request {mid, pid, sha256, pageSize, algorithm} + module bytes if asked
   MIG_PAGES:    { code: 0x0121, priority: 'bulk',   header: true, body: true  }, // {mid} + a page batch (src/memory/page-batch.ts)
   // 0x0122: MIG_STATE until the state travelled with the commit (retired; not to be reused)

@@ -24,6 +24,7 @@ import { CODES, type CodeName, type Priority, resolveCode } from './codes.ts';
 import { type BodySink, encodeFrame, encodeFrameHead, type Frame, FrameDecoder, type FrameLimits, type Header } from './frame.ts';
 import type { HelloInfo } from './handshake.ts';
 import { DelayLine, Shaper } from './shaper.ts';
+import type { SocketInput } from './socket-input.ts';
 
 export const DEFAULT_REQUEST_TIMEOUT_MS = 30_000;
 export const DEFAULT_CHUNK_SIZE = 64 * 1024;
@@ -62,6 +63,8 @@ export interface ConnectionOptions {
   shaper?: Shaper;
   requestTimeoutMs?: number;
   limits?: FrameLimits;
+  /** The socket is read into a reused buffer (socket-input.ts), not through 'data' events. */
+  input?: SocketInput;
 }
 
 /** A frame to write: `bytes`, then `parts` if any (a body sent as it is, without copying). */
@@ -119,7 +122,8 @@ export class Connection {
         this.socket.uncork();
       });
     }
-    socket.on('data', this.onData);
+    const input = opts.input;
+    if (!input) socket.on('data', this.onData);
     socket.on('end', this.onEnd);
     socket.on('error', this.onError);
     socket.on('close', this.onSocketClose);
@@ -127,7 +131,7 @@ export class Connection {
     setImmediate(() => {
       if (this.isClosed) return;
       if (this.decoder.bufferedBytes > 0) this.onData(Buffer.alloc(0));
-      if (!this.isClosed) socket.resume();
+      if (!this.isClosed) { input?.consume(this.onData); socket.resume(); }
     });
   }
 
@@ -391,12 +395,12 @@ export class Connection {
 
   // ---- reader ----
 
-  private onData = (chunk: Buffer): void => {
+  private onData = (chunk: Buffer, transient = false): void => {
     if (this.isClosed) return;
     this.stats.bytesReceived += chunk.length;
     let frames: Frame[];
     try {
-      frames = this.decoder.push(chunk);
+      frames = this.decoder.push(chunk, transient);
     } catch (e) {
       this.protocolError(e instanceof FerryError ? e : new FerryError('bad-frame', String(e)));
       return;

@@ -94,6 +94,8 @@ export class FrameDecoder {
   private chunks: Buffer[] = [];
   private buffered = 0;
   private failed: FerryError | undefined;
+  /** The memory of the chunk being pushed, when it is reused after push() (see push). */
+  private transient: ArrayBufferLike | undefined;
   // prefix of the frame being assembled, once checked
   private pending: { info: CodeInfo; length: number; headerLength: number; urgent: boolean; header?: Header; sink?: BodySink; left: number } | undefined;
   /** Asked once per frame with a body, when its header has arrived: a sink to stream the body to, or undefined to buffer it. */
@@ -110,14 +112,23 @@ export class FrameDecoder {
   /** True when a frame has been started but not completed (a truncated stream ends here). */
   get midFrame(): boolean { return this.buffered > 0 || this.pending !== undefined; }
 
-  /** Add bytes and return every frame they complete. Throws FerryError('bad-frame') on malformed input. */
-  push(chunk: Uint8Array): Frame[] {
+  /** Add bytes and return every frame they complete. Throws FerryError('bad-frame') on malformed input.
+   *  `transient`: the chunk's memory is reused once push() returns (socket-input.ts), so the
+   *  frames returned and the bytes kept for later are copies; sinks still get views of it. */
+  push(chunk: Uint8Array, transient = false): Frame[] {
     this.feed(chunk);
     const out: Frame[] = [];
-    for (;;) {
-      const f = this.read();
-      if (!f) return out;
-      out.push(f);
+    this.transient = transient ? chunk.buffer : undefined;
+    try {
+      for (;;) {
+        const f = this.read();
+        if (!f) return out;
+        out.push(f);
+      }
+    } finally {
+      const last = this.chunks.length - 1;
+      if (this.transient && last >= 0 && this.chunks[last]!.buffer === this.transient) this.chunks[last] = Buffer.from(this.chunks[last]!);
+      this.transient = undefined;
     }
   }
 
@@ -149,7 +160,7 @@ export class FrameDecoder {
     const first = this.chunks[0];
     let out: Buffer;
     if (first.length >= n) {
-      out = first.subarray(0, n);
+      out = first.buffer === this.transient ? Buffer.from(first.subarray(0, n)) : first.subarray(0, n);
       if (first.length === n) this.chunks.shift(); else this.chunks[0] = first.subarray(n);
     } else {
       out = Buffer.allocUnsafe(n);

@@ -22,6 +22,7 @@ import type { Duplex } from 'node:stream';
 import { FerryError } from '../errors.ts';
 import { CODES, resolveCode } from './codes.ts';
 import { encodeFrame, FrameDecoder, type Frame, type FrameLimits, type Header } from './frame.ts';
+import type { SocketInput } from './socket-input.ts';
 
 export const MAGIC = Buffer.from('FERRYNET', 'ascii');
 export const PREAMBLE_LENGTH = MAGIC.length + 2;
@@ -108,7 +109,7 @@ function describeBytes(b: Buffer): string {
  * Reads the peer's preamble and first frame from a socket, with a timeout.
  * Pauses the socket and detaches itself when done, so the caller can take over.
  */
-function readPeer(socket: Duplex, label: string, opts: HandshakeOptions, onRefuse: (e: FerryError) => void): Promise<{ version: number; first: Frame; decoder: FrameDecoder }> {
+function readPeer(socket: Duplex, label: string, opts: HandshakeOptions, onRefuse: (e: FerryError) => void, input?: SocketInput): Promise<{ version: number; first: Frame; decoder: FrameDecoder }> {
   return new Promise((resolve, reject) => {
     const decoder = new FrameDecoder(opts.limits);
     let preamble = Buffer.alloc(0);
@@ -118,7 +119,7 @@ function readPeer(socket: Duplex, label: string, opts: HandshakeOptions, onRefus
       if (settled) return;
       settled = true;
       clearTimeout(timer);
-      socket.off('data', onData);
+      if (input) input.consume(null); else socket.off('data', onData);
       socket.off('end', onEnd);
       socket.off('error', onError);
       socket.off('close', onClose);
@@ -148,7 +149,7 @@ function readPeer(socket: Duplex, label: string, opts: HandshakeOptions, onRefus
         if (rest.length === 0) return;
         // Decode only the handshake frame: what follows it belongs to the connection (and is checked there).
         let first: Frame | undefined;
-        try { decoder.feed(rest); first = decoder.read(); } catch (e) {
+        try { decoder.feed(Buffer.from(rest)); first = decoder.read(); } catch (e) { // a copy: the chunk may be reused (socket-input.ts)
           throw new FerryError((e as FerryError).code ?? 'bad-frame', `bad handshake from ${label}: ${(e as Error).message}`);
         }
         if (first) finish(undefined, { version, first, decoder });
@@ -160,7 +161,7 @@ function readPeer(socket: Duplex, label: string, opts: HandshakeOptions, onRefus
     const onError = (e: Error) => finish(new FerryError('connection-failed', `connection to ${label} failed during the handshake: ${e.message}`, { cause: e }));
     const onClose = () => finish(new FerryError('connection-closed', `${label} closed the connection during the handshake`));
     const timer = setTimeout(() => finish(new FerryError('handshake-timeout', `${label} did not complete the handshake within ${opts.timeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS} ms`)), opts.timeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS);
-    socket.on('data', onData);
+    if (input) input.consume(onData); else socket.on('data', onData);
     socket.on('end', onEnd);
     socket.on('error', onError);
     socket.on('close', onClose);
@@ -206,14 +207,14 @@ export async function serverHandshake(socket: Duplex, label: string, opts: Hands
 }
 
 /** Client side: send preamble + HELLO, wait for HELLO_ACK. A refusal becomes a FerryError with the server's code. */
-export async function clientHandshake(socket: Duplex, label: string, opts: HandshakeOptions = {}): Promise<HandshakeResult> {
+export async function clientHandshake(socket: Duplex, label: string, opts: HandshakeOptions = {}, input?: SocketInput): Promise<HandshakeResult> {
   const me = localHello(opts);
   socket.write(Buffer.concat([encodePreamble(), encodeFrame(resolveCode('HELLO'), { ...me }, undefined)]));
   const { version, first, decoder } = await readPeer(socket, label, opts, (e) => {
     if (e.code === 'bad-magic' || e.code === 'unsupported-version' || e.code === 'bad-frame') refuse(socket, e, false);
     else if (e.code === 'tls-mismatch') socket.destroy();
     else socket.destroy();
-  });
+  }, input);
   try {
     if (first.code === CODES.ERROR.code) {
       const code = typeof first.header.code === 'string' ? first.header.code : 'refused';
