@@ -72,6 +72,18 @@ describe('page batches', () => {
     m[3 * PS + 17] = 1;
     assert.deepEqual([...Array(8).keys()].filter((i) => !isZeroPage(m, i, PS)), [3]);
   });
+
+  it('isZeroPage in a 4 GiB guest memory: any non-zero byte anywhere in a page, at any offset', () => {
+    const mem = new Uint8Array(new WebAssembly.Memory({ initial: 65536, maximum: 65536, shared: true }).buffer);
+    const last = mem.length / PS - 1; // past 2^31 bytes: offsets that 32-bit shifts get wrong
+    const cases: [page: number, byte: number][] = [[0, 0], [1, 1], [2, PS / 2], [3, PS - 1], [600_000, 5], [last - 1, PS - 4], [last, PS - 1]];
+    for (const [p] of cases) assert.equal(isZeroPage(mem, p, PS), true, `page ${p} before`);
+    for (const [p, b] of cases) {
+      mem[p * PS + b] = 7;
+      assert.deepEqual(cases.map(([q]) => q).filter((q) => !isZeroPage(mem, q, PS)), [p], `byte ${b} of page ${p} set`);
+      mem[p * PS + b] = 0;
+    }
+  });
 });
 
 describe('copyInto (copies into and out of a shared guest memory at any alignment)', () => {

@@ -85,14 +85,23 @@ export function applyPageBatch(batch: PageBatch, memory: Uint8Array, pageSize: n
 }
 
 const ZERO = Buffer.alloc(65536);
-const views = new WeakMap<Uint8Array, Buffer>(); // a Buffer over each memory, for compare() at offsets
+/** Per memory: a Buffer over it, for compare() at offsets, and its words (null if not 4-aligned). */
+const views = new WeakMap<Uint8Array, { buf: Buffer; words: Int32Array | null }>();
 
-/** True if the page is all zero (memcmp against a zero page: fast). */
+/** True if the page is all zero. A page's first or last word is almost always non-zero when
+ *  the page is: read those first (a few ns), and memcmp against a zero page only when both
+ *  are zero (a call into C++, ~200 ns a page: 3.5 ms of the down time per 64 MiB). */
 export function isZeroPage(memory: Uint8Array, index: number, pageSize: number): boolean {
-  let buf = views.get(memory);
-  if (!buf) { buf = Buffer.from(memory.buffer, memory.byteOffset, memory.byteLength); views.set(memory, buf); }
+  let v = views.get(memory);
+  if (!v) {
+    // (Division, not shifts: a guest memory is 4 GiB, past what 32-bit shifts take.)
+    const words = memory.byteOffset % 4 === 0 ? new Int32Array(memory.buffer, memory.byteOffset, Math.floor(memory.byteLength / 4)) : null;
+    v = { buf: Buffer.from(memory.buffer, memory.byteOffset, memory.byteLength), words };
+    views.set(memory, v);
+  }
   const a = index * pageSize;
-  return ZERO.compare(buf, a, a + pageSize, 0, pageSize) === 0;
+  if (v.words && (v.words[a / 4] !== 0 || v.words[(a + pageSize) / 4 - 1] !== 0)) return false;
+  return ZERO.compare(v.buf, a, a + pageSize, 0, pageSize) === 0;
 }
 
 /**

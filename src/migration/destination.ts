@@ -122,7 +122,13 @@ export class IncomingMigration {
     if (this.state !== 'setup') throw this.refusal();
     // The variant it will run in is known (unless a pre-copy may switch to post-copy at its
     // commit): instantiate it now, so the commit sends the worker only the state.
-    if (!this.spec.mayPostCopy) this.prepared = new PreparedWorker(loaded, this.memory);
+    // Ready means ready: a commit that finds the worker still instantiating (a fresh worker
+    // takes a few ms) would wait for it in the down time.
+    if (!this.spec.mayPostCopy) {
+      this.prepared = new PreparedWorker(loaded, this.memory);
+      await this.prepared.settled;
+      if (this.state !== 'setup') throw this.refusal();
+    }
     this.state = 'receiving';
   }
 

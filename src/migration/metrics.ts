@@ -131,12 +131,20 @@ export class MetricsRecorder {
   /** The address space in pages (sizes the per-page send counters). */
   setAddressSpace(pages: number): void {
     this.m.pages.addressSpace = pages;
-    if (this.sends.length < pages) { const s = new Uint8Array(pages); s.set(this.sends); this.sends = s; }
+    if (this.sends.length < pages) this.growCounters(pages);
+  }
+
+  /** Room for `pages` counters; doubling, since pre-copy sends before the address space is known
+   *  (growing by one page at a time copied the counters once per page: seconds at 512 MB). */
+  private growCounters(pages: number): void {
+    const s = new Uint8Array(Math.max(pages, this.sends.length * 2));
+    s.set(this.sends);
+    this.sends = s;
   }
 
   pageSent(index: number): void {
     this.m.pages.sent++;
-    if (index >= this.sends.length) this.setAddressSpace(index + 1);
+    if (index >= this.sends.length) this.growCounters(index + 1);
     const c = Math.min(255, this.sends[index]! + 1);
     if (c > 1) this.m.pages.resent++;
     this.sends[index] = c;

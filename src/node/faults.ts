@@ -52,6 +52,9 @@ export class Faults {
     }
   }
 
+  /** Whether a corrupt fault is armed at this point (the caller then makes a body of its own to damage). */
+  corrupts(point: FaultPoint): boolean { return this.armed.get(point)?.action === 'corrupt'; }
+
   /** A batch to send: damaged if a corrupt fault is armed at this point (once). */
   corrupt(point: FaultPoint, body: Buffer): Buffer {
     if (this.armed.get(point)?.action !== 'corrupt') return body;

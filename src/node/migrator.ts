@@ -454,14 +454,16 @@ class ConnectionChannel implements MigrationChannel {
   async sendPages(batch: Buffer | readonly Uint8Array[]): Promise<number> {
     const codec = this.spec.compress;
     const rawLength = Buffer.isBuffer(batch) ? batch.length : (batch as readonly Uint8Array[]).reduce((n, p) => n + p.length, 0);
-    const raw = codec !== 'none' || this.batches === 0 ? (Buffer.isBuffer(batch) ? batch : Buffer.concat(batch as Uint8Array[])) : null;
+    // One buffer only where it is needed (a copy of 1 MiB costs the down time ~0.2 ms): to compress, or to damage (a fault test).
+    const damaged = this.batches === 0 && this.faults.corrupts('src-batch');
+    const raw = codec !== 'none' || damaged ? (Buffer.isBuffer(batch) ? batch : Buffer.concat(batch as Uint8Array[])) : null;
     // Compressing this batch overlaps the previous one's time on the wire.
     const z = await this.compressor.compress(raw!); // null: not compressed (it would not shrink), sent as it is
     this.packed.rawBytes += rawLength;
     this.packed.wireBytes += z ? z.length : rawLength;
     const head = z ? { mid: this.mid, z: codec, raw: rawLength } : { mid: this.mid };
     await this.onWire; // in order, one batch handed to the link at a time; a failed send fails here
-    const sending = this.conn.send('MIG_PAGES', head, this.batches === 0 ? this.faults.corrupt('src-batch', z ?? raw!) : (z ?? raw ?? batch));
+    const sending = this.conn.send('MIG_PAGES', head, damaged ? this.faults.corrupt('src-batch', z ?? raw!) : (z ?? raw ?? batch));
     // Compressed bodies are copies: the engine may go on (and change the memory) while they go.
     if (codec !== 'none') { this.onWire = sending; sending.catch(() => {}); } else await sending;
     if (this.batches++ === 0) this.faults.hit('src-pages', this.conn);

@@ -94,16 +94,21 @@ export class PreparedWorker {
   private failed = false;
   /** The worker has instantiated the module. */
   ready = false;
+  /** Resolves once the worker has instantiated the module or failed to (never rejects). */
+  readonly settled: Promise<void>;
+  private settle!: () => void;
   private readonly onMessage = (m: FromWorker) => {
-    if (m.type === 'failed') this.failed = true;
-    if (m.type === 'prepared') this.ready = true;
+    if (m.type === 'failed') { this.failed = true; this.settle(); }
+    if (m.type === 'prepared') { this.ready = true; this.settle(); }
   };
 
   constructor(readonly loaded: LoadedModule, readonly memory: WebAssembly.Memory) {
+    this.settled = new Promise((r) => (this.settle = r));
     this.worker = warmWorkers.take();
     this.worker.unref(); // until a process runs in it
     this.worker.on('message', this.onMessage);
-    this.worker.on('error', () => { this.failed = true; });
+    this.worker.on('error', () => { this.failed = true; this.settle(); });
+    this.worker.once('exit', () => this.settle());
     const msg: ToWorker = { type: 'prepare', module: loaded.module, meta: loaded.meta, memory, control: this.control };
     this.worker.postMessage(msg);
   }
@@ -114,6 +119,7 @@ export class PreparedWorker {
     const w = this.worker;
     if (!w) return null;
     this.worker = null;
+    this.settle();
     w.off('message', this.onMessage);
     if (this.failed || loaded !== this.loaded || memory !== this.memory) { void w.terminate(); return null; }
     w.ref();
@@ -124,6 +130,7 @@ export class PreparedWorker {
   discard(): void {
     const w = this.worker;
     this.worker = null;
+    this.settle();
     if (w) void w.terminate();
   }
 }
