@@ -14,6 +14,7 @@ import {
   listen, connect, generateKey, writeKey, loadKey, parseBandwidth, parseLatency, Shaper,
   type Connection, type FerryServer, type Frame,
 } from '../src/transport/index.ts';
+import { encodePageBatchParts, PageBatchWriter } from '../src/memory/page-batch.ts';
 
 const HOST = '127.0.0.1';
 const KEY = generateKey();
@@ -500,4 +501,63 @@ describe('TLS-PSK', () => {
       await c.close();
     } finally { await server.close(); }
   });
+});
+
+describe('reading page batches in place (socket-input.ts)', () => {
+  // A dialled connection reads a page batch's page bytes straight into the memory they belong
+  // to: the decoder says where the body goes next, the socket reads there. Batches (runs of
+  // pages and lone pages, zero pages) come between small frames; the memory must equal the
+  // sent pages and most page bytes must have been read in place.
+  const PS = 4096, PAGES = 2048; // 8 MiB
+  for (const key of [KEY, undefined]) {
+    it(`writes every page where it belongs, most of them read in place (${key ? 'TLS-PSK' : 'plain TCP'})`, async () => {
+      const source = new Uint8Array(PAGES * PS);
+      for (let o = 0; o < source.length; o += 65536) source.set(randomBytes(65536), o);
+      const batches: { indices: number[]; zero: number[] }[] = [];
+      for (let p = 0; p < PAGES;) { // runs of 1..300 pages, now and then a lone page farther on and a zero page
+        const n = Math.min(1 + Math.floor(Math.random() * 300), PAGES - p);
+        batches.push({ indices: [...Array(n).keys()].map((k) => p + k), zero: p > 0 && n > 1 ? [p - 1] : [] });
+        p += n;
+      }
+      const server = await listen(HOST, 0, {
+        ...(key ? { key } : {}), node: 'pages-server',
+        onConnection: (c) => {
+          c.handle('REQUEST', async () => {
+            for (const [i, b] of batches.entries()) {
+              void c.send('MIG_PAGES', { i }, encodePageBatchParts(source, PS, b.indices, b.zero));
+              if (i % 3 === 0) void c.send('PROC_OUTPUT', { between: i }, randomBytes(100));
+            }
+            return {};
+          });
+        },
+      });
+      try {
+        const memory = new Uint8Array(new SharedArrayBuffer(PAGES * PS)).fill(0xee);
+        const c = await connect(HOST, server.port, { ...(key ? { key } : {}), node: 'pages-client' });
+        let placedBytes = 0, events = 0, done = 0;
+        const all = new Promise<void>((resolve, reject) => {
+          const writers = new Map<unknown, PageBatchWriter>();
+          c.sinkBodies('MIG_PAGES', (_h, n) => {
+            const w = new PageBatchWriter(memory, PS, PAGES, n);
+            const sink = { write: (ch: Uint8Array) => w.write(ch), place: (max: number) => w.place(max), placed: (k: number) => { placedBytes += k; w.placed(k); } };
+            writers.set(sink, w);
+            return sink;
+          });
+          c.on('MIG_PAGES', (m) => {
+            try { writers.get(m.sunk)!.end(); } catch (e) { reject(e); } // checks it whole, zeroes its zero pages
+            if (++done === batches.length) resolve();
+          });
+          c.on('PROC_OUTPUT', () => { events++; });
+        });
+        await c.request('REQUEST', {});
+        await all;
+        const expected = Buffer.from(source);
+        for (const b of batches) for (const z of b.zero) expected.fill(0, z * PS, (z + 1) * PS);
+        assert.ok(Buffer.from(memory.buffer).equals(expected), 'memory equals the pages sent');
+        assert.equal(events, Math.ceil(batches.length / 3));
+        assert.ok(placedBytes > source.length / 2, `read in place: ${placedBytes} of ${source.length} page bytes`);
+        await c.close();
+      } finally { await server.close(); }
+    });
+  }
 });

@@ -182,9 +182,26 @@ export class PageBatchWriter {
       const n = Math.min(run[this.k]! * ps - this.off, chunk.length - o);
       copyInto(this.memory, idx[this.k]! * ps + this.off, chunk.subarray(o, o + n));
       o += n;
-      this.off += n;
-      this.k += Math.floor(this.off / ps);
-      this.off %= ps;
+      this.advance(n);
     }
+  }
+
+  /** Where the batch's next bytes go, if they are page bytes: a view of the memory up to the
+   *  end of the current run of consecutive pages (at most `max` bytes), for the socket to read
+   *  into (socket-input.ts: no copy); null while the head and index list are still to come. */
+  place(max: number): Uint8Array | null {
+    if (this.error || !this.run || this.k >= this.indices!.length) return null;
+    const ps = this.pageSize;
+    const at = this.indices![this.k]! * ps + this.off;
+    return this.memory.subarray(at, at + Math.min(this.run[this.k]! * ps - this.off, max));
+  }
+
+  /** `n` bytes arrived where place() said. */
+  placed(n: number): void { this.advance(n); }
+
+  private advance(n: number): void {
+    this.off += n;
+    this.k += Math.floor(this.off / this.pageSize);
+    this.off %= this.pageSize;
   }
 }

@@ -131,7 +131,7 @@ export class Connection {
     setImmediate(() => {
       if (this.isClosed) return;
       if (this.decoder.bufferedBytes > 0) this.onData(Buffer.alloc(0));
-      if (!this.isClosed) { input?.consume(this.onData); socket.resume(); }
+      if (!this.isClosed) { input?.consume(this.onData, { place: () => (this.isClosed ? null : this.decoder.placement()), placed: this.onPlaced }); socket.resume(); }
     });
   }
 
@@ -398,18 +398,29 @@ export class Connection {
   private onData = (chunk: Buffer, transient = false): void => {
     if (this.isClosed) return;
     this.stats.bytesReceived += chunk.length;
-    let frames: Frame[];
+    this.decode(() => this.decoder.push(chunk, transient));
+  };
+
+  /** Bytes read straight into a body sink's memory (socket-input.ts). */
+  private onPlaced = (n: number): void => {
+    if (this.isClosed) return;
+    this.stats.bytesReceived += n;
+    this.decode(() => this.decoder.pushPlaced(n));
+  };
+
+  private decode(frames: () => Frame[]): void {
+    let got: Frame[];
     try {
-      frames = this.decoder.push(chunk, transient);
+      got = frames();
     } catch (e) {
       this.protocolError(e instanceof FerryError ? e : new FerryError('bad-frame', String(e)));
       return;
     }
-    for (const f of frames) {
+    for (const f of got) {
       if (this.isClosed) return;
       this.dispatch(f);
     }
-  };
+  }
 
   private onEnd = (): void => {
     if (this.decoder.midFrame) {

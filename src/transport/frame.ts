@@ -40,7 +40,14 @@ export interface Frame {
 
 /** Takes a frame's body piece by piece as it arrives, instead of the decoder buffering it.
  *  write() must not throw: a sink records its own errors. Chunks are valid only during the call. */
-export interface BodySink { write(chunk: Uint8Array): void }
+export interface BodySink {
+  write(chunk: Uint8Array): void;
+  /** Where the body's next bytes (at most `max`) would go, for the socket to read them there
+   *  itself (socket-input.ts); null: hand them to write(). */
+  place?(max: number): Uint8Array | null;
+  /** `n` bytes were read into the view place() gave. */
+  placed?(n: number): void;
+}
 
 export interface FrameLimits {
   /** Largest frame accepted (length field value), default 16 MiB. */
@@ -130,6 +137,26 @@ export class FrameDecoder {
       if (this.transient && last >= 0 && this.chunks[last]!.buffer === this.transient) this.chunks[last] = Buffer.from(this.chunks[last]!);
       this.transient = undefined;
     }
+  }
+
+  /** Where the next bytes received should be read to, if they belong to a body whose sink
+   *  takes them in place (nothing else is buffered ahead of them): at most to the body's end. */
+  placement(): Uint8Array | null {
+    const p = this.pending;
+    if (this.failed || !p?.sink?.place || this.buffered > 0 || p.left === 0) return null;
+    return p.sink.place(p.left);
+  }
+
+  /** `n` bytes were read into the view placement() gave: the frame, if they complete it. */
+  pushPlaced(n: number): Frame[] {
+    const p = this.pending;
+    if (this.failed) throw this.failed;
+    if (!p?.sink?.placed || n > p.left) throw new FerryError('internal', `${n} bytes read in place, but no body of that length awaits them`);
+    p.left -= n;
+    p.sink.placed(n);
+    if (p.left > 0) return [];
+    this.pending = undefined;
+    return [{ code: p.info.code, name: p.info.name, priority: p.urgent ? 'urgent' : 'bulk', header: p.header!, body: EMPTY, sunk: p.sink }];
   }
 
   /** Add bytes without decoding them. */

@@ -15,24 +15,56 @@
 // handshake and the connection taking over) are kept as copies and handed over
 // first, in order.
 
+//
+// Reads in place: Node asks for the buffer of each read just before it (onread.buffer
+// as a function). When the consumer knows where the next bytes belong (the page bytes
+// of a MIG_PAGES body: their place in the guest's memory, frame.ts placement()), the
+// read goes there and nothing is copied in user space; otherwise into the reused
+// buffer. A placed read never runs past the body it belongs to.
+
 export const READ_BUFFER = 1024 * 1024;
+/** A read after a placed one: a frame's prefix, its header and a page batch's head fit. */
+const AFTER_PLACED = 16 * 1024;
 
 /** The consumer of a socket's bytes; `transient`: the chunk is reused after the call. */
 export type ChunkConsumer = (chunk: Buffer, transient: boolean) => void;
 
+/** A consumer that can take bytes in place: where the next read should go (null: anywhere),
+ *  and the count of bytes read there. */
+export interface Placement { place(): Uint8Array | null; placed(n: number): void }
+
 export class SocketInput {
   private consumer: ChunkConsumer | null = null;
+  private placement: Placement | null = null;
   private held: Buffer[] = [];
+  private readonly scratch = Buffer.allocUnsafe(READ_BUFFER);
+  /** The view the read under way goes to, if placed. */
+  private target: Uint8Array | null = null;
+  private lastPlaced = false;
 
   /** For net.connect / tls.connect. */
   readonly onread = {
-    buffer: Buffer.allocUnsafe(READ_BUFFER),
-    callback: (n: number, buf: Uint8Array): boolean => { this.deliver(Buffer.from(buf.buffer, buf.byteOffset, n)); return true; }, // true: keep reading
+    buffer: (): Uint8Array => {
+      this.target = this.consumer ? (this.placement?.place() ?? null) : null;
+      // Right after a placed read the stream is likely at the next body's frame and head:
+      // read those alone, so the body's bytes are placed too (not swallowed by a big read).
+      return this.target ?? (this.lastPlaced ? this.scratch.subarray(0, AFTER_PLACED) : this.scratch);
+    },
+    callback: (n: number, buf: Uint8Array): boolean => {
+      const t = this.target;
+      this.target = null;
+      this.lastPlaced = t !== null;
+      if (t && buf.buffer === t.buffer && buf.byteOffset === t.byteOffset) this.placement!.placed(n);
+      else this.deliver(Buffer.from(buf.buffer, buf.byteOffset, n));
+      return true; // keep reading
+    },
   };
 
-  /** Hand bytes to `fn` from now on (null: keep them until the next consumer). */
-  consume(fn: ChunkConsumer | null): void {
+  /** Hand bytes to `fn` from now on (null: keep them until the next consumer); `placement`:
+   *  it takes bytes in place too. */
+  consume(fn: ChunkConsumer | null, placement?: Placement): void {
     this.consumer = fn;
+    this.placement = fn ? (placement ?? null) : null;
     while (fn && this.held.length && this.consumer === fn) fn(this.held.shift()!, false);
   }
 
