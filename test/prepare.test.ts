@@ -164,7 +164,7 @@ describe('a resume in a prepared worker', () => {
       new Uint8Array(mem.buffer).set(c.memory.subarray(0, c.logicalBytes));
       await eventually(() => prepared.ready);
       const q = WasmProcess.resume(loaded, mem, c.exec, c.wasi, { stdin: null, stdio: 'message', prepared });
-      assert.equal(q.startsPrepared, matching);
+      assert.equal(q.inPreparedWorker, matching);
       q.on('stdout', (d: Uint8Array) => out.push(Buffer.from(d)));
       await p.kill();
       assert.equal(await q.exited, expected.exitCode);

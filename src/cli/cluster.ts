@@ -11,6 +11,7 @@ import { loadKey, parseBandwidth, parseLatency, writeKey } from '../transport/in
 import { loadProgram } from '../vm/snapshot.ts';
 import { call, clusterTarget, connectCluster, remoteRun, type ClusterFlags } from '../node/client.ts';
 import { NodeDaemon } from '../node/daemon.ts';
+import { deferredLog } from '../node/log.ts';
 import { parseAddress } from '../node/fields.ts';
 import type { MemberInfo } from '../node/membership.ts';
 import type { ProcessInfo } from '../node/process-table.ts';
@@ -71,7 +72,7 @@ export function registerClusterCommands(program: Command): void {
       // nothing more, rather than failing on each line (an error that would itself be logged).
       let logging = true;
       process.stderr.on('error', () => { logging = false; });
-      const log = (m: string) => { if (logging) process.stderr.write(`${new Date().toISOString()} ${flags.name}: ${m}\n`); };
+      const log = deferredLog((text) => { if (logging) process.stderr.write(text); }, () => `${new Date().toISOString()} ${flags.name}:`);
       if (!key) log('no key: connections are plain TCP and anyone who can reach this port controls the node');
       process.on('unhandledRejection', (e) => log(`internal error (unhandled rejection): ${(e as Error)?.stack ?? String(e)}`));
       process.on('uncaughtException', (e) => log(`internal error: ${e.stack ?? e.message}`));

@@ -216,7 +216,9 @@ export class ProcessTable {
     try {
       const proc = await make();
       this.attach(entry, proc);
-      if (!proc.startsPrepared) await new Promise<void>((res, rej) => { proc.once('running', res); proc.exited.then(() => res(), rej); });
+      // Running means the guest runs again (its worker says so), also in a prepared worker:
+      // a migration's down time ends here, not when the start was merely posted.
+      await new Promise<void>((res, rej) => { proc.once('running', res); proc.exited.then(() => res(), rej); });
     } catch (e) {
       this.entries.delete(pid);
       entry.ended = true;

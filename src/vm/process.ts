@@ -153,9 +153,8 @@ export class WasmProcess extends EventEmitter {
   private pendingStop: { t0: number; resolve: (c: Captured) => void; reject: (e: Error) => void } | null = null;
   /** Resolves with the exit code when the program ends; rejects if it fails. */
   readonly exited: Promise<number>;
-  /** It was handed to a worker that had instantiated its module already: nothing is left
-   *  that can refuse it, so it counts as running without waiting for the worker to say so. */
-  readonly startsPrepared: boolean;
+  /** It runs in the worker prepared for it (ProcessOptions.prepared), not a fresh one. */
+  readonly inPreparedWorker: boolean;
   private settle!: { resolve: (code: number) => void; reject: (e: Error) => void };
   lastWasi: WasiState;
 
@@ -179,9 +178,8 @@ export class WasmProcess extends EventEmitter {
     if (wasi.stdinBuffered) this.stdinPending.push(Buffer.from(wasi.stdinBuffered, 'base64'));
     this.stdinEnded = wasi.stdinEof;
     this.stdinTaken = wasi.stdinTakenBytes ?? 0;
-    const ready = opts.prepared?.ready ?? false;
     const prepared = opts.prepared?.claim(running, memory) ?? null;
-    this.startsPrepared = !!prepared && ready;
+    this.inPreparedWorker = !!prepared;
     this.control = prepared ? opts.prepared!.control : new SharedArrayBuffer(CONTROL_BYTES);
     this.ctl = new Int32Array(this.control);
     this.worker = prepared ?? warmWorkers.take();
