@@ -153,7 +153,7 @@ export function migrateVerdicts(rows: MigrateRow[]): string[] {
     if (rs[0]!.linkBps !== null) {
       const ratios = rs.map((r) => ({ mb: r.mb, x: med(r.runs, ratioOf) }));
       out.push(`migrate total/wire <= ${RATIO_GOAL} at ${link}: ${verdict(ratios.every((r) => r.x <= RATIO_GOAL))} (` +
-        ratios.map((r) => `${r.mb} MB ${f2(r.x)}`).join(', ') + ')');
+        ratios.map((r) => `${r.mb} MB ${r.x.toFixed(3)}`).join(', ') + ')');
     } else {
       const tp = rs.map((r) => ({ mb: r.mb, x: med(r.runs, mbsOf) }));
       const tls = link === 'none';
