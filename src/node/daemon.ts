@@ -25,6 +25,7 @@ import { Faults } from './faults.ts';
 import { HomeFiles } from './home-files.ts';
 import { FerryError } from '../errors.ts';
 import type { Dependent } from './page-server.ts';
+import type { Log } from './log.ts';
 
 export const NODE_CAPABILITY = 'ferry-node/1';
 
@@ -44,7 +45,7 @@ export interface NodeOptions {
   roles?: string[];
   /** Fault injection (faults.ts), e.g. "dest-commit:crash"; tests only. */
   faults?: string;
-  log?: (msg: string) => void;
+  log?: Log;
 }
 
 export class NodeDaemon {

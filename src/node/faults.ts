@@ -26,6 +26,7 @@
 // Each fault fires once. Unknown points or actions are refused at start-up.
 import { FerryError } from '../errors.ts';
 import type { Connection } from '../transport/index.ts';
+import type { Log } from './log.ts';
 
 export const FAULT_POINTS = ['dest-setup', 'dest-pages', 'dest-state', 'dest-commit', 'dest-running', 'src-pages', 'src-commit', 'src-push', 'dest-fault', 'src-batch', 'src-committed', 'dest-answer'] as const;
 export type FaultPoint = (typeof FAULT_POINTS)[number];
@@ -38,7 +39,7 @@ const ONLY: Partial<Record<Action, readonly FaultPoint[]>> = { corrupt: ['src-ba
 export class Faults {
   private readonly armed = new Map<FaultPoint, { action: Action; ms?: number }>();
 
-  constructor(spec: string | undefined, private readonly log?: (m: string) => void) {
+  constructor(spec: string | undefined, private readonly log?: Log) {
     for (const item of (spec ?? '').split(',').map((s) => s.trim()).filter(Boolean)) {
       const [point, how = ''] = item.split(':');
       const [action, ms] = how.split('=');
@@ -79,7 +80,10 @@ export class Faults {
     if (!action) return false;
     this.armed.delete(point);
     this.log?.(`FAULT ${point}: ${action}`);
-    if (action === 'crash') process.kill(process.pid, 'SIGKILL');
+    if (action === 'crash') {
+      this.log?.flush?.(); // SIGKILL runs no exit handler: the FAULT line must be out first
+      process.kill(process.pid, 'SIGKILL');
+    }
     conn.destroy(new FerryError('fault', `fault injected at ${point}`));
     return true;
   }

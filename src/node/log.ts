@@ -4,10 +4,14 @@
 // the woken reader takes the writer's CPU: a line logged in a migration's down
 // time (a process arriving) cost the down time ~1 ms here. Written later, it
 // leaves the down time alone. Lines still pending when the process exits are
-// written then.
+// written then; before a SIGKILL of its own (a crash fault), which no exit
+// handler sees, a node calls `flush`.
+
+/** A log line sink; `flush` writes any pending lines now. */
+export type Log = ((m: string) => void) & { flush?: () => void };
 
 /** `write` gets one or more whole lines at a time. */
-export function deferredLog(write: (text: string) => void, prefix: () => string): (m: string) => void {
+export function deferredLog(write: (text: string) => void, prefix: () => string): Log {
   let pending: string[] = [];
   const flush = () => {
     if (!pending.length) return;
@@ -16,8 +20,10 @@ export function deferredLog(write: (text: string) => void, prefix: () => string)
     write(text);
   };
   process.on('exit', flush);
-  return (m: string) => {
+  const log: Log = (m: string) => {
     if (!pending.length) setImmediate(flush);
     pending.push(`${prefix()} ${m}\n`);
   };
+  log.flush = flush;
+  return log;
 }
