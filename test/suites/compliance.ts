@@ -35,7 +35,7 @@ interface Case {
 
 /** Runs long enough for a few migrations on a loaded 2-core machine, short enough for CI. */
 const ARGS: Record<string, string[]> = {
-  getpid: ['10000000'], rma: ['4', '400'], reference: ['20000'], pageinc: ['16', '20000'], recurse: ['5000', '20000'],
+  getpid: ['10000000'], rma: ['4', '400'], reference: ['20000'], pageinc: ['16', '60000'], recurse: ['5000', '20000'],
   filecopy: ['/data/in.bin', '/data/out.bin', '4096', '1500'], sleeper: ['60', '50'], asobjects: ['3000'],
 };
 /** On a slow link a round of a heavy writer takes long: these run longer there. */
