@@ -31,10 +31,11 @@ export interface MigrationChannel {
   /** One page batch (one buffer, or parts to send as they are); resolves when handed to the link. Returns bytes sent. */
   sendPages(batch: Buffer | readonly Uint8Array[]): Promise<number>;
   /** Send the process state and ask the destination to run it (one round trip). Resolves once
-   *  it runs there (with the bytes sent); throws a FerryError with code 'migration-aborted'
+   *  it runs there, with the bytes sent and how long it had run there when it answered
+   *  (the destination's own clock; the down time ended that much earlier); throws a FerryError with code 'migration-aborted'
    *  when it definitely does not (then the source resumes it). `postcopy`: a pre-copy switched
    *  to post-copy; `stale` is a bitmap of the pages the destination must not use (absent). */
-  commit(state: Buffer[], postcopy?: { stale: Uint8Array }): Promise<number>;
+  commit(state: Buffer[], postcopy?: { stale: Uint8Array }): Promise<{ bytes: number; ranForMs: number }>;
   /** Serve the destination's page faults from the source's memory (post-copy, demand paging, assisted post-copy). */
   serveFaults(read: (pages: number[]) => Buffer | readonly Uint8Array[] | PageAnswer): void;
   /** The link broke during post-processing: reach the destination again on a new connection
@@ -220,9 +221,10 @@ export class Migration extends EventEmitter {
       this.metrics.step('state');
       this.check();
       this.committing = true; // from here the destination decides; no cancel
-      this.metrics.addBytes('downtime', await channel.commit(state, stale ? { stale } : undefined));
-      this.metrics.step('running');
-      this.metrics.downtimeEnded();
+      const committed = await channel.commit(state, stale ? { stale } : undefined);
+      this.metrics.addBytes('downtime', committed.bytes);
+      this.metrics.step('running', committed.ranForMs);
+      this.metrics.downtimeEnded(committed.ranForMs);
       this.frozen = null;
       await proc.release();
       if (strategy.postProcess || stale) {

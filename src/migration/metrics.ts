@@ -98,7 +98,9 @@ export class MetricsRecorder {
     if (phase === 'downtime' && this.phaseStart.preparation === null) this.m.preparationMs = 0;
     if (phase === 'downtime' && this.phaseStart.preparation !== null) this.m.preparationMs = t - this.phaseStart.preparation;
     if (phase === 'postProcessing' && this.phaseStart.downtime !== null) this.m.downtimeMs ??= t - this.phaseStart.downtime;
-    this.phaseStart[phase] = t;
+    // Post-processing begins when the process ran on the destination (the down time's end),
+    // which may be before the source heard of it.
+    this.phaseStart[phase] = phase === 'postProcessing' && this.phaseStart.downtime !== null ? this.phaseStart.downtime + this.m.downtimeMs! : t;
   }
 
   /** End of the migration (no more residual dependency). */
@@ -112,15 +114,16 @@ export class MetricsRecorder {
     this.finishBytes();
   }
 
-  /** Down time ends when the destination runs the process (before post-processing, if any). */
-  downtimeEnded(): void {
-    if (this.phaseStart.downtime !== null && this.m.downtimeMs === null) this.m.downtimeMs = now() - this.phaseStart.downtime;
+  /** Down time ends when the destination runs the process (before post-processing, if any):
+   *  `agoMs` before now, when the destination said how long it had run when it answered. */
+  downtimeEnded(agoMs = 0): void {
+    if (this.phaseStart.downtime !== null && this.m.downtimeMs === null) this.m.downtimeMs = now() - agoMs - this.phaseStart.downtime;
   }
 
-  /** Record a step of the down time. */
-  step(name: string): void {
+  /** Record a step of the down time (reached `agoMs` before now). */
+  step(name: string, agoMs = 0): void {
     const t0 = this.phaseStart.downtime;
-    if (t0 !== null) this.m.downtimeSteps[name] = Math.round((now() - t0) * 100) / 100;
+    if (t0 !== null) this.m.downtimeSteps[name] = Math.round((now() - agoMs - t0) * 100) / 100;
   }
 
   addBytes(phase: Phase | 'setup', n: number): void {

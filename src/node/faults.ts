@@ -7,7 +7,8 @@
 //     dest-pages      destination, first MIG_PAGES received
 //     dest-state      destination, MIG_COMMIT (with the state) received
 //     dest-commit     destination, state accepted, before the process runs
-//     dest-running    destination, the process runs, before answering the commit
+//     dest-running    destination, the process runs, before answering the commit (delay too:
+//                     the answer comes late, the process runs meanwhile)
 //     src-pages       source, after its first page batch is sent
 //     src-commit      source, right after sending MIG_COMMIT
 //     src-push        source, after its first background-push batch (post-copy, post-processing)
@@ -35,6 +36,8 @@ type Action = 'crash' | 'cut' | 'corrupt' | 'delay';
 const DELAY_MS = 1000;
 /** Actions that go with some points only, and those points with them only. */
 const ONLY: Partial<Record<Action, readonly FaultPoint[]>> = { corrupt: ['src-batch'], delay: ['src-committed', 'dest-answer'] };
+/** Points that take such an action as well as others. */
+const ALSO: Partial<Record<Action, readonly FaultPoint[]>> = { delay: ['dest-running'] };
 
 export class Faults {
   private readonly armed = new Map<FaultPoint, { action: Action; ms?: number }>();
@@ -46,7 +49,7 @@ export class Faults {
       if (!(FAULT_POINTS as readonly string[]).includes(point!)) throw new FerryError('bad-argument', `FERRY_FAULTS: unknown point '${point}' (known: ${FAULT_POINTS.join(', ')})`);
       if (action !== 'crash' && action !== 'cut' && action !== 'corrupt' && action !== 'delay') throw new FerryError('bad-argument', `FERRY_FAULTS: unknown action '${how}' (crash, cut, corrupt or delay[=MS])`);
       for (const [a, only] of Object.entries(ONLY))
-        if ((action === a) !== only.includes(point as FaultPoint)) throw new FerryError('bad-argument', `FERRY_FAULTS: ${item}: ${a} goes with ${only.join(' or ')}, and they with it only`);
+        if (action === a ? !only.includes(point as FaultPoint) && !ALSO[a as Action]?.includes(point as FaultPoint) : only.includes(point as FaultPoint)) throw new FerryError('bad-argument', `FERRY_FAULTS: ${item}: ${a} goes with ${[...only, ...(ALSO[a as Action] ?? [])].join(' or ')}, and ${only.join(' and ')} with it only`);
       if (ms !== undefined && (action !== 'delay' || !/^\d{1,6}$/.test(ms)))
         throw new FerryError('bad-argument', `FERRY_FAULTS: ${item}: only delay takes =MS, a whole number of milliseconds`);
       this.armed.set(point as FaultPoint, { action, ...(ms !== undefined ? { ms: Number(ms) } : {}) });
@@ -77,7 +80,7 @@ export class Faults {
   /** Fail here if a fault is armed at this point. Returns true if the connection was cut. */
   hit(point: FaultPoint, conn: Connection): boolean {
     const action = this.armed.get(point)?.action;
-    if (!action) return false;
+    if (!action || action === 'delay') return false; // delay() holds it
     this.armed.delete(point);
     this.log?.(`FAULT ${point}: ${action}`);
     if (action === 'crash') {

@@ -11,7 +11,8 @@
 //           (memoryBytes: the source's memory in use; the destination pre-faults as much)
 //           (module bytes as a stream {kind: 'module', mid}, then MIG_SETUP again)
 //   S -> D  MIG_PAGES {mid} + page batch ...                       (one-way, bulk)
-//   S -> D  MIG_COMMIT {mid} + state image                         D: {state: 'running'} or ERROR migration-aborted
+//   S -> D  MIG_COMMIT {mid} + state image                         D: {state: 'running', ranForMs} or ERROR migration-aborted
+//           (ranForMs: how long the process had run when D answered, D's clock: the down time's end)
 //           (a pre-copy switched to post-copy: {mid, postcopy: true, staleBytes: n} + n bytes of
 //           bitmap of the pages the destination holds old copies of + state image; MIG_SETUP said
 //           postcopy: true, so the destination loaded the faulting variant too)
@@ -58,6 +59,13 @@ import { FILE_SERVER_ROLE, FileServer } from './file-server.ts';
 export const DEFAULT_PAGE_SIZE = 4096;
 const SETUP_TIMEOUT_MS = 15 * 60_000; // compiling a large module on the destination takes minutes
 const COMMIT_TIMEOUT_MS = 30_000;
+
+/** The commit answer's `ranForMs` (how long the process had run on the destination when it
+ *  answered), checked: a number within the commit's round trip, else 0 (an older peer, or
+ *  nonsense: the down time then ends when the answer came, as it would without it). */
+export function ranFor(v: unknown, roundTripMs: number): number {
+  return typeof v === 'number' && Number.isFinite(v) && v >= 0 ? Math.min(v, roundTripMs) : 0;
+}
 const QUERY_ATTEMPTS = 30;
 /** Largest page index a batch may name (4 GiB of 4 KiB pages). */
 const MAX_PAGES = 1 << 20;
@@ -305,6 +313,7 @@ export class Migrator {
     }
     try { inc.acceptState(body); } catch (e) { inc.abort((e as Error).message); throw e; }
     if (this.ctx.faults.hit('dest-commit', conn)) throw new FerryError('fault', 'dest-commit');
+    let runningAt: number | null = null;
     await inc.commit(async (m) => {
       const img = m.image!;
       const x = img.meta.extra as unknown as ProcessExtra;
@@ -319,10 +328,10 @@ export class Migrator {
         onFault = (addr, len) => dep!.fault(addr, len);
       }
       try {
-        await this.ctx.table.adopt({
+        ({ runningAt } = await this.ctx.table.adopt({
           image: img, program, loaded: m.spec.faulting ? m.faultingModule! : m.loaded!, memory: m.memory!, prepared: m.prepared ?? undefined,
           sink: this.ctx.home.routeFor(img.meta.pid, x.home), fileOps, onFault, residual: m.spec.faulting ? [m.spec.holder ?? m.spec.from] : [],
-        });
+        }));
       } catch (e) { this.remotePages.finished(m.spec.pid, m.spec.id); throw e; }
       dep?.started();
       const offset = img.wasi.stdinTakenBytes ?? 0;
@@ -334,7 +343,11 @@ export class Migrator {
       }
     });
     if (this.ctx.faults.hit('dest-running', conn)) throw new FerryError('fault', 'dest-running');
-    return { header: { state: 'running' } };
+    await this.ctx.faults.delay('dest-running');
+    // How long it has run here already (this node's clock alone): the source's down time ends
+    // that much before the answer reaches it (waking this thread and sending cost that much).
+    const ranForMs = runningAt === null ? 0 : Math.max(0, performance.timeOrigin + performance.now() - runningAt);
+    return { header: { state: 'running', ranForMs } };
   };
 
   /** Post-copy: the source has pushed everything; every page must be here. */
@@ -474,16 +487,18 @@ class ConnectionChannel implements MigrationChannel {
   /** The last page batch is on the link (before the commit or MIG_DONE). */
   private onWire: Promise<void> = Promise.resolve();
 
-  async commit(state: Buffer[], postcopy?: { stale: Uint8Array }): Promise<number> {
+  async commit(state: Buffer[], postcopy?: { stale: Uint8Array }): Promise<{ bytes: number; ranForMs: number }> {
     await this.onWire;
+    const sentAt = performance.now();
     try {
       const head = postcopy ? { mid: this.mid, postcopy: true, staleBytes: postcopy.stale.length } : { mid: this.mid };
       const answer = this.conn.request('MIG_COMMIT', head, Buffer.concat(postcopy ? [postcopy.stale, ...state] : state), { timeoutMs: COMMIT_TIMEOUT_MS });
       this.faults.hit('src-commit', this.conn);
-      await answer;
+      const r = await answer;
+      const ranForMs = ranFor(r.header.ranForMs, performance.now() - sentAt);
       this.committed = true;
       await this.faults.delay('src-committed');
-      return this.delta();
+      return { bytes: this.delta(), ranForMs };
     } catch (e) {
       if (e instanceof FerryError && e.code === 'migration-aborted') throw e;
       // The answer was lost: ask on a fresh connection until the destination says, or is gone.
@@ -493,7 +508,7 @@ class ConnectionChannel implements MigrationChannel {
         try {
           c = await this.spec.dialAgain();
           const r = await c.request('MIG_QUERY', { mid: this.mid }, undefined, { timeoutMs: 5000 });
-          if (r.header.state === 'running') { this.committed = true; return this.delta(); }
+          if (r.header.state === 'running') { this.committed = true; return { bytes: this.delta(), ranForMs: 0 }; }
           throw new FerryError('migration-aborted', `destination reports the migration ${String(r.header.state)} (commit lost: ${last.message})`);
         } catch (qe) {
           if (qe instanceof FerryError && qe.code === 'migration-aborted') throw qe;

@@ -137,6 +137,8 @@ export class PreparedWorker {
 
 export class WasmProcess extends EventEmitter {
   state: ProcessState = 'starting';
+  /** When the guest last ran again (its worker's clock, epoch ms), null before. */
+  runningAt: number | null = null;
   readonly bytes: Uint8Array;
   private readonly ctl: Int32Array;
   private readonly control: SharedArrayBuffer;
@@ -297,6 +299,7 @@ export class WasmProcess extends EventEmitter {
         break; // a prepared worker's answer, arriving after a process took it over
       case 'running':
         if (this.state === 'starting') this.state = 'running';
+        this.runningAt = m.at;
         this.emit('running');
         break;
       case 'stopped': {

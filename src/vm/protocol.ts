@@ -48,7 +48,8 @@ export type ToWorker =
 
 export type FromWorker =
   | { type: 'prepared' }
-  | { type: 'running' }
+  /** at: when the guest ran again (epoch ms, high resolution: timeOrigin + now). */
+  | { type: 'running'; at: number }
   /** stoppedAt: when the stack was unwound (epoch ms, high resolution: timeOrigin + now). */
   | { type: 'stopped'; exec: ExecState; wasi: WasiState; stoppedAt: number }
   | { type: 'exited'; code: number; wasi: WasiState }

@@ -175,7 +175,7 @@ class Session {
       this.exports[EXPORT_INIT_DATA]();
       if (this.meta.hasStartFunction) this.exports[EXPORT_START_FN]();
     }
-    post({ type: 'running' });
+    post({ type: 'running', at: performance.timeOrigin + performance.now() });
     let exitCode = 0;
     try {
       this.exports._start();
