@@ -66,7 +66,7 @@ describe('file servers: flushing and freeze-free', { timeout: 900_000 }, () => {
 
   for (const algorithm of ['flushing', 'freeze-free'] as const) {
     it(`${algorithm}: pages go to the file server; the source killed afterwards, the process finishes from f's pages, output identical`, async () => {
-      const w = workload('rma', ['8', '120']);
+      const w = workload('rma', ['8', '480']); // ~2.5 s: two migrations land mid-run on a loaded machine (120 once ended first)
       const exp = await reference(w);
       const c = await fourNodes();
       try {

@@ -50,7 +50,7 @@ const PROGRAMS: Record<string, string> = {
       (loop $l
         (i32.store (i32.mul (i32.and (local.get $i) (i32.const 0xffff)) (i32.const 4)) (local.get $i))
         (local.set $i (i32.add (local.get $i) (i32.const 1)))
-        (br_if $l (i32.lt_u (local.get $i) (i32.const 20000000))))
+        (br_if $l (i32.lt_u (local.get $i) (i32.const 200000000))))
       (i32.add (i32.mul (memory.size) (i32.const 10)) (local.get $s)))`,
 };
 
