@@ -31,9 +31,9 @@ export interface MigrationChannel {
   /** One page batch (one buffer, or parts to send as they are); resolves when handed to the link. Returns bytes sent. */
   sendPages(batch: Buffer | readonly Uint8Array[]): Promise<number>;
   /** Send the process state and ask the destination to run it (one round trip). Resolves once
-   *  it runs there, with the bytes sent and how long it had run there when it answered
-   *  (the destination's own clock; the down time ended that much earlier); throws a FerryError with code 'migration-aborted'
-   *  when it definitely does not (then the source resumes it). `postcopy`: a pre-copy switched
+   *  it runs there, with the bytes sent and how long it had run there when it answered (the
+   *  destination's own clock; the down time ended that much earlier); throws a FerryError
+   *  with code 'migration-aborted' when it definitely does not (then the source resumes it). `postcopy`: a pre-copy switched
    *  to post-copy; `stale` is a bitmap of the pages the destination must not use (absent). */
   commit(state: Buffer[], postcopy?: { stale: Uint8Array }): Promise<{ bytes: number; ranForMs: number }>;
   /** Serve the destination's page faults from the source's memory (post-copy, demand paging, assisted post-copy). */

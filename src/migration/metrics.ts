@@ -97,10 +97,14 @@ export class MetricsRecorder {
     if (this.phaseStart.setup !== null && this.m.setupMs === null) this.m.setupMs = t - this.phaseStart.setup;
     if (phase === 'downtime' && this.phaseStart.preparation === null) this.m.preparationMs = 0;
     if (phase === 'downtime' && this.phaseStart.preparation !== null) this.m.preparationMs = t - this.phaseStart.preparation;
-    if (phase === 'postProcessing' && this.phaseStart.downtime !== null) this.m.downtimeMs ??= t - this.phaseStart.downtime;
-    // Post-processing begins when the process ran on the destination (the down time's end),
-    // which may be before the source heard of it.
-    this.phaseStart[phase] = phase === 'postProcessing' && this.phaseStart.downtime !== null ? this.phaseStart.downtime + this.m.downtimeMs! : t;
+    if (phase === 'postProcessing' && this.phaseStart.downtime !== null) {
+      // Post-processing begins where the down time ended (the process ran on the
+      // destination), which may be before the source heard of it.
+      if (this.m.downtimeMs === null) this.m.downtimeMs = t - this.phaseStart.downtime;
+      this.phaseStart.postProcessing = this.phaseStart.downtime + this.m.downtimeMs;
+      return;
+    }
+    this.phaseStart[phase] = t;
   }
 
   /** End of the migration (no more residual dependency). */

@@ -34,10 +34,10 @@ export type FaultPoint = (typeof FAULT_POINTS)[number];
 type Action = 'crash' | 'cut' | 'corrupt' | 'delay';
 /** How long a delay holds what it holds unless given (delay=MS). */
 const DELAY_MS = 1000;
-/** Actions that go with some points only, and those points with them only. */
-const ONLY: Partial<Record<Action, readonly FaultPoint[]>> = { corrupt: ['src-batch'], delay: ['src-committed', 'dest-answer'] };
-/** Points that take such an action as well as others. */
-const ALSO: Partial<Record<Action, readonly FaultPoint[]>> = { delay: ['dest-running'] };
+/** Actions that go with some points only. */
+const POINTS_OF: Partial<Record<Action, readonly FaultPoint[]>> = { corrupt: ['src-batch'], delay: ['src-committed', 'dest-answer', 'dest-running'] };
+/** Points that take one action only. */
+const ACTION_OF: Partial<Record<FaultPoint, Action>> = { 'src-batch': 'corrupt', 'src-committed': 'delay', 'dest-answer': 'delay' };
 
 export class Faults {
   private readonly armed = new Map<FaultPoint, { action: Action; ms?: number }>();
@@ -48,8 +48,9 @@ export class Faults {
       const [action, ms] = how.split('=');
       if (!(FAULT_POINTS as readonly string[]).includes(point!)) throw new FerryError('bad-argument', `FERRY_FAULTS: unknown point '${point}' (known: ${FAULT_POINTS.join(', ')})`);
       if (action !== 'crash' && action !== 'cut' && action !== 'corrupt' && action !== 'delay') throw new FerryError('bad-argument', `FERRY_FAULTS: unknown action '${how}' (crash, cut, corrupt or delay[=MS])`);
-      for (const [a, only] of Object.entries(ONLY))
-        if (action === a ? !only.includes(point as FaultPoint) && !ALSO[a as Action]?.includes(point as FaultPoint) : only.includes(point as FaultPoint)) throw new FerryError('bad-argument', `FERRY_FAULTS: ${item}: ${a} goes with ${[...only, ...(ALSO[a as Action] ?? [])].join(' or ')}, and ${only.join(' and ')} with it only`);
+      const points = POINTS_OF[action], only = ACTION_OF[point as FaultPoint];
+      if (points && !points.includes(point as FaultPoint)) throw new FerryError('bad-argument', `FERRY_FAULTS: ${item}: ${action} goes with ${points.join(' or ')} only`);
+      if (only && only !== action) throw new FerryError('bad-argument', `FERRY_FAULTS: ${item}: ${point} takes ${only} only`);
       if (ms !== undefined && (action !== 'delay' || !/^\d{1,6}$/.test(ms)))
         throw new FerryError('bad-argument', `FERRY_FAULTS: ${item}: only delay takes =MS, a whole number of milliseconds`);
       this.armed.set(point as FaultPoint, { action, ...(ms !== undefined ? { ms: Number(ms) } : {}) });

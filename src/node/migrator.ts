@@ -44,6 +44,7 @@ import type { MigrationMetrics } from '../migration/metrics.ts';
 import { strategyFor } from '../migration/index.ts';
 import type { Connection, IncomingStream, Message, Reply } from '../transport/index.ts';
 import { sha256 } from '../vm/module-meta.ts';
+import { epochMs } from '../vm/protocol.ts';
 import type { HomeRouter } from './home.ts';
 import type { HomeFiles } from './home-files.ts';
 import type { Membership } from './membership.ts';
@@ -59,6 +60,9 @@ import { FILE_SERVER_ROLE, FileServer } from './file-server.ts';
 export const DEFAULT_PAGE_SIZE = 4096;
 const SETUP_TIMEOUT_MS = 15 * 60_000; // compiling a large module on the destination takes minutes
 const COMMIT_TIMEOUT_MS = 30_000;
+const QUERY_ATTEMPTS = 30;
+/** Largest page index a batch may name (4 GiB of 4 KiB pages). */
+const MAX_PAGES = 1 << 20;
 
 /** The commit answer's `ranForMs` (how long the process had run on the destination when it
  *  answered), checked: a number within the commit's round trip, else 0 (an older peer, or
@@ -66,9 +70,6 @@ const COMMIT_TIMEOUT_MS = 30_000;
 export function ranFor(v: unknown, roundTripMs: number): number {
   return typeof v === 'number' && Number.isFinite(v) && v >= 0 ? Math.min(v, roundTripMs) : 0;
 }
-const QUERY_ATTEMPTS = 30;
-/** Largest page index a batch may name (4 GiB of 4 KiB pages). */
-const MAX_PAGES = 1 << 20;
 const HISTORY = 256;
 /** Page batches per frame on an unshaped link (a shaped one uses its chunk size). */
 const BATCH_BYTES = 1024 * 1024;
@@ -346,7 +347,7 @@ export class Migrator {
     await this.ctx.faults.delay('dest-running');
     // How long it has run here already (this node's clock alone): the source's down time ends
     // that much before the answer reaches it (waking this thread and sending cost that much).
-    const ranForMs = runningAt === null ? 0 : Math.max(0, performance.timeOrigin + performance.now() - runningAt);
+    const ranForMs = runningAt === null ? 0 : Math.max(0, epochMs() - runningAt);
     return { header: { state: 'running', ranForMs } };
   };
 

@@ -171,9 +171,9 @@ export class ProcessTable {
     }
   }
 
-  /** Take in a process that migrated here (its pages are in spec.memory). Resolves once it runs. */
-  /** Resolves once it runs: `runningAt` is when its guest ran again (epoch ms; null if it
-   *  ended first), which ends a migration's down time. */
+  /** Take in a process that migrated here (its pages are in spec.memory). Resolves once it
+   *  runs: `runningAt` is when its guest ran again (epochMs; null if it ended first), which
+   *  ends a migration's down time. */
   async adopt(spec: AdoptSpec): Promise<{ info: ProcessInfo; runningAt: number | null }> {
     const img = spec.image;
     const x = img.meta.extra as unknown as ProcessExtra;

@@ -7,7 +7,7 @@ import {
 } from './layout.ts';
 import {
   CONTROL_BYTES, CTL_FAULT, CTL_FILE, CTL_HEADER_BYTES, CTL_STDIN_EOF, CTL_STDIN_READ, CTL_STDIN_WRITE,
-  CTL_STOP, CTL_THROTTLE, CTL_WAKE, STDIN_RING_BYTES, type ExecState, type FromWorker, type StdioMode, type ToWorker,
+  CTL_STOP, CTL_THROTTLE, CTL_WAKE, STDIN_RING_BYTES, epochMs, type ExecState, type FromWorker, type StdioMode, type ToWorker,
 } from './protocol.ts';
 import type { LoadedModule } from './cache.ts';
 import { workerOptions, workerUrl } from './worker-code.ts';
@@ -137,7 +137,7 @@ export class PreparedWorker {
 
 export class WasmProcess extends EventEmitter {
   state: ProcessState = 'starting';
-  /** When the guest last ran again (its worker's clock, epoch ms), null before. */
+  /** When the guest last ran again (epochMs), null before. */
   runningAt: number | null = null;
   readonly bytes: Uint8Array;
   private readonly ctl: Int32Array;
@@ -217,7 +217,7 @@ export class WasmProcess extends EventEmitter {
       return Promise.reject(new FerryError('runtime', `cannot freeze a process that is ${this.state}`));
     this.state = 'stopping';
     return new Promise((resolve, reject) => {
-      this.pendingStop = { t0: performance.timeOrigin + performance.now(), resolve, reject };
+      this.pendingStop = { t0: epochMs(), resolve, reject };
       Atomics.store(this.ctl, CTL_STOP, 1);
       Atomics.store(this.memI32, STOP_FLAG >>> 2, 1);
       this.wake();
@@ -313,7 +313,7 @@ export class WasmProcess extends EventEmitter {
         m.wasi.stdinEof = this.stdinEnded;
         m.wasi.stdinTakenBytes = this.stdinTaken;
         stop.resolve({ exec: m.exec, wasi: m.wasi, memory: this.bytes, logicalBytes: m.exec.logicalPages * WASM_PAGE,
-          stopMs: Math.max(0, m.stoppedAt - stop.t0), captureMs: performance.timeOrigin + performance.now() - stop.t0 });
+          stopMs: Math.max(0, m.stoppedAt - stop.t0), captureMs: epochMs() - stop.t0 });
         break;
       }
       case 'exited':

@@ -48,9 +48,9 @@ export type ToWorker =
 
 export type FromWorker =
   | { type: 'prepared' }
-  /** at: when the guest ran again (epoch ms, high resolution: timeOrigin + now). */
+  /** at: when the guest ran again (epochMs). */
   | { type: 'running'; at: number }
-  /** stoppedAt: when the stack was unwound (epoch ms, high resolution: timeOrigin + now). */
+  /** stoppedAt: when the stack was unwound (epochMs). */
   | { type: 'stopped'; exec: ExecState; wasi: WasiState; stoppedAt: number }
   | { type: 'exited'; code: number; wasi: WasiState }
   | { type: 'failed'; error: SerializedError }
@@ -59,6 +59,10 @@ export type FromWorker =
   | { type: 'fault'; addr: number; len: number }
   /** A file-system call to perform; answered on the file port, then CTL_FILE is bumped. */
   | { type: 'file-op'; id: number; req: FileOpRequest };
+
+/** The clock of timestamps that cross threads (FromWorker's `at`, `stoppedAt`): epoch ms at
+ *  high resolution. performance.now() alone starts from each thread's own origin. */
+export const epochMs = (): number => performance.timeOrigin + performance.now();
 
 // Control block (Int32Array over a SharedArrayBuffer), apart from the guest memory.
 export const CTL_WAKE = 0;          // bumped + notified on every event the worker may wait for
