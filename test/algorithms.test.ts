@@ -6,7 +6,7 @@
 import { before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { addFileServer, ClusterClient, eventually, startCluster } from './helpers/cluster.ts';
-import { clusterRun, ferryRun } from './helpers/modes.ts';
+import { clusterRun, ferryRun, outlasting } from './helpers/modes.ts';
 import { prepareAllVariants, WORKLOADS, type Workload } from './helpers/workloads.ts';
 import { strategyFor, type MigrationMetrics } from '../src/migration/index.ts';
 
@@ -40,17 +40,22 @@ describe('algorithm invariants', { timeout: 900_000 }, () => {
   });
 
   it('pre-copy with auto-converge completes on RMA at 10 Mb/s, output identical', async () => {
-    const w = rma(4, 1500);
-    const expected = await ferryRun(w);
     const c = await startCluster(2, { names: ['a', 'b'], extraArgs: ['--link-bandwidth', '10mbit'] });
     try {
       const client = ClusterClient.for(c);
-      const { outcome, during: m } = await clusterRun(c, client, w, { node: 'a' }, (pid) => client.migrate(pid, 'b', { algorithm: 'pre-copy', autoConverge: true, maxRounds: 30, downtimeLimitMs: 1000 }));
-      assert.equal(m.state, 'completed', m.error?.message);
-      assert.ok(m.throttle > 0, 'the writer was throttled');
-      assert.ok(m.rounds >= 2, `several rounds (${m.rounds})`);
-      assert.equal(outcome.stdout, expected.stdout);
-      assert.equal(outcome.exitCode, 0);
+      await outlasting([1500, 6000, 24000], async (millions) => {
+        const w = rma(4, millions);
+        const expected = await ferryRun(w);
+        const { outcome, during: m } = await clusterRun(c, client, w, { node: 'a' }, async (pid) => {
+          const m = await client.migrate(pid, 'b', { algorithm: 'pre-copy', autoConverge: true, maxRounds: 30, downtimeLimitMs: 1000 });
+          assert.equal(m.state, 'completed', m.error?.message);
+          return m;
+        });
+        assert.ok(m.throttle > 0, 'the writer was throttled');
+        assert.ok(m.rounds >= 2, `several rounds (${m.rounds})`);
+        assert.equal(outcome.stdout, expected.stdout);
+        assert.equal(outcome.exitCode, 0);
+      });
     } finally { await c.stop(); }
   });
 

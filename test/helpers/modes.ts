@@ -74,6 +74,22 @@ export async function checkpointChain(w: Workload, delays: number[]): Promise<Ou
   } finally { cleanup(); }
 }
 
+/** The program exited (code 0) before `during` was done with it. */
+export class EndedFirst extends Error {
+  override name = 'EndedFirst';
+  constructor(w: Workload, cause: unknown) { super(`${w.name} ${w.args.join(' ')} ended before the test was done with it`, { cause }); }
+}
+
+/** Runs `attempt(scale)` with each scale in turn while the program ends first (EndedFirst):
+ *  a workload that must outlast migrations whose length is set by the link, not by this
+ *  machine's speed, runs longer on a fast machine instead of failing there. */
+export async function outlasting<T>(scales: number[], attempt: (scale: number) => Promise<T>): Promise<T> {
+  for (const [i, scale] of scales.entries()) {
+    try { return await attempt(scale); } catch (e) { if (!(e instanceof EndedFirst) || i === scales.length - 1) throw e; }
+  }
+  throw new Error('outlasting: no scales');
+}
+
 /** `ferry run --node NODE` against a cluster (through node `via`); `during` gets the pid
  *  once the process runs and acts on it (migrations, faults) while it runs. */
 export async function clusterRun<T>(
@@ -99,7 +115,13 @@ export async function clusterRun<T>(
       ended.catch(() => {}); // only the race's loser when it printed first
       await Promise.race([reached, ended]);
       result = await during(pid);
-    } catch (e) { await run; throw e; }
+    } catch (e) {
+      const r = await run;
+      // The program ran to its end (exit 0) and `during` then found it gone: it ran too fast
+      // for this machine, not a fault of ferry's. `outlasting` runs it again, longer.
+      if (r.exitCode === 0 && /exited|has ended/.test(String((e as Error)?.message))) throw new EndedFirst(w, e);
+      throw e;
+    }
     const r = await run;
     return { outcome: { stdout: r.stdout.toString('latin1'), stderr: r.stderr.toString(), exitCode: r.exitCode, files: hashFiles(readOutputs(w, dir)), runs: 1 }, during: result };
   } finally { cleanup(); }
