@@ -8,7 +8,7 @@
 import { describe, it, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { addFileServer, ClusterClient, startCluster, type Cluster } from './helpers/cluster.ts';
-import { clusterRun, ferryRun, reference, type Outcome } from './helpers/modes.ts';
+import { clusterRun, EndedFirst, ferryRun, outlasting, reference as referenceOf, type Outcome } from './helpers/modes.ts';
 import { WORKLOADS, type Workload } from './helpers/workloads.ts';
 import { strategyFor, type MigrationMetrics } from '../src/migration/index.ts';
 
@@ -119,37 +119,43 @@ function faultCase(algorithm: string, base: FaultCase, reference: () => Outcome)
   const [algo, variant] = algorithm.split(':') as [string, string | undefined];
   if (k.endsOn === 'not-applicable') return;
   it(`${algorithm}: ${k.action} at ${k.point} (on ${k.on === 'a' ? 'the source' : 'the destination'}): ${k.endsOn === 'b-fails' ? 'fails on the destination naming the source' : k.endsOn === 'lost' ? 'dies with the source, never runs on the destination' : `runs exactly once, on ${k.endsOn === 'a' ? 'the source' : k.endsOn === 'b' ? 'the destination' : 'one of them'}`}`, async () => {
-    const expected = reference();
     const c = await startCluster(2, { names: ['a', 'b'], env: { [k.on]: { FERRY_FAULTS: `${k.point}:${k.action}` }, ...(k.other ? { [k.on === 'a' ? 'b' : 'a']: { FERRY_FAULTS: k.other } } : {}) } });
     try {
       if (strategyFor(algo).fileServer) await addFileServer(c, FILE_SERVER);
       if (k.endsOn === 'lost') return await diesWithSource(c, algo, variant);
       const client = ClusterClient.for(c);
-      let pid = '';
-      const { outcome, during: m } = await clusterRun(c, client, rma, { node: 'a' }, async (p): Promise<MigrationMetrics> => {
-        pid = p;
-        return client.migrate(p, 'b', { algorithm: algo, ...(variant ? { variant } : {}) });
+      // RMA 8 MB runs ~0.3-1 s: where it ends before the migration reaches the fault, again 4x longer.
+      await outlasting([1, 4], async (scale) => {
+        const w = scale === 1 ? rma : { ...rma, args: ['8', String(250 * scale)] };
+        const expected = scale === 1 ? reference() : await referenceOf(w);
+        let pid = '';
+        const { outcome, during: m } = await clusterRun(c, client, w, { node: 'a' }, async (p): Promise<MigrationMetrics> => {
+          pid = p;
+          return client.migrate(p, 'b', { algorithm: algo, ...(variant ? { variant } : {}) });
+        });
+        const fired = new RegExp(`FAULT ${k.point}: ${k.action}`).test(c.nodes[k.on === 'a' ? 0 : 1]!.log());
+        if (!fired && outcome.exitCode === 0 && m.state !== 'completed' && /exited|ended/.test(m.error?.message ?? '')) throw new EndedFirst(w, m.error);
+        if (k.endsOn === 'b-fails') {
+          assert.notEqual(outcome.exitCode, 0, 'it cannot finish without its pages');
+          assert.match(outcome.stderr, /held by node a/, `the error names the source: ${outcome.stderr}`);
+          assert.equal(arrivals(c, 1, pid), 1);
+          return;
+        }
+        same(outcome, expected, `${algorithm}: ${k.action} at ${k.point}`);
+        assert.ok(fired, `the fault fired: ${c.nodes[k.on === 'a' ? 0 : 1]!.log()}`);
+        const where = endedOn(c, pid);
+        assert.equal(where.length, 1, `the process ended on exactly one node (${where.join(', ')})`);
+        if (k.endsOn !== 'either') assert.deepEqual(where, [k.endsOn]);
+        if (where[0] === 'a') {
+          assert.equal(m.state, 'failed', 'the migration is reported failed');
+          assert.ok(m.error && m.error.message.length > 0, 'with its cause');
+          if (c.nodes[1]!.child.exitCode === null && c.nodes[1]!.child.signalCode === null) assert.equal(arrivals(c, 1, pid), 0, 'the destination never ran it');
+        } else {
+          assert.equal(m.state, 'completed', `the migration completed (${m.error?.message ?? ''})`);
+          assert.equal(arrivals(c, 1, pid), 1);
+        }
+        if (k.recovery) assert.match(c.nodes[k.recovery.on === 'a' ? 0 : 1]!.log(), new RegExp(k.recovery.re), 'it recovered');
       });
-      if (k.endsOn === 'b-fails') {
-        assert.notEqual(outcome.exitCode, 0, 'it cannot finish without its pages');
-        assert.match(outcome.stderr, /held by node a/, `the error names the source: ${outcome.stderr}`);
-        assert.equal(arrivals(c, 1, pid), 1);
-        return;
-      }
-      same(outcome, expected, `${algorithm}: ${k.action} at ${k.point}`);
-      assert.match(c.nodes[k.on === 'a' ? 0 : 1]!.log(), new RegExp(`FAULT ${k.point}: ${k.action}`), 'the fault fired');
-      const where = endedOn(c, pid);
-      assert.equal(where.length, 1, `the process ended on exactly one node (${where.join(', ')})`);
-      if (k.endsOn !== 'either') assert.deepEqual(where, [k.endsOn]);
-      if (where[0] === 'a') {
-        assert.equal(m.state, 'failed', 'the migration is reported failed');
-        assert.ok(m.error && m.error.message.length > 0, 'with its cause');
-        if (c.nodes[1]!.child.exitCode === null && c.nodes[1]!.child.signalCode === null) assert.equal(arrivals(c, 1, pid), 0, 'the destination never ran it');
-      } else {
-        assert.equal(m.state, 'completed', `the migration completed (${m.error?.message ?? ''})`);
-        assert.equal(arrivals(c, 1, pid), 1);
-      }
-      if (k.recovery) assert.match(c.nodes[k.recovery.on === 'a' ? 0 : 1]!.log(), new RegExp(k.recovery.re), 'it recovered');
     } finally { await c.stop(); }
   });
 }
@@ -159,7 +165,7 @@ const SUITE_TIMEOUT_MS = (10 + 6 * ALGOS.length) * 60_000;
 
 describe('migrations under faults', { timeout: SUITE_TIMEOUT_MS }, () => {
   let expected: Outcome;
-  before(async () => { expected = await reference(rma); assert.equal(expected.exitCode, 0); });
+  before(async () => { expected = await referenceOf(rma); assert.equal(expected.exitCode, 0); });
 
   for (const algorithm of ALGOS) for (const base of CASES) faultCase(algorithm, base, () => expected);
   // Post-copy's push and a fault's answer crossing (the race CI once hit): by default too.

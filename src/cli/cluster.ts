@@ -9,6 +9,7 @@ import { resolve } from 'node:path';
 import { FerryError } from '../errors.ts';
 import { loadKey, parseBandwidth, parseLatency, writeKey } from '../transport/index.ts';
 import { loadProgram } from '../vm/snapshot.ts';
+import { compileEagerly } from '../vm/worker-code.ts';
 import { call, clusterTarget, connectCluster, remoteRun, type ClusterFlags } from '../node/client.ts';
 import { NodeDaemon } from '../node/daemon.ts';
 import { deferredLog } from '../node/log.ts';
@@ -66,6 +67,7 @@ export function registerClusterCommands(program: Command): void {
       for (const r of flags.role) if (!(ROLES as readonly string[]).includes(r)) throw new FerryError('bad-argument', `--role ${r}: known roles are ${ROLES.join(', ')}`);
       if (flags.linkBandwidth) parseBandwidth(flags.linkBandwidth);
       if (flags.linkLatency) parseLatency(flags.linkLatency);
+      compileEagerly(); // before any worker starts
       const keyFile = flags.keyFile ?? process.env.FERRY_KEY_FILE;
       const key = keyFile ? loadKey(keyFile) : undefined;
       // A daemon outlives the terminal that started it: once its stderr is gone (EPIPE), it logs

@@ -85,7 +85,10 @@ export class EndedFirst extends Error {
  *  machine's speed, runs longer on a fast machine instead of failing there. */
 export async function outlasting<T>(scales: number[], attempt: (scale: number) => Promise<T>): Promise<T> {
   for (const [i, scale] of scales.entries()) {
-    try { return await attempt(scale); } catch (e) { if (!(e instanceof EndedFirst) || i === scales.length - 1) throw e; }
+    try { return await attempt(scale); } catch (e) {
+      if (!(e instanceof EndedFirst) || i === scales.length - 1) throw e;
+      console.error(`# ${e.message}: again at scale ${scales[i + 1]}`);
+    }
   }
   throw new Error('outlasting: no scales');
 }
