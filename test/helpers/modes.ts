@@ -77,7 +77,7 @@ export async function checkpointChain(w: Workload, delays: number[]): Promise<Ou
 /** The program exited (code 0) before `during` was done with it. */
 export class EndedFirst extends Error {
   override name = 'EndedFirst';
-  constructor(w: Workload, cause: unknown) { super(`${w.name} ${w.args.join(' ')} ended before the test was done with it`, { cause }); }
+  constructor(w: Workload, cause: unknown) { super(`${w.name} ${w.args.join(' ')} ended before the test was done with it (${(cause as Error)?.message ?? cause})`, { cause }); }
 }
 
 /** Runs `attempt(scale)` with each scale in turn while the program ends first (EndedFirst):

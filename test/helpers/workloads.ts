@@ -49,6 +49,16 @@ export const WORKLOADS: Workload[] = [
   { name: 'asobjects', wasm: bin('asobjects'), args: ['500'] },
 ];
 
+/** The argument that sets how long each workload runs (writes, passes, rounds or work per chunk). */
+const LENGTH_ARG: Record<string, number> = { getpid: 0, rma: 1, reference: 0, pageinc: 1, recurse: 1, filecopy: 3, sleeper: 0, asobjects: 0 };
+
+/** `w` running about `k` times as long (for `outlasting`, test/helpers/modes.ts). */
+export function longer(w: Workload, k: number): Workload {
+  const i = LENGTH_ARG[w.name];
+  if (i === undefined || w.args[i] === undefined) throw new Error(`longer: no length argument known for ${w.name} ${w.args.join(' ')}`);
+  return { ...w, args: w.args.map((a, j) => (j === i ? String(Math.round(Number(a) * k)) : a)) };
+}
+
 export function readOutputs(w: Workload, dir: string): Record<string, Buffer> {
   return Object.fromEntries((w.outputs ?? []).map((f) => [f, readFileSync(join(dir, f))]));
 }
