@@ -27,7 +27,7 @@ const label = (r: { algorithm: string; variant?: string }) => (r.variant ? `${r.
 
 export async function algorithms(keyFile: string): Promise<{ same: boolean; row: string[] }> {
   const rma = join(ROOT, 'workloads', 'bin', 'rma.wasm');
-  const millions = process.env.FERRY_DEMO_ALGO_RMA_MILLIONS ?? '2000';
+  const millions = process.env.FERRY_DEMO_ALGO_RMA_MILLIONS ?? '12000'; // outlasts 9 migrations (a ferry CLI each) on a fast machine
   const args = [rma, '4', millions];
   const dir = join(WORK, 'algorithms');
   mkdirSync(dir);

@@ -69,7 +69,7 @@ interface ClusterOutcome { same: boolean; row: string[]; keyFile: string }
 
 async function cluster(): Promise<ClusterOutcome> {
   const rma = join(ROOT, 'workloads', 'bin', 'rma.wasm');
-  const millions = process.env.FERRY_DEMO_RMA_MILLIONS ?? '400';
+  const millions = process.env.FERRY_DEMO_RMA_MILLIONS ?? '1200'; // ~10 output lines, each longer than a migration
   const args = [rma, '16', millions];
   const dir = join(WORK, 'cluster');
   mkdirSync(dir);
