@@ -14,9 +14,9 @@ import { fileURLToPath } from 'node:url';
 import { prefault, type PrefaultMethod } from '../src/memory/prefault.ts';
 import { newGuestMemory } from '../src/vm/process.ts';
 import { clientTlsOptions, generateKey, serverTlsOptions } from '../src/transport/tls.ts';
+import { median } from './util.ts';
 
 const MiB = 1 << 20, BURST = 4 * MiB, SLOT = 8 * MiB;
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 if (process.argv[2] === '--send') {
   const data = Buffer.alloc(BURST, 7);

@@ -8,8 +8,8 @@
 import { describe, it, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { addFileServer, ClusterClient, startCluster, type Cluster } from './helpers/cluster.ts';
-import { clusterRun, EndedFirst, ferryRun, outlasting, reference as referenceOf, type Outcome } from './helpers/modes.ts';
-import { WORKLOADS, type Workload } from './helpers/workloads.ts';
+import { clusterRun, EndedFirst, ferryRun, outlasting, reference, type Outcome } from './helpers/modes.ts';
+import { longer, WORKLOADS, type Workload } from './helpers/workloads.ts';
 import { strategyFor, type MigrationMetrics } from '../src/migration/index.ts';
 
 interface FaultCase {
@@ -114,7 +114,7 @@ async function diesWithSource(c: Cluster, algo: string, variant: string | undefi
 }
 
 /** One case as a test: the fault armed on its node, the process moved a -> b once, where it ended checked. */
-function faultCase(algorithm: string, base: FaultCase, reference: () => Outcome): void {
+function faultCase(algorithm: string, base: FaultCase): void {
   const k = { ...base, endsOn: OVERRIDES[algorithm]?.[`${base.point}:${base.action}`] ?? base.endsOn };
   const [algo, variant] = algorithm.split(':') as [string, string | undefined];
   if (k.endsOn === 'not-applicable') return;
@@ -126,8 +126,8 @@ function faultCase(algorithm: string, base: FaultCase, reference: () => Outcome)
       const client = ClusterClient.for(c);
       // RMA 8 MB runs ~0.3-1 s: where it ends before the migration reaches the fault, again 4x longer.
       await outlasting([1, 4], async (scale) => {
-        const w = scale === 1 ? rma : { ...rma, args: ['8', String(250 * scale)] };
-        const expected = scale === 1 ? reference() : await referenceOf(w);
+        const w = longer(rma, scale);
+        const expected = await reference(w); // once per workload and length (cached)
         let pid = '';
         const { outcome, during: m } = await clusterRun(c, client, w, { node: 'a' }, async (p): Promise<MigrationMetrics> => {
           pid = p;
@@ -164,12 +164,11 @@ function faultCase(algorithm: string, base: FaultCase, reference: () => Outcome)
 const SUITE_TIMEOUT_MS = (10 + 6 * ALGOS.length) * 60_000;
 
 describe('migrations under faults', { timeout: SUITE_TIMEOUT_MS }, () => {
-  let expected: Outcome;
-  before(async () => { expected = await referenceOf(rma); assert.equal(expected.exitCode, 0); });
+  before(async () => { assert.equal((await reference(rma)).exitCode, 0); });
 
-  for (const algorithm of ALGOS) for (const base of CASES) faultCase(algorithm, base, () => expected);
+  for (const algorithm of ALGOS) for (const base of CASES) faultCase(algorithm, base);
   // Post-copy's push and a fault's answer crossing (the race CI once hit): by default too.
-  if (!ALGOS.includes('post-copy')) faultCase('post-copy', CASES.find((k) => k.point === 'dest-answer')!, () => expected);
+  if (!ALGOS.includes('post-copy')) faultCase('post-copy', CASES.find((k) => k.point === 'dest-answer')!);
 
   it('kill -9 of the destination in the middle of a transfer (shaped link): finishes on the source', async () => {
     const big: Workload = { ...rma, args: ['64', '800'] };

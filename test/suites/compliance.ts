@@ -184,7 +184,7 @@ export function complianceSuite(family: Family, link: Case['link']): void {
       it(`${k.algorithm}${k.variant ? ` ${k.variant}` : ''} ${k.workload.name}: ${k.migrations} migrations mid-run, output identical`, async () => {
         // Where it ends before its migrations (a fast machine), it runs again 4x longer.
         const ms = await outlasting([1, 4], async (scale) => {
-          const w = scale === 1 ? k.workload : longer(k.workload, scale);
+          const w = longer(k.workload, scale);
           const key = `${w.name} ${w.args.join(' ')}`;
           if (!expected.has(key)) expected.set(key, await reference(w));
           const exp = expected.get(key)!;
