@@ -13,12 +13,15 @@ import { newGuestMemory, PreparedWorker, WasmProcess } from '../src/vm/process.t
 import { EXPORT_INIT_DATA, FERRY_MODULE, IMPORT_MEMORY } from '../src/vm/layout.ts';
 import { initialWasiState } from '../src/wasi/host.ts';
 import { runNodeWasi } from './helpers/oracle.ts';
+import { EndedFirst, outlasting } from './helpers/modes.ts';
 
 process.env.FERRY_CACHE_DIR = TEST_CACHE;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-const PROGRAMS: Record<string, string> = {
-  'loops yielding values, nested': `
+// Each program is built at a scale: its work grows about linearly with it, so a machine
+// fast enough to finish before the first hop runs it again, longer (`outlasting`).
+const PROGRAMS: Record<string, (k: number) => string> = {
+  'loops yielding values, nested': (k) => `
     (func $f (param i32) (result i32) (local $acc i32)
       (loop $l (result i32)
         (local.set 0 (i32.sub (local.get 0) (i32.const 1)))
@@ -27,8 +30,8 @@ const PROGRAMS: Record<string, string> = {
             (br_if $m (i32.and (local.get $acc) (i32.const 7))) (i32.const 1))))
         (br_if $l (i32.gt_s (local.get 0) (i32.const 0)))
         (local.get $acc)))
-    (func $main (result i32) (call $f (i32.const 30000000)))`,
-  'branches out of a loop with a value': `
+    (func $main (result i32) (call $f (i32.const ${30000000 * k})))`,
+  'branches out of a loop with a value': (k) => `
     (func $g (param i32) (result i32) (local $x i32)
       (block $out (result i32)
         (loop $l (result i32)
@@ -36,13 +39,14 @@ const PROGRAMS: Record<string, string> = {
           (br_if $out (local.get $x) (i32.eqz (local.get 0)))
           (local.set 0 (i32.sub (local.get 0) (i32.const 1)))
           (br $l))))
-    (func $main (result i32) (i32.shr_u (call $g (i32.const 40000000)) (i32.const 24)))`,
-  'recursion without loops': `
+    (func $main (result i32) (i32.shr_u (call $g (i32.const ${40000000 * k})) (i32.const 24)))`,
+  // fib(n + 3) makes ~4.2x the calls of fib(n).
+  'recursion without loops': (k) => `
     (func $fib (param i32) (result i32)
       (if (result i32) (i32.lt_u (local.get 0) (i32.const 2)) (then (local.get 0))
         (else (i32.add (call $fib (i32.sub (local.get 0) (i32.const 1))) (call $fib (i32.sub (local.get 0) (i32.const 2)))))))
-    (func $main (result i32) (call $fib (i32.const 32)))`,
-  'memory.grow and memory.size are virtual': `
+    (func $main (result i32) (call $fib (i32.const ${32 + 3 * Math.round(Math.log(k) / Math.log(4))})))`,
+  'memory.grow and memory.size are virtual': (k) => `
     (func $main (result i32) (local $i i32) (local $s i32)
       (local.set $s (memory.size))
       (drop (memory.grow (i32.const 3)))
@@ -50,7 +54,7 @@ const PROGRAMS: Record<string, string> = {
       (loop $l
         (i32.store (i32.mul (i32.and (local.get $i) (i32.const 0xffff)) (i32.const 4)) (local.get $i))
         (local.set $i (i32.add (local.get $i) (i32.const 1)))
-        (br_if $l (i32.lt_u (local.get $i) (i32.const 200000000))))
+        (br_if $l (i32.lt_u (local.get $i) (i32.const ${200000000 * k}))))
       (i32.add (i32.mul (memory.size) (i32.const 10)) (local.get $s)))`,
 };
 
@@ -69,14 +73,16 @@ describe('transform on compiler shapes', () => {
   after(() => t.cleanup());
   for (const [name, body] of Object.entries(PROGRAMS)) {
     it(name, async () => {
-      const file = join(t.path, `${name.replace(/\W+/g, '-')}.wasm`);
-      writeFileSync(file, command(body));
-      const expected = await runNodeWasi({ wasm: file, args: [file] });
-      const plain = await ferry(['run', file]);
-      assert.equal(plain.exitCode, expected.exitCode, plain.stderr.toString());
-      const hopped = await ferry(['run', '--verbose', '--hop-every', '5', file]);
-      assert.equal(hopped.exitCode, expected.exitCode, hopped.stderr.toString());
-      assert.match(hopped.stderr.toString(), /hop 1:/, 'it hopped at least once');
+      await outlasting([1, 4, 16], async (k) => {
+        const file = join(t.path, `${name.replace(/\W+/g, '-')}-${k}.wasm`);
+        writeFileSync(file, command(body(k)));
+        const expected = await runNodeWasi({ wasm: file, args: [file] });
+        const plain = await ferry(['run', file]);
+        assert.equal(plain.exitCode, expected.exitCode, plain.stderr.toString());
+        const hopped = await ferry(['run', '--verbose', '--hop-every', '5', file]);
+        assert.equal(hopped.exitCode, expected.exitCode, hopped.stderr.toString());
+        if (!/hop 1:/.test(hopped.stderr.toString())) throw new EndedFirst(`${name} at scale ${k}`, new Error('it exited before its first hop'));
+      });
     });
   }
 });

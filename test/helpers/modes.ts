@@ -77,7 +77,11 @@ export async function checkpointChain(w: Workload, delays: number[]): Promise<Ou
 /** The program exited (code 0) before `during` was done with it. */
 export class EndedFirst extends Error {
   override name = 'EndedFirst';
-  constructor(w: Workload, cause: unknown) { super(`${w.name} ${w.args.join(' ')} ended before the test was done with it (${(cause as Error)?.message ?? cause})`, { cause }); }
+  /** `what`: the workload, or the program's description where it is no workload. */
+  constructor(what: Workload | string, cause: unknown) {
+    const named = typeof what === 'string' ? what : `${what.name} ${what.args.join(' ')}`;
+    super(`${named} ended before the test was done with it (${(cause as Error)?.message ?? cause})`, { cause });
+  }
 }
 
 /** Runs `attempt(scale)` with each scale in turn while the program ends first (EndedFirst):
