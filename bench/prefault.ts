@@ -20,10 +20,12 @@ const MiB = 1 << 20, BURST = 4 * MiB, SLOT = 8 * MiB;
 
 if (process.argv[2] === '--send') {
   const data = Buffer.alloc(BURST, 7);
-  const onSocket = (s: net.Socket) => {
+  // Each 1 MiB write waits for the one before to drain: with more queued, a TLS socket here
+  // moves a 4 MiB burst in ~16 ms instead of ~3.3 (tmpx: 4 MiB written at once).
+  const onSocket = async (s: net.Socket) => {
     s.setNoDelay(true);
-    for (let o = 0; o < BURST; o += MiB) s.write(data.subarray(o, o + MiB));
     s.once('data', () => s.end());
+    for (let o = 0; o < BURST; o += MiB) if (!s.write(data.subarray(o, o + MiB))) await new Promise((r) => s.once('drain', r));
   };
   const key = process.argv[3];
   const server = key ? tls.createServer(serverTlsOptions(Buffer.from(key, 'hex'), 10_000), onSocket) : net.createServer(onSocket);
