@@ -11,11 +11,10 @@ import { prepareAllVariants, WORKLOADS, type Workload } from './helpers/workload
 import { strategyFor, type MigrationMetrics } from '../src/migration/index.ts';
 
 const rma = (mb: number, millions: number): Workload => ({ ...WORKLOADS.find((w) => w.name === 'rma')!, args: [String(mb), String(millions)] });
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 describe('algorithm invariants', { timeout: 900_000 }, () => {
   before(prepareAllVariants);
-  it('post-copy down time does not grow with the address space (RMA 4 MB vs 256 MB, within 2x)', async () => {
+  it('post-copy down time does not grow with the address space (RMA 4 MB vs 256 MB, least of three hops within 2x)', async (t) => {
     const c = await startCluster(2, { names: ['a', 'b'] });
     try {
       const client = ClusterClient.for(c);
@@ -34,7 +33,10 @@ describe('algorithm invariants', { timeout: 900_000 }, () => {
         downs[mb] = during.map((m) => m.downtimeMs!);
         for (const m of during) assert.ok(m.bytes.downtime < 1 << 20, `down time carries no pages (${m.bytes.downtime} bytes at ${mb} MB)`);
       }
-      const small = median(downs[4]!), big = median(downs[256]!);
+      // The least of each: a structural cost shows in every hop, a busy CPU (CI runs two
+      // test files at once) only in some.
+      const small = Math.min(...downs[4]!), big = Math.min(...downs[256]!);
+      t.diagnostic(`down times (ms): 4 MB ${downs[4]!.map((d) => d.toFixed(1)).join(' ')}; 256 MB ${downs[256]!.map((d) => d.toFixed(1)).join(' ')}`);
       assert.ok(big <= 2 * Math.max(small, 10), `down time ${big.toFixed(1)} ms at 256 MB vs ${small.toFixed(1)} ms at 4 MB`);
     } finally { await c.stop(); }
   });
