@@ -6,6 +6,12 @@
 //
 // Patterns: `cork` (head and body corked: one writev), `plain` (two writes); `ahead N`: the
 // sender waits for 'drain' once more than N KiB are queued (-1: only when write() says so).
+// `concat`: head and body copied into a new buffer, one write; `reuse`: copied into one buffer
+// allocated once, written again after the last write's callback; `slice N`: the head, then the
+// body in writes of N KiB, no write issued while two are pending (what connection.ts does over
+// TLS since session 16, N = 256). Over TLS, Node copies what a writev (or writes queued behind
+// one in flight) hands it into a new buffer, and new memory costs ~11 us per 4 KiB page at first
+// touch here: cork and concat pay it, slice and reuse do not.
 //
 // usage: node --import tsx bench/write-pattern.ts [reps] [--tcp]   (default 11 per pattern)
 import { fork } from 'node:child_process';
@@ -18,12 +24,13 @@ import { clientTlsOptions, generateKey, serverTlsOptions } from '../src/transpor
 import { median } from './util.ts';
 
 const MiB = 1 << 20, BURST = 4 * MiB, HEAD = 1100;
-const PATTERNS = [['cork', -1], ['cork', 1024], ['cork', 2048], ['plain', 1024], ['plain', 2048], ['plain', 4096]] as const;
+const PATTERNS = [['cork', -1], ['cork', 1024], ['cork', 2048], ['plain', 1024], ['plain', 2048], ['plain', 4096], ['concat', 1024], ['reuse', 0], ['slice', 64], ['slice', 256], ['slice', 1024]] as const;
 
 if (process.argv[2] === '--send') {
   const [, , , keyHex, cork, aheadKiB] = process.argv;
   const memory = new Uint8Array(newGuestMemory().buffer);
   for (let o = 0; o < BURST; o += 65536) crypto.randomFillSync(memory, o, 65536);
+  const one = Buffer.alloc(HEAD + MiB); // reuse: one buffer, written again once the last write's callback came
   const head = Buffer.alloc(HEAD, 1), ahead = Number(aheadKiB) * 1024;
   const onSocket = async (s: net.Socket) => {
     const answered = new Promise((r) => s.once('data', r));
@@ -31,12 +38,28 @@ if (process.argv[2] === '--send') {
     let firstWrite = 0;
     for (let o = 0; o < BURST; o += MiB) {
       const w0 = performance.now();
-      if (cork === 'cork') s.cork();
-      s.write(head);
-      const ok = s.write(memory.subarray(o, o + MiB));
-      if (cork === 'cork') s.uncork();
+      let ok: boolean;
+      if (cork === 'slice') {
+        // Head and slices of `aheadKiB` KiB, each alone: no write while two are pending.
+        const pending: Promise<unknown>[] = [];
+        const one = async (b: Uint8Array) => { if (pending.length === 2) await pending.shift(); pending.push(new Promise((r) => s.write(b, r))); };
+        await one(head);
+        for (let k = o; k < o + MiB; k += ahead) await one(memory.subarray(k, Math.min(k + ahead, o + MiB)));
+        if (pending.length === 2) await pending[0];
+        ok = true;
+      } else if (cork === 'concat') ok = s.write(Buffer.concat([head, memory.subarray(o, o + MiB)]));
+      else if (cork === 'reuse') {
+        one.set(head); one.set(memory.subarray(o, o + MiB), HEAD);
+        await new Promise((r) => s.write(one, r));
+        ok = true;
+      } else {
+        if (cork === 'cork') s.cork();
+        s.write(head);
+        ok = s.write(memory.subarray(o, o + MiB));
+        if (cork === 'cork') s.uncork();
+      }
       if (o === 0) firstWrite = performance.now() - w0;
-      if (ahead < 0 ? !ok : s.writableLength > ahead && s.writableNeedDrain) await new Promise((r) => s.once('drain', r));
+      if (cork !== 'slice' && (ahead < 0 ? !ok : s.writableLength > ahead && s.writableNeedDrain)) await new Promise((r) => s.once('drain', r));
     }
     await answered;
     process.send!({ ms: performance.now() - t0, firstWrite });
@@ -73,6 +96,7 @@ if (process.argv[2] === '--send') {
     }
     sender.kill();
     const f = (xs: number[]) => `${median(xs).toFixed(2)} ms`;
-    console.log(`  ${cork.padEnd(5)} ahead ${String(ahead).padStart(4)} KiB  sender ${f(send)}  receiver ${f(recv)}  first batch's write call ${f(first)}`);
+    const knob = cork === 'slice' ? 'slices' : cork === 'reuse' ? '' : 'ahead';
+    console.log(`  ${cork.padEnd(6)} ${knob.padEnd(6)} ${knob ? `${String(ahead).padStart(4)} KiB` : '        '}  sender ${f(send)}  receiver ${f(recv)}  first batch's write call ${f(first)}`);
   }
 }

@@ -45,7 +45,8 @@ export interface StartNodeOptions {
 
 /** Start one daemon and wait for its "listening on HOST:PORT" line. */
 export function startNode(o: StartNodeOptions): Promise<ClusterNode> {
-  // FERRY_TEST_DAEMON_NODE_ARGS: node flags for every daemon (e.g. --cpu-prof --cpu-prof-dir=DIR, to profile one).
+  // FERRY_TEST_DAEMON_NODE_ARGS: node flags for every daemon (e.g. --cpu-prof --cpu-prof-dir=DIR, to profile one;
+  // --trace-gc, with FERRY_TEST_DAEMON_LOGS=1 to see its lines).
   const nodeArgs = (process.env.FERRY_TEST_DAEMON_NODE_ARGS ?? '').split(/\s+/).filter(Boolean);
   const args = [...nodeArgs, FERRY_BIN, 'node', 'start', '--name', o.name, '--listen', '127.0.0.1:0', '--data-dir', o.dataDir,
     ...(o.keyFile ? ['--key-file', o.keyFile] : []), ...(o.join ?? []).flatMap((j) => ['--join', j]), ...(o.extraArgs ?? [])];
@@ -57,6 +58,7 @@ export function startNode(o: StartNodeOptions): Promise<ClusterNode> {
     const timer = setTimeout(() => { child.kill('SIGKILL'); reject(new Error(`node ${o.name} did not start within ${o.timeoutMs ?? 30_000} ms: ${err}`)); }, o.timeoutMs ?? 30_000);
     child.stdout!.on('data', (d) => {
       out += d;
+      if (process.env.FERRY_TEST_DAEMON_LOGS) process.stdout.write(d); // e.g. --trace-gc's lines
       const m = /listening on (\S+)/.exec(out);
       if (m) {
         clearTimeout(timer);
