@@ -42,9 +42,9 @@ if (process.argv[2] === '--send') {
       if (cork === 'slice') {
         // Head and slices of `aheadKiB` KiB, each alone: no write while two are pending.
         const pending: Promise<unknown>[] = [];
-        const one = async (b: Uint8Array) => { if (pending.length === 2) await pending.shift(); pending.push(new Promise((r) => s.write(b, r))); };
-        await one(head);
-        for (let k = o; k < o + MiB; k += ahead) await one(memory.subarray(k, Math.min(k + ahead, o + MiB)));
+        const alone = async (b: Uint8Array) => { if (pending.length === 2) await pending.shift(); pending.push(new Promise((r) => s.write(b, r))); };
+        await alone(head);
+        for (let k = o; k < o + MiB; k += ahead) await alone(memory.subarray(k, Math.min(k + ahead, o + MiB)));
         if (pending.length === 2) await pending[0];
         ok = true;
       } else if (cork === 'concat') ok = s.write(Buffer.concat([head, memory.subarray(o, o + MiB)]));
