@@ -8,6 +8,7 @@ import { connect, loadKey, writeKey } from '../src/transport/index.ts';
 import { FerryError } from '../src/errors.ts';
 import { ferry, ROOT } from './helpers/ferry.ts';
 import { eventually, startCluster, startNode, type Cluster } from './helpers/cluster.ts';
+import { call, connectCluster } from '../src/node/client.ts';
 
 const bin = (name: string) => join(ROOT, 'workloads', 'bin', `${name}.wasm`);
 
@@ -112,6 +113,37 @@ describe('node cluster', { timeout: 300_000 }, () => {
     const again = await c.ferry(['kill', onB.pid]);
     assert.equal(again.exitCode, 1);
     assert.match(again.stderr.toString(), /no process .* already been killed/);
+  });
+
+  it('a process on a node the others take for down (stalled past DOWN_AFTER_MS) is still located; the error names who did not answer', async () => {
+    const run = c.ferry(['run', '--node', 'b', bin('sleeper'), '100000', '50'], { via: 0 });
+    const onB = await eventually(async () => (await ps(0)).find((p) => p.node === 'b' && p.state === 'running'), 20_000, 'a process on b');
+    const b = c.nodes[1].child;
+    const conn = await connectCluster({ addr: c.nodes[0].addr, key: loadKey(c.keyFile) });
+    let located: Promise<Record<string, unknown>> | undefined;
+    b.kill('SIGSTOP');
+    try {
+      await eventually(async () => (await members(0)).find((x) => x.name === 'b')?.state === 'down', 10_000, 'a to mark the stalled b down');
+      // Stalled throughout: no "no such process" as if it had ended, but who could not be asked.
+      await assert.rejects(call(conn, 'locate', { pid: onB.pid }), (e: Error) => {
+        assert.match(e.message, new RegExp(`no process ${onB.pid} in the cluster \\(b did not answer: `));
+        return true;
+      });
+      // Back before the answer: a still takes b for down, yet finds the process there.
+      assert.equal((await members(0)).find((x) => x.name === 'b')?.state, 'down');
+      located = call(conn, 'locate', { pid: onB.pid });
+      located.catch(() => {});
+      await new Promise((r) => setTimeout(r, 300));
+    } finally { b.kill('SIGCONT'); }
+    try {
+      const r = await located!;
+      assert.equal(r.node, 'b');
+      assert.equal(r.addr, c.nodes[1].addr);
+    } finally { conn.destroy(); }
+    const k = await c.ferry(['kill', onB.pid], { via: 0 });
+    assert.equal(k.exitCode, 0, k.stderr.toString());
+    const r = await run;
+    assert.equal(r.exitCode, 137, r.stderr.toString());
   });
 
   it('unknown pid, unknown node, missing cluster: clear errors, non-zero exit', async () => {

@@ -188,23 +188,31 @@ export class ControlApi {
     return { pid, node: this.ctx.name };
   }
 
-  /** Which node runs pid now: this one, or the first member that has it. */
+  /** Which node runs pid now: this one, or the first member that lists it. Members marked
+   *  down are asked too (within the same bound): under load a live node's heartbeats can be
+   *  late for DOWN_AFTER_MS, and "no such process" must not be said for a process that runs.
+   *  The error names every member that could not be asked. */
   private async locate(pid: string): Promise<{ pid: string; node: string; addr: string }> {
     if (this.ctx.table.get(pid)) return { pid, node: this.ctx.name, addr: this.ctx.addr };
-    const members = this.ctx.membership.list();
-    const found = await Promise.all(this.ctx.membership.upMembers().map(async (node) => {
+    const asked = await Promise.all(this.ctx.membership.unleftMembers().map(async (node) => {
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new FerryError('timeout', `no answer within ${PEER_QUERY_TIMEOUT_MS} ms`)), PEER_QUERY_TIMEOUT_MS); });
       try {
-        const c = await this.ctx.membership.peer(node);
-        const r = await c.request('REQUEST', { method: 'ps', scope: 'local' }, undefined, { timeoutMs: PEER_QUERY_TIMEOUT_MS });
-        return Array.isArray(r.header.processes) && (r.header.processes as ProcessInfo[]).some((p) => p.pid === pid) ? node : undefined;
-      } catch { return undefined; }
+        const r = await Promise.race([late, this.ctx.membership.peer(node, { evenIfDown: true }).then((c) =>
+          c.request('REQUEST', { method: 'ps', scope: 'local' }, undefined, { timeoutMs: PEER_QUERY_TIMEOUT_MS }))]);
+        return { node, has: Array.isArray(r.header.processes) && (r.header.processes as ProcessInfo[]).some((p) => p.pid === pid) };
+      } catch (e) {
+        return { node, has: false, error: (e as Error).message };
+      } finally { clearTimeout(timer); }
     }));
-    const node = found.find((n) => n !== undefined);
+    const node = asked.find((a) => a.has)?.node;
     if (!node) {
       const how = this.ctx.table.ended(pid);
-      throw new FerryError('no-such-process', `no process ${pid} in the cluster${how ? ` (it has ${how.startsWith('moved') ? '' : 'already '}${how})` : ''}`);
+      const silent = asked.filter((a) => a.error !== undefined).map((a) => `${a.node} did not answer: ${a.error}`);
+      const why = [...(how ? [`it has ${how.startsWith('moved') ? '' : 'already '}${how}`] : []), ...silent];
+      throw new FerryError('no-such-process', `no process ${pid} in the cluster${why.length ? ` (${why.join('; ')})` : ''}`);
     }
-    return { pid, node, addr: members.find((m) => m.name === node)!.addr };
+    return { pid, node, addr: this.ctx.membership.list().find((m) => m.name === node)!.addr };
   }
 
   private async migrate(msg: Message, conn: Connection): Promise<MigrationMetrics> {

@@ -3,8 +3,11 @@
 // connection to every other member. Every HEARTBEAT_MS it sends each member a
 // HEARTBEAT carrying its own member list (gossip: members learn of each other
 // without a central list). A member not heard from for DOWN_AFTER_MS is marked
-// down and its connection dropped; the node keeps redialling it, and a
-// heartbeat from it marks it up again. A node that stops says so (leaving), and
+// down, and a heartbeat from it marks it up again. Its connection is kept until
+// it has been silent for DROP_AFTER_MS: a node whose heartbeats were only late
+// (a loaded machine, a stalled process) keeps the stdio relays and requests
+// that ride on it; a dead daemon closes it at once anyway, and a host gone
+// without a word has it dropped then, after which the node keeps redialling. A node that stops says so (leaving), and
 // is marked 'left' at once.
 import { FerryError } from '../errors.ts';
 import type { Connection, Message } from '../transport/index.ts';
@@ -12,6 +15,7 @@ import { str } from './fields.ts';
 
 export const HEARTBEAT_MS = 500;
 export const DOWN_AFTER_MS = 2000;
+export const DROP_AFTER_MS = 15_000;
 const REDIAL_DOWN_MS = 1000;
 
 export type MemberState = 'up' | 'down' | 'left';
@@ -160,13 +164,20 @@ export class Membership {
     return [...this.members.values()].filter((m) => m.state === 'up').map((m) => m.name);
   }
 
+  /** Members that have not left (not this node): up, or down but perhaps only slow. */
+  unleftMembers(): string[] {
+    return [...this.members.values()].filter((m) => m.state !== 'left').map((m) => m.name);
+  }
+
   has(name: string): boolean { return name === this.opts.name || this.members.has(name); }
 
-  /** The peer connection to a member, dialled if need be. */
-  async peer(name: string): Promise<Connection> {
+  /** The peer connection to a member, dialled if need be. A member marked down is refused
+   *  unless `evenIfDown`: a lookup may still try it, since a node whose heartbeats were late
+   *  (a loaded machine) is down here before it is back up. */
+  async peer(name: string, o: { evenIfDown?: boolean } = {}): Promise<Connection> {
     const m = this.members.get(name);
     if (!m) throw new FerryError('no-such-node', `no node named ${name} in the cluster (known: ${[this.opts.name, ...this.members.keys()].join(', ')})`);
-    if (m.state !== 'up') throw new FerryError('node-down', `node ${name} is ${m.state}`);
+    if (m.state === 'left' || (m.state === 'down' && !o.evenIfDown)) throw new FerryError('node-down', `node ${name} is ${m.state}`);
     if (m.conn?.isOpen) return m.conn;
     return this.dial(m);
   }
@@ -181,7 +192,10 @@ export class Membership {
       if (m.state === 'up' && now - m.lastSeen > DOWN_AFTER_MS) {
         this.setState(m, 'down');
         this.opts.log?.(`node ${m.name} at ${m.addr} is down (silent for ${now - m.lastSeen} ms)`);
-        m.conn?.destroy();
+      }
+      if (m.state === 'down' && m.conn && now - m.lastSeen > DROP_AFTER_MS) {
+        this.opts.log?.(`node ${m.name} at ${m.addr}: silent for ${now - m.lastSeen} ms, its connection dropped`);
+        m.conn.destroy();
         m.conn = undefined;
       }
       if (m.state === 'left') continue;
