@@ -195,15 +195,12 @@ export class ControlApi {
   private async locate(pid: string): Promise<{ pid: string; node: string; addr: string }> {
     if (this.ctx.table.get(pid)) return { pid, node: this.ctx.name, addr: this.ctx.addr };
     const asked = await Promise.all(this.ctx.membership.unleftMembers().map(async (node) => {
-      let timer: NodeJS.Timeout | undefined;
-      const late = new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new FerryError('timeout', `no answer within ${PEER_QUERY_TIMEOUT_MS} ms`)), PEER_QUERY_TIMEOUT_MS); });
       try {
-        const r = await Promise.race([late, this.ctx.membership.peer(node, { evenIfDown: true }).then((c) =>
-          c.request('REQUEST', { method: 'ps', scope: 'local' }, undefined, { timeoutMs: PEER_QUERY_TIMEOUT_MS }))]);
-        return { node, has: Array.isArray(r.header.processes) && (r.header.processes as ProcessInfo[]).some((p) => p.pid === pid) };
+        const r = await this.askMember(node, { method: 'ps', scope: 'local' });
+        return { node, has: Array.isArray(r.processes) && (r.processes as ProcessInfo[]).some((p) => p.pid === pid) };
       } catch (e) {
         return { node, has: false, error: (e as Error).message };
-      } finally { clearTimeout(timer); }
+      }
     }));
     const node = asked.find((a) => a.has)?.node;
     if (!node) {
@@ -213,6 +210,17 @@ export class ControlApi {
       throw new FerryError('no-such-process', `no process ${pid} in the cluster${why.length ? ` (${why.join('; ')})` : ''}`);
     }
     return { pid, node, addr: this.ctx.membership.list().find((m) => m.name === node)!.addr };
+  }
+
+  /** One request to a member, even one marked down (it may be only slow), all within
+   *  PEER_QUERY_TIMEOUT_MS: dialling a stalled node waits on its handshake. */
+  private async askMember(node: string, header: Record<string, unknown>): Promise<Message['header']> {
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new FerryError('timeout', `no answer within ${PEER_QUERY_TIMEOUT_MS} ms`)), PEER_QUERY_TIMEOUT_MS); });
+    try {
+      const conn = await Promise.race([late, this.ctx.membership.peer(node, { evenIfDown: true })]);
+      return (await Promise.race([late, conn.request('REQUEST', header as never, undefined, { timeoutMs: PEER_QUERY_TIMEOUT_MS })])).header;
+    } finally { clearTimeout(timer); }
   }
 
   private async migrate(msg: Message, conn: Connection): Promise<MigrationMetrics> {
@@ -318,16 +326,15 @@ export class ControlApi {
     if (localOnly) return this.ctx.table.kill(pid).then(() => ({ pid, node: this.ctx.name })); // throws no-such-process
     // Ask the origin node first (processes start there), then every other member.
     const origin = pid.includes('/') ? pid.slice(0, pid.lastIndexOf('/')) : '';
-    const up = this.ctx.membership.upMembers();
-    const order = [...up.filter((n) => n === origin), ...up.filter((n) => n !== origin)];
+    const members = this.ctx.membership.unleftMembers();
+    const order = [...members.filter((n) => n === origin), ...members.filter((n) => n !== origin)];
     const reasons: string[] = [];
     const localEnd = this.ctx.table.ended(pid);
     if (localEnd) reasons.push(`it has already ${localEnd}`);
     for (const node of order) {
       try {
-        const conn = await this.ctx.membership.peer(node);
-        const r = await conn.request('REQUEST', { method: 'kill', pid, scope: 'local' }, undefined, { timeoutMs: PEER_QUERY_TIMEOUT_MS });
-        return { pid, node: String(r.header.node) };
+        const r = await this.askMember(node, { method: 'kill', pid, scope: 'local' });
+        return { pid, node: String(r.node) };
       } catch (e) {
         if (e instanceof FerryError && e.code === 'no-such-process') {
           const m = /has already (.*)$/.exec(e.message);
