@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { connect, loadKey, writeKey } from '../src/transport/index.ts';
 import { FerryError } from '../src/errors.ts';
 import { ferry, ROOT } from './helpers/ferry.ts';
-import { eventually, startCluster, startNode, type Cluster } from './helpers/cluster.ts';
+import { ClusterClient, eventually, startCluster, startNode, type Cluster } from './helpers/cluster.ts';
 import { call, connectCluster } from '../src/node/client.ts';
 
 const bin = (name: string) => join(ROOT, 'workloads', 'bin', `${name}.wasm`);
@@ -232,5 +232,28 @@ describe('node cluster', { timeout: 300_000 }, () => {
     const r = await c.ferry(['run', '--node', 'd', bin('getpid'), '50000'], { via: 0 });
     assert.equal(r.exitCode, 0, r.stderr.toString());
     assert.ok(r.stdout.equals(local.stdout));
+  });
+});
+
+describe('a node whose own event loop stalls', { timeout: 120_000 }, () => {
+  it('judges no member down for its own stall (the others may, then see it up); its migration completes', async () => {
+    // b blocks its whole loop for 3 s as MIG_SETUP arrives (FERRY_FAULTS stall): past DOWN_AFTER_MS,
+    // its heartbeat timer runs before it has read a's heartbeats of the stall.
+    const c = await startCluster(2, { names: ['a', 'b'], env: { b: { FERRY_FAULTS: 'dest-setup:stall=3000' } } });
+    try {
+      const client = ClusterClient.for(c);
+      const run = c.ferry(['run', '--node', 'a', bin('sleeper'), '200', '50'], { via: 0 });
+      const pid = await client.waitRunning(bin('sleeper'));
+      const m = await client.migrate(pid, 'b');
+      assert.equal(m.state, 'completed', m.error?.message);
+      const r = await run;
+      assert.equal(r.exitCode, 0, r.stderr.toString());
+      const logB = c.nodes[1].log();
+      assert.match(logB, /FAULT dest-setup: stall=3000/);
+      assert.match(logB, /heartbeat timer ran \d+ ms after the last one/);
+      assert.doesNotMatch(logB, /node a at \S+ is down/);
+      assert.match(c.nodes[0].log(), /node b at \S+ is down/, 'a saw b silent for the stall');
+      await eventually(async () => ((await client.call('nodes')).members as Member[]).find((x) => x.name === 'b')?.state === 'up', 5000, 'a to see b up again');
+    } finally { await c.stop(); }
   });
 });

@@ -23,6 +23,8 @@
 //     delay[=MS]      go on MS later (default 1000): with src-committed and dest-answer, what a link does
 //                     when it delivers the push and MIG_DONE (one connection) before the answer to a
 //                     fault (another connection) served before the push began
+//     stall[=MS]      block this node's whole event loop for MS (default 1000), then go on: what
+//                     a long synchronous task or a loaded machine does to its timers and heartbeats
 //
 // Each fault fires once. Unknown points or actions are refused at start-up.
 import { FerryError } from '../errors.ts';
@@ -31,8 +33,8 @@ import type { Log } from './log.ts';
 
 export const FAULT_POINTS = ['dest-setup', 'dest-pages', 'dest-state', 'dest-commit', 'dest-running', 'src-pages', 'src-commit', 'src-push', 'dest-fault', 'src-batch', 'src-committed', 'dest-answer'] as const;
 export type FaultPoint = (typeof FAULT_POINTS)[number];
-type Action = 'crash' | 'cut' | 'corrupt' | 'delay';
-/** How long a delay holds what it holds unless given (delay=MS). */
+type Action = 'crash' | 'cut' | 'corrupt' | 'delay' | 'stall';
+/** How long a delay or a stall holds unless given (=MS). */
 const DELAY_MS = 1000;
 /** Actions that go with some points only. */
 const POINTS_OF: Partial<Record<Action, readonly FaultPoint[]>> = { corrupt: ['src-batch'], delay: ['src-committed', 'dest-answer', 'dest-running'] };
@@ -47,12 +49,12 @@ export class Faults {
       const [point, how = ''] = item.split(':');
       const [action, ms] = how.split('=');
       if (!(FAULT_POINTS as readonly string[]).includes(point!)) throw new FerryError('bad-argument', `FERRY_FAULTS: unknown point '${point}' (known: ${FAULT_POINTS.join(', ')})`);
-      if (action !== 'crash' && action !== 'cut' && action !== 'corrupt' && action !== 'delay') throw new FerryError('bad-argument', `FERRY_FAULTS: unknown action '${how}' (crash, cut, corrupt or delay[=MS])`);
+      if (action !== 'crash' && action !== 'cut' && action !== 'corrupt' && action !== 'delay' && action !== 'stall') throw new FerryError('bad-argument', `FERRY_FAULTS: unknown action '${how}' (crash, cut, corrupt, delay[=MS] or stall[=MS])`);
       const points = POINTS_OF[action], only = ACTION_OF[point as FaultPoint];
       if (points && !points.includes(point as FaultPoint)) throw new FerryError('bad-argument', `FERRY_FAULTS: ${item}: ${action} goes with ${points.join(' or ')} only`);
       if (only && only !== action) throw new FerryError('bad-argument', `FERRY_FAULTS: ${item}: ${point} takes ${only} only`);
-      if (ms !== undefined && (action !== 'delay' || !/^\d{1,6}$/.test(ms)))
-        throw new FerryError('bad-argument', `FERRY_FAULTS: ${item}: only delay takes =MS, a whole number of milliseconds`);
+      if (ms !== undefined && ((action !== 'delay' && action !== 'stall') || !/^\d{1,6}$/.test(ms)))
+        throw new FerryError('bad-argument', `FERRY_FAULTS: ${item}: only delay and stall take =MS, a whole number of milliseconds`);
       this.armed.set(point as FaultPoint, { action, ...(ms !== undefined ? { ms: Number(ms) } : {}) });
     }
   }
@@ -82,8 +84,13 @@ export class Faults {
   hit(point: FaultPoint, conn: Connection): boolean {
     const action = this.armed.get(point)?.action;
     if (!action || action === 'delay') return false; // delay() holds it
+    const ms = this.armed.get(point)?.ms ?? DELAY_MS;
     this.armed.delete(point);
-    this.log?.(`FAULT ${point}: ${action}`);
+    this.log?.(`FAULT ${point}: ${action}${action === 'stall' ? `=${ms}` : ''}`);
+    if (action === 'stall') {
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms); // nothing else of this thread runs meanwhile
+      return false;
+    }
     if (action === 'crash') {
       this.log?.flush?.(); // SIGKILL runs no exit handler: the FAULT line must be out first
       process.kill(process.pid, 'SIGKILL');

@@ -65,6 +65,8 @@ export class Membership {
   private readonly members = new Map<string, Member>();
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
+  /** When tick last ran: a late tick means this node's own loop stalled. */
+  private lastTick = Date.now();
 
   constructor(private readonly opts: MembershipOptions) {}
 
@@ -91,6 +93,7 @@ export class Membership {
   }
 
   start(): void {
+    this.lastTick = Date.now();
     this.timer = setInterval(() => this.tick(), HEARTBEAT_MS);
     this.timer.unref();
   }
@@ -187,13 +190,18 @@ export class Membership {
   private tick(): void {
     if (this.stopped) return;
     const now = Date.now();
+    // This node's own loop stalled (timers run before the I/O that waited meanwhile): the
+    // heartbeats that came in the stall are not read yet, so no one is judged on this tick.
+    const stalled = now - this.lastTick > 2 * HEARTBEAT_MS;
+    if (stalled) this.opts.log?.(`this node's heartbeat timer ran ${now - this.lastTick} ms after the last one: no member judged down on this tick`);
+    this.lastTick = now;
     const hb = this.heartbeat(false);
     for (const m of this.members.values()) {
-      if (m.state === 'up' && now - m.lastSeen > DOWN_AFTER_MS) {
+      if (m.state === 'up' && !stalled && now - m.lastSeen > DOWN_AFTER_MS) {
         this.setState(m, 'down');
         this.opts.log?.(`node ${m.name} at ${m.addr} is down (silent for ${now - m.lastSeen} ms)`);
       }
-      if (m.state === 'down' && m.conn && now - m.lastSeen > DROP_AFTER_MS) {
+      if (m.state === 'down' && !stalled && m.conn && now - m.lastSeen > DROP_AFTER_MS) {
         this.opts.log?.(`node ${m.name} at ${m.addr}: silent for ${now - m.lastSeen} ms, its connection dropped`);
         m.conn.destroy();
         m.conn = undefined;
