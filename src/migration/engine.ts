@@ -148,6 +148,9 @@ export class Migration extends EventEmitter {
   private phase: Phase | 'setup' = 'setup';
   private sent = new Uint8Array(0);
   private frozen: Captured | null = null;
+  /** The frozen state's image, encoded once the first page batch of the down time is on the
+   *  link (the destination applies that batch meanwhile) rather than after the last one. */
+  private frozenState: Buffer[] | null = null;
   /** --postcopy-after-rounds fired: the freeze ships the state alone, post-copy follows. */
   private switched = false;
 
@@ -217,7 +220,8 @@ export class Migration extends EventEmitter {
       if (!stale) await strategy.complete(ctx, this.frozen);
       this.metrics.step('pages');
       this.check();
-      const state = proc.stateImage(this.frozen, this.spec.pageSize);
+      const state = this.frozenState ?? proc.stateImage(this.frozen, this.spec.pageSize);
+      this.frozenState = null;
       this.metrics.step('state');
       this.check();
       this.committing = true; // from here the destination decides; no cancel
@@ -484,6 +488,7 @@ export class Migration extends EventEmitter {
       pages = []; zero = [];
       this.metrics.addBytes(phase, await this.spec.channel.sendPages(body));
       this.check();
+      if (phase === 'downtime' && this.frozen && !this.frozenState && !this.committing) this.frozenState = this.spec.process.stateImage(this.frozen, ps);
       const t = performance.now();
       if (t - lastProgress > 100) { lastProgress = t; this.emit('progress', this.progress()); }
     };
