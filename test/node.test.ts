@@ -117,7 +117,10 @@ describe('node cluster', { timeout: 300_000 }, () => {
 
   it('a process on a node the others take for down (stalled past DOWN_AFTER_MS) is still located; the error names who did not answer', async () => {
     const run = c.ferry(['run', '--node', 'b', bin('sleeper'), '100000', '50'], { via: 0 });
-    const onB = await eventually(async () => (await ps(0)).find((p) => p.node === 'b' && p.state === 'running'), 20_000, 'a process on b');
+    const runC = c.ferry(['run', '--node', 'c', bin('sleeper'), '100000', '50'], { via: 0 });
+    const procs = await eventually(async () => { const p = await ps(0); return p.filter((x) => x.state === 'running').length >= 2 ? p : undefined; }, 20_000, 'processes on b and c');
+    const onB = procs.find((p) => p.node === 'b')!, onC = procs.find((p) => p.node === 'c')!;
+    assert.ok(onB && onC, JSON.stringify(procs));
     const b = c.nodes[1].child;
     const conn = await connectCluster({ addr: c.nodes[0].addr, key: loadKey(c.keyFile) });
     let located: Promise<Record<string, unknown>> | undefined;
@@ -129,6 +132,11 @@ describe('node cluster', { timeout: 300_000 }, () => {
         assert.match(e.message, new RegExp(`no process ${onB.pid} in the cluster \\(b did not answer: `));
         return true;
       });
+      // A process elsewhere is found at once: the first member that has it answers, the
+      // stalled one is not waited for (it would be for the 5 s of a peer query).
+      const t0 = Date.now();
+      assert.equal((await call(conn, 'locate', { pid: onC.pid })).node, 'c');
+      assert.ok(Date.now() - t0 < 4000, `located on c in ${Date.now() - t0} ms while b stalled`);
       // Back before the answer: a still takes b for down, yet finds the process there.
       assert.equal((await members(0)).find((x) => x.name === 'b')?.state, 'down');
       located = call(conn, 'locate', { pid: onB.pid });
@@ -142,8 +150,9 @@ describe('node cluster', { timeout: 300_000 }, () => {
     } finally { conn.destroy(); }
     const k = await c.ferry(['kill', onB.pid], { via: 0 });
     assert.equal(k.exitCode, 0, k.stderr.toString());
-    const r = await run;
-    assert.equal(r.exitCode, 137, r.stderr.toString());
+    const kc = await c.ferry(['kill', onC.pid], { via: 0 });
+    assert.equal(kc.exitCode, 0, kc.stderr.toString());
+    for (const r of await Promise.all([run, runC])) assert.equal(r.exitCode, 137, r.stderr.toString());
   });
 
   it('unknown pid, unknown node, missing cluster: clear errors, non-zero exit', async () => {

@@ -26,7 +26,7 @@ import { FerryError } from '../errors.ts';
 import type { Connection, Message, Reply } from '../transport/index.ts';
 import { sha256 } from '../vm/module-meta.ts';
 import { badRequest, optStr, str, strList } from './fields.ts';
-import type { Membership } from './membership.ts';
+import { DROP_AFTER_MS, type Membership } from './membership.ts';
 import type { ProcessInfo, ProcessTable } from './process-table.ts';
 import type { ProgramStore } from './programs.ts';
 import type { StdioRouter } from './stdio.ts';
@@ -107,19 +107,24 @@ export class ControlApi {
     }
   };
 
-  /** This node's items plus every up member's (asked with scope 'local'); who did not answer. */
+  /** This node's items plus every member's (asked with scope 'local'); who did not answer.
+   *  A member marked down within DROP_AFTER_MS is asked too (it may only have been slow);
+   *  one down longer is named at once, not waited for. */
   private async gather<T>(method: string, key: string, own: T[], localOnly: boolean): Promise<{ items: T[]; unreachable: { node: string; error: string }[] }> {
     const items = [...own];
     const unreachable: { node: string; error: string }[] = [];
     if (localOnly) return { items, unreachable };
-    const answers = await Promise.all(this.ctx.membership.upMembers().map(async (node) => {
+    const members = this.ctx.membership.list().filter((m) => !m.self && m.state !== 'left');
+    const answers = await Promise.all(members.map(async (m) => {
+      if (m.state === 'down' && m.lastSeenMsAgo >= DROP_AFTER_MS) {
+        unreachable.push({ node: m.name, error: `down (silent for ${Math.round(m.lastSeenMsAgo / 1000)} s)` });
+        return [];
+      }
       try {
-        const conn = await this.ctx.membership.peer(node);
-        const r = await conn.request('REQUEST', { method, scope: 'local' }, undefined, { timeoutMs: PEER_QUERY_TIMEOUT_MS });
-        const list = r.header[key];
+        const list = (await this.askMember(m.name, { method, scope: 'local' }))[key];
         return Array.isArray(list) ? (list as unknown as T[]) : [];
       } catch (e) {
-        unreachable.push({ node, error: (e as Error).message });
+        unreachable.push({ node: m.name, error: (e as Error).message });
         return [];
       }
     }));
@@ -194,18 +199,22 @@ export class ControlApi {
    *  The error names every member that could not be asked. */
   private async locate(pid: string): Promise<{ pid: string; node: string; addr: string }> {
     if (this.ctx.table.get(pid)) return { pid, node: this.ctx.name, addr: this.ctx.addr };
-    const asked = await Promise.all(this.ctx.membership.unleftMembers().map(async (node) => {
-      try {
-        const r = await this.askMember(node, { method: 'ps', scope: 'local' });
-        return { node, has: Array.isArray(r.processes) && (r.processes as ProcessInfo[]).some((p) => p.pid === pid) };
-      } catch (e) {
-        return { node, has: false, error: (e as Error).message };
+    // The first member that has it answers the lookup: a dead host among the members costs
+    // a lookup that fails PEER_QUERY_TIMEOUT_MS, not every lookup.
+    const silent: string[] = [];
+    const members = this.ctx.membership.unleftMembers();
+    const node = await new Promise<string | undefined>((resolve) => {
+      let waiting = members.length;
+      if (waiting === 0) resolve(undefined);
+      for (const m of members) {
+        this.askMember(m, { method: 'ps', scope: 'local' }).then(
+          (r) => { if (Array.isArray(r.processes) && (r.processes as ProcessInfo[]).some((p) => p.pid === pid)) resolve(m); },
+          (e: Error) => { silent.push(`${m} did not answer: ${e.message}`); },
+        ).finally(() => { if (--waiting === 0) resolve(undefined); });
       }
-    }));
-    const node = asked.find((a) => a.has)?.node;
+    });
     if (!node) {
       const how = this.ctx.table.ended(pid);
-      const silent = asked.filter((a) => a.error !== undefined).map((a) => `${a.node} did not answer: ${a.error}`);
       const why = [...(how ? [`it has ${how.startsWith('moved') ? '' : 'already '}${how}`] : []), ...silent];
       throw new FerryError('no-such-process', `no process ${pid} in the cluster${why.length ? ` (${why.join('; ')})` : ''}`);
     }
