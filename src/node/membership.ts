@@ -7,8 +7,8 @@
 // it has been silent for DROP_AFTER_MS: a node whose heartbeats were only late
 // (a loaded machine, a stalled process) keeps the stdio relays and requests
 // that ride on it; a dead daemon closes it at once anyway, and a host gone
-// without a word has it dropped then, after which the node keeps redialling. A node that stops says so (leaving), and
-// is marked 'left' at once.
+// without a word has it dropped then, after which the node keeps redialling.
+// A node that stops says so (leaving), and is marked 'left' at once.
 import { FerryError } from '../errors.ts';
 import type { Connection, Message } from '../transport/index.ts';
 import { str } from './fields.ts';
