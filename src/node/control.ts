@@ -202,17 +202,12 @@ export class ControlApi {
     // The first member that has it answers the lookup: a dead host among the members costs
     // a lookup that fails PEER_QUERY_TIMEOUT_MS, not every lookup.
     const silent: string[] = [];
-    const members = this.ctx.membership.unleftMembers();
-    const node = await new Promise<string | undefined>((resolve) => {
-      let waiting = members.length;
-      if (waiting === 0) resolve(undefined);
-      for (const m of members) {
-        this.askMember(m, { method: 'ps', scope: 'local' }).then(
-          (r) => { if (Array.isArray(r.processes) && (r.processes as ProcessInfo[]).some((p) => p.pid === pid)) resolve(m); },
-          (e: Error) => { silent.push(`${m} did not answer: ${e.message}`); },
-        ).finally(() => { if (--waiting === 0) resolve(undefined); });
-      }
-    });
+    const node = await Promise.any(this.ctx.membership.unleftMembers().map(async (m) => {
+      let r;
+      try { r = await this.askMember(m, { method: 'ps', scope: 'local' }); } catch (e) { silent.push(`${m} did not answer: ${(e as Error).message}`); throw e; }
+      if (Array.isArray(r.processes) && (r.processes as ProcessInfo[]).some((p) => p.pid === pid)) return m;
+      throw new FerryError('no-such-process', `not on ${m}`);
+    })).catch(() => undefined);
     if (!node) {
       const how = this.ctx.table.ended(pid);
       const why = [...(how ? [`it has ${how.startsWith('moved') ? '' : 'already '}${how}`] : []), ...silent];
@@ -226,10 +221,8 @@ export class ControlApi {
   private async askMember(node: string, header: Record<string, unknown>): Promise<Message['header']> {
     let timer: NodeJS.Timeout | undefined;
     const late = new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new FerryError('timeout', `no answer within ${PEER_QUERY_TIMEOUT_MS} ms`)), PEER_QUERY_TIMEOUT_MS); });
-    try {
-      const conn = await Promise.race([late, this.ctx.membership.peer(node, { evenIfDown: true })]);
-      return (await Promise.race([late, conn.request('REQUEST', header as never, undefined, { timeoutMs: PEER_QUERY_TIMEOUT_MS })])).header;
-    } finally { clearTimeout(timer); }
+    const asked = this.ctx.membership.peer(node, { evenIfDown: true }).then((c) => c.request('REQUEST', header as never, undefined, { timeoutMs: PEER_QUERY_TIMEOUT_MS }));
+    try { return (await Promise.race([late, asked])).header; } finally { clearTimeout(timer); }
   }
 
   private async migrate(msg: Message, conn: Connection): Promise<MigrationMetrics> {

@@ -82,9 +82,9 @@ export class Faults {
 
   /** Fail here if a fault is armed at this point. Returns true if the connection was cut. */
   hit(point: FaultPoint, conn: Connection): boolean {
-    const action = this.armed.get(point)?.action;
+    const armed = this.armed.get(point), action = armed?.action;
     if (!action || action === 'delay') return false; // delay() holds it
-    const ms = this.armed.get(point)?.ms ?? DELAY_MS;
+    const ms = armed!.ms ?? DELAY_MS;
     this.armed.delete(point);
     this.log?.(`FAULT ${point}: ${action}${action === 'stall' ? `=${ms}` : ''}`);
     if (action === 'stall') {

@@ -162,11 +162,6 @@ export class Membership {
 
   get roles(): string[] { return [...(this.opts.roles ?? [])]; }
 
-  /** Members currently up (not this node). */
-  upMembers(): string[] {
-    return [...this.members.values()].filter((m) => m.state === 'up').map((m) => m.name);
-  }
-
   /** Members that have not left (not this node): up, or down but perhaps only slow. */
   unleftMembers(): string[] {
     return [...this.members.values()].filter((m) => m.state !== 'left').map((m) => m.name);
