@@ -37,6 +37,21 @@ function repsFor(link: string, mb: number): number {
   return seconds > 20 ? 1 : seconds > 2 ? 3 : seconds > 0 && seconds < 0.1 ? 11 : 5;
 }
 
+/** Warm-up migrations before the measured ones, not counted (their totals are printed). Each
+ *  node sends and receives at least once, so V8 has compiled the code a migration runs on both
+ *  sides (a cluster that has been up a while has). Unshaped, at every size, four: V8 optimizes a
+ *  function after enough calls, and warm-ups at the first size alone (4 MiB: a sixteenth of the
+ *  per-read calls of 64 MiB) left the data path unoptimized; on fresh daemons a destination's read
+ *  callbacks took 13-18 ms of a 64 MB migration's first two over TLS, 4-5 ms from the fourth on,
+ *  and its CPU time fell from 76-92 ms to 33-48 ms (session 18). The bare bursts
+ *  the throughput is compared with (link-limit.ts) are medians of back-to-back runs too. Shaped,
+ *  where the link sets the pace: two, at the first size. */
+function warmUpsFor(link: string, mb: number, sizes: number[], reps: number): number {
+  if (reps <= 1) return 0;
+  if (unshaped(link)) return 4;
+  return mb === sizes[0] ? 2 : 0;
+}
+
 export interface MigrateRow {
   link: string;
   /** Page codec (--compress). */
@@ -81,14 +96,15 @@ export async function runMigrate(opts: { sizes?: number[]; links?: string[]; alg
         const { pid, run } = await startRma(c, client, mb);
         const reps = repsFor(link, mb);
         let at = 0;
-        if (mb === sizes[0] && reps > 1) {
-          // Warm-up, not measured: each node sends and receives once, so V8 has compiled the
-          // code a migration runs on both sides (a cluster that has been up a while has).
-          for (const to of ['b', 'a']) {
-            const m = await client.migrate(pid, to, { algorithm });
+        const warmUps = warmUpsFor(link, mb, sizes, reps);
+        if (warmUps) {
+          const ms: number[] = [];
+          for (let i = 0; i < warmUps; i++) {
+            const m = await client.migrate(pid, i % 2 === 0 ? 'b' : 'a', { algorithm });
             if (m.state !== 'completed') throw new Error(`warm-up migration of rma ${mb} MB over ${link} ${m.state}: ${m.error?.message}`);
+            ms.push(m.totalMs ?? NaN);
           }
-          console.log(`   ${link}: 2 warm-up migrations (not counted)`);
+          console.log(`   ${link} ${mb} MB: ${warmUps} warm-up migrations (not counted), total ${ms.map((x) => x.toFixed(0)).join(', ')} ms`);
         }
         for (const compress of codecs) {
           const row: MigrateRow = { link, compress, linkBps: shaped ? parseBandwidth(link) * 8 : null, mb, runs: [] };
