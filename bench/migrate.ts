@@ -37,19 +37,21 @@ function repsFor(link: string, mb: number): number {
   return seconds > 20 ? 1 : seconds > 2 ? 3 : seconds > 0 && seconds < 0.1 ? 11 : 5;
 }
 
-/** Warm-up migrations before the measured ones, not counted (their totals are printed). Each
- *  node sends and receives at least once, so V8 has compiled the code a migration runs on both
- *  sides (a cluster that has been up a while has). Unshaped, at every size, four: V8 optimizes a
- *  function after enough calls, and warm-ups at the first size alone (4 MiB: a sixteenth of the
- *  per-read calls of 64 MiB) left the data path unoptimized; on fresh daemons a destination's read
- *  callbacks took 13-18 ms of a 64 MB migration's first two over TLS, 4-5 ms from the fourth on,
- *  and its CPU time fell from 76-92 ms to 33-48 ms (session 18). The bare bursts
- *  the throughput is compared with (link-limit.ts) are medians of back-to-back runs too. Shaped,
- *  where the link sets the pace: two, at the first size. */
+/** Warm-up migrations before the measured ones, not counted (their totals are printed: the
+ *  figures of a cluster that has just started). Measured is the steady state of one that has been
+ *  up a while, as a JIT runtime's benchmarks are (JMH's warm-up iterations): V8 optimizes a
+ *  function once it has run often enough, and a migration's data path (one call per page, per
+ *  read, per write) reaches that only after some migrations. Here, with --trace-opt on the
+ *  daemons, Turbofan compiled data-path functions (sendPages, onStreamRead, writeEach, ...)
+ *  through the 17th 4 MB migration and none after; the 4 MB total over plain TCP went from 5-8 ms
+ *  to 3-4 ms by then. At 64 MB, Turbofan threads took 10-50 ms of the 2 cores in each of the
+ *  first migrations (perf: helper threads inside the down time), a few ms after the tenth. A
+ *  bigger migration makes more calls, so fewer are needed. Unshaped only: on a shaped link the
+ *  link sets the pace (two, at the first size, so each node has sent and received once). */
 function warmUpsFor(link: string, mb: number, sizes: number[], reps: number): number {
   if (reps <= 1) return 0;
-  if (unshaped(link)) return 4;
-  return mb === sizes[0] ? 2 : 0;
+  if (!unshaped(link)) return mb === sizes[0] ? 2 : 0;
+  return mb <= 16 ? 16 : mb <= 128 ? 8 : 4;
 }
 
 export interface MigrateRow {
