@@ -43,7 +43,7 @@ function repsFor(link: string, mb: number): number {
  *  function once it has run often enough, and a migration's data path (one call per page, per
  *  read, per write) reaches that only after some migrations. Here, with --trace-opt on the
  *  daemons, Turbofan compiled data-path functions (sendPages, onStreamRead, writeEach, ...)
- *  through the 17th 4 MB migration and none after; the 4 MB total over plain TCP went from 5-8 ms
+ *  through the 17th 4 MB migration (1-5 a migration), then one now and then; the 4 MB total over plain TCP went from 5-8 ms
  *  to 3-4 ms by then. At 64 MB, Turbofan threads took 10-50 ms of the 2 cores in each of the
  *  first migrations (perf: helper threads inside the down time), a few ms after the tenth. A
  *  bigger migration makes more calls, so fewer are needed. Unshaped only: on a shaped link the
