@@ -115,12 +115,17 @@ describe('node cluster', { timeout: 300_000 }, () => {
     assert.match(again.stderr.toString(), /no process .* already been killed/);
   });
 
-  it('a process on a node the others take for down (stalled past DOWN_AFTER_MS) is still located; the error names who did not answer', async () => {
+  it('a node the others take for down (stalled past DOWN_AFTER_MS): its process is still located, one elsewhere is located and killed at once, the exit of one whose home it is reaches it; errors name who did not answer', async () => {
     const run = c.ferry(['run', '--node', 'b', bin('sleeper'), '100000', '50'], { via: 0 });
     const runC = c.ferry(['run', '--node', 'c', bin('sleeper'), '100000', '50'], { via: 0 });
     const procs = await eventually(async () => { const p = await ps(0); return p.filter((x) => x.state === 'running').length >= 2 ? p : undefined; }, 20_000, 'processes on b and c');
     const onB = procs.find((p) => p.node === 'b')!, onC = procs.find((p) => p.node === 'c')!;
     assert.ok(onB && onC, JSON.stringify(procs));
+    // A third one starts on b and moves to c: its pid names b, the node that will stall.
+    const runMoved = c.ferry(['run', '--node', 'b', bin('sleeper'), '100000', '50'], { via: 0 });
+    const moved = await eventually(async () => (await ps(0)).find((x) => x.node === 'b' && x.pid !== onB.pid && x.state === 'running'), 20_000, 'a second process on b');
+    const mv = await c.ferry(['migrate', moved.pid, '--to', 'c', '--json'], { via: 0 });
+    assert.equal(mv.exitCode, 0, mv.stderr.toString());
     const b = c.nodes[1].child;
     const conn = await connectCluster({ addr: c.nodes[0].addr, key: loadKey(c.keyFile) });
     let located: Promise<Record<string, unknown>> | undefined;
@@ -137,6 +142,10 @@ describe('node cluster', { timeout: 300_000 }, () => {
       const t0 = Date.now();
       assert.equal((await call(conn, 'locate', { pid: onC.pid })).node, 'c');
       assert.ok(Date.now() - t0 < 4000, `located on c in ${Date.now() - t0} ms while b stalled`);
+      // And killed at once, though its pid names the stalled b (asked first, b cost 5 s).
+      const t1 = Date.now();
+      assert.equal((await call(conn, 'kill', { pid: moved.pid })).node, 'c');
+      assert.ok(Date.now() - t1 < 4000, `killed on c in ${Date.now() - t1} ms while b stalled`);
       // Back before the answer: a still takes b for down, yet finds the process there.
       assert.equal((await members(0)).find((x) => x.name === 'b')?.state, 'down');
       located = call(conn, 'locate', { pid: onB.pid });
@@ -152,7 +161,7 @@ describe('node cluster', { timeout: 300_000 }, () => {
     assert.equal(k.exitCode, 0, k.stderr.toString());
     const kc = await c.ferry(['kill', onC.pid], { via: 0 });
     assert.equal(kc.exitCode, 0, kc.stderr.toString());
-    for (const r of await Promise.all([run, runC])) assert.equal(r.exitCode, 137, r.stderr.toString());
+    for (const r of await Promise.all([run, runC, runMoved])) assert.equal(r.exitCode, 137, r.stderr.toString());
   });
 
   it('unknown pid, unknown node, missing cluster: clear errors, non-zero exit', async () => {

@@ -326,24 +326,24 @@ export class ControlApi {
       return { pid, node: this.ctx.name };
     }
     if (localOnly) return this.ctx.table.kill(pid).then(() => ({ pid, node: this.ctx.name })); // throws no-such-process
-    // Ask the origin node first (processes start there), then every other member.
-    const origin = pid.includes('/') ? pid.slice(0, pid.lastIndexOf('/')) : '';
-    const members = this.ctx.membership.unleftMembers();
-    const order = [...members.filter((n) => n === origin), ...members.filter((n) => n !== origin)];
+    // Every member at once, as locate: the one that runs it kills it (a process runs on one
+    // node, and one that is moving refuses), and a stalled member delays no kill but its own.
     const reasons: string[] = [];
+    let busy: FerryError | undefined; // the member that has it, but cannot kill it now
     const localEnd = this.ctx.table.ended(pid);
     if (localEnd) reasons.push(`it has already ${localEnd}`);
-    for (const node of order) {
-      try {
-        const r = await this.askMember(node, { method: 'kill', pid, scope: 'local' });
-        return { pid, node: String(r.node) };
-      } catch (e) {
+    const node = await Promise.any(this.ctx.membership.unleftMembers().map(async (m) => {
+      try { return String((await this.askMember(m, { method: 'kill', pid, scope: 'local' })).node); } catch (e) {
         if (e instanceof FerryError && e.code === 'no-such-process') {
-          const m = /has already (.*)$/.exec(e.message);
-          if (m) reasons.push(`it has already ${m[1]}`);
-        } else reasons.push(`${node}: ${(e as Error).message}`);
+          const ended = /has already (.*)$/.exec(e.message);
+          if (ended && !reasons.includes(`it has already ${ended[1]}`)) reasons.push(`it has already ${ended[1]}`);
+        } else if (e instanceof FerryError && e.code === 'busy') busy = e;
+        else reasons.push(`${m}: ${(e as Error).message}`);
+        throw e;
       }
-    }
+    })).catch(() => undefined);
+    if (node) return { pid, node };
+    if (busy) throw busy;
     if (!/^[^/\s]+\/\d+$/.test(pid)) throw new FerryError('no-such-process', `no process ${pid}: a pid looks like NODE/N`);
     throw new FerryError('no-such-process', `no process ${pid} in the cluster${reasons.length ? ` (${reasons.join('; ')})` : ''}`);
   }

@@ -58,7 +58,7 @@ export class HomeFiles {
   /** The fileOps of a process running here whose home is elsewhere. */
   remote(pid: string, home: string): (req: FileOpRequest) => Promise<FileOpReply> {
     return async (req) => {
-      const conn = await this.membership.peer(home);
+      const conn = await this.membership.peer(home, { evenIfDown: true });
       const q = encodeFileOp(req, { pid });
       const m = await conn.request('FILE_OP', q.header, q.body, { timeoutMs: FILE_OP_TIMEOUT_MS, priority: 'urgent' });
       return decodeFileReply(m.header, m.body);

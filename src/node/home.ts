@@ -65,8 +65,10 @@ export class HomeRouter {
         exit: (_pid, seq, code, error) => this.ended(pid, seq, code, error),
       };
     }
+    // Even to a home marked down: it may be only stalled (membership.ts), its connection is kept
+    // a while, and what is sent on it arrives once it reads again: an exit is not lost to a stall.
     const send = (what: 'HOME_OUTPUT' | 'HOME_EXIT', header: Record<string, unknown>, body?: Uint8Array) => {
-      this.membership.peer(home).then((c) => c.send(what, header, body)).catch((e: Error) => {
+      this.membership.peer(home, { evenIfDown: true }).then((c) => c.send(what, header, body)).catch((e: Error) => {
         this.log?.(`${what === 'HOME_EXIT' ? 'exit' : 'output'} of ${pid} is lost: home node ${home} unreachable (${e.message})`);
       });
     };
@@ -140,7 +142,7 @@ export class HomeRouter {
   private forward(pid: string, s: Session, offset: number, data: Buffer, eof: boolean): void {
     if (s.location === this.self) { this.stdinTarget(pid, offset, data, eof); return; }
     const where = s.location;
-    this.membership.peer(where).then((c) => c.send('HOME_INPUT', { pid, offset, ...(eof ? { eof: true } : {}) }, data))
+    this.membership.peer(where, { evenIfDown: true }).then((c) => c.send('HOME_INPUT', { pid, offset, ...(eof ? { eof: true } : {}) }, data))
       .catch((e: Error) => this.log?.(`stdin for ${pid} not delivered to ${where}: ${e.message} (resent when it attaches)`));
   }
 

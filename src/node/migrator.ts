@@ -339,7 +339,7 @@ export class Migrator {
       if (x.home === this.ctx.name) this.ctx.home.attach(img.meta.pid, this.ctx.name, offset);
       else {
         // Not awaited: the process runs; home learns where (stdin follows) a moment later.
-        void this.ctx.membership.peer(x.home).then((c) => c.send('HOME_ATTACH', { pid: img.meta.pid, node: this.ctx.name, stdinOffset: offset }))
+        void this.ctx.membership.peer(x.home, { evenIfDown: true }).then((c) => c.send('HOME_ATTACH', { pid: img.meta.pid, node: this.ctx.name, stdinOffset: offset }))
           .catch((e: Error) => this.ctx.log?.(`could not tell home ${x.home} that ${img.meta.pid} runs here: ${e.message}`));
       }
     });
