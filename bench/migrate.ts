@@ -69,7 +69,7 @@ export const ratioOf = (m: MigrationMetrics): number | null => (m.wireTimeMs && 
 export const mbsOf = (m: MigrationMetrics): number | null => (m.throughputBytesPerSec === null ? null : m.throughputBytesPerSec / MB);
 
 /** Start rma on node a and wait until its whole region is written (then a little more, so nearly no page is zero). */
-async function startRma(c: Cluster, client: ClusterClient, mb: number): Promise<{ pid: string; run: Promise<unknown> }> {
+export async function startRma(c: Cluster, client: ClusterClient, mb: number): Promise<{ pid: string; run: Promise<unknown> }> {
   const wasm = wasmPath('rma');
   const run = c.ferry(['run', '--node', 'a', wasm, String(mb), '1000000'], { via: 1, timeoutMs: 3_600_000 });
   run.catch(() => {});
