@@ -6,7 +6,7 @@
 // usage: node --import tsx bench/migrate-series.ts [MB] [N] [--tcp]   (default 4 MB, 30 migrations,
 //        TLS-PSK; --tcp: nodes without a key, plain TCP)
 import { ClusterClient, startCluster } from '../test/helpers/cluster.ts';
-import { startRma } from './migrate.ts';
+import { hop, startRma } from './migrate.ts';
 import { median } from './util.ts';
 
 const args = process.argv.slice(2).filter((a) => !a.startsWith('--'));
@@ -18,9 +18,7 @@ try {
   const { pid, run } = await startRma(c, client, mb);
   const ms: number[] = [];
   for (let i = 0; i < n; i++) {
-    const m = await client.migrate(pid, i % 2 === 0 ? 'b' : 'a');
-    if (m.state !== 'completed') throw new Error(`migration ${i + 1} ${m.state}: ${m.error?.message}`);
-    ms.push(m.totalMs ?? NaN);
+    ms.push((await hop(client, pid, i, {}, `migration ${i + 1}`)).totalMs ?? NaN);
   }
   await client.call('kill', { pid }).catch(() => {});
   await run;

@@ -82,6 +82,14 @@ export async function startRma(c: Cluster, client: ClusterClient, mb: number): P
   return { pid, run };
 }
 
+/** The process's `at`-th migration between nodes a and b (it starts on a): to b, back to a, ...;
+ *  one that does not complete throws, named by `what`. */
+export async function hop(client: ClusterClient, pid: string, at: number, opts: Parameters<ClusterClient['migrate']>[2], what: string): Promise<MigrationMetrics> {
+  const m = await client.migrate(pid, at % 2 === 0 ? 'b' : 'a', opts);
+  if (m.state !== 'completed') throw new Error(`${what} ${m.state}: ${m.error?.message}`);
+  return m;
+}
+
 export async function runMigrate(opts: { sizes?: number[]; links?: string[]; algorithm?: string; compress?: string[] } = {}): Promise<MigrateRow[]> {
   const sizes = opts.sizes ?? MIGRATE_SIZES, links = opts.links ?? MIGRATE_LINKS;
   const algorithm = opts.algorithm ?? 'total-copy', codecs = opts.compress ?? ['none'];
@@ -102,17 +110,14 @@ export async function runMigrate(opts: { sizes?: number[]; links?: string[]; alg
         if (warmUps) {
           const ms: number[] = [];
           for (let i = 0; i < warmUps; i++) {
-            const m = await client.migrate(pid, i % 2 === 0 ? 'b' : 'a', { algorithm });
-            if (m.state !== 'completed') throw new Error(`warm-up migration of rma ${mb} MB over ${link} ${m.state}: ${m.error?.message}`);
-            ms.push(m.totalMs ?? NaN);
+            ms.push((await hop(client, pid, at++, { algorithm }, `warm-up migration of rma ${mb} MB over ${link}`)).totalMs ?? NaN);
           }
           console.log(`   ${link} ${mb} MB: ${warmUps} warm-up migrations (not counted), total ${ms.map((x) => x.toFixed(0)).join(', ')} ms`);
         }
         for (const compress of codecs) {
           const row: MigrateRow = { link, compress, linkBps: shaped ? parseBandwidth(link) * 8 : null, mb, runs: [] };
           for (let i = 0; i < reps; i++) {
-            const m = await client.migrate(pid, at++ % 2 === 0 ? 'b' : 'a', { algorithm, ...(compress !== 'none' ? { compress } : {}) });
-            if (m.state !== 'completed') throw new Error(`migration of rma ${mb} MB over ${link} ${m.state}: ${m.error?.message}`);
+            const m = await hop(client, pid, at++, { algorithm, ...(compress !== 'none' ? { compress } : {}) }, `migration of rma ${mb} MB over ${link}`);
             row.runs.push(m);
             if (process.env.FERRY_BENCH_STEPS) console.log(`     ${m.id}: steps ${JSON.stringify(m.downtimeSteps)} setup ${m.setupMs?.toFixed(1)} ms`);
           }

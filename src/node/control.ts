@@ -201,19 +201,27 @@ export class ControlApi {
     if (this.ctx.table.get(pid)) return { pid, node: this.ctx.name, addr: this.ctx.addr };
     // The first member that has it answers the lookup: a dead host among the members costs
     // a lookup that fails PEER_QUERY_TIMEOUT_MS, not every lookup.
-    const silent: string[] = [];
-    const node = await Promise.any(this.ctx.membership.unleftMembers().map(async (m) => {
-      let r;
-      try { r = await this.askMember(m, { method: 'ps', scope: 'local' }); } catch (e) { silent.push(`${m} did not answer: ${(e as Error).message}`); throw e; }
+    const { value: node, failed } = await this.firstMember({ method: 'ps', scope: 'local' }, (r, m) => {
       if (Array.isArray(r.processes) && (r.processes as ProcessInfo[]).some((p) => p.pid === pid)) return m;
       throw new FerryError('no-such-process', `not on ${m}`);
-    })).catch(() => undefined);
+    });
+    const silent = failed.filter((f) => !(f.error instanceof FerryError && f.error.code === 'no-such-process')).map((f) => `${f.node} did not answer: ${f.error.message}`);
     if (!node) {
       const how = this.ctx.table.ended(pid);
       const why = [...(how ? [`it has ${how.startsWith('moved') ? '' : 'already '}${how}`] : []), ...silent];
       throw new FerryError('no-such-process', `no process ${pid} in the cluster${why.length ? ` (${why.join('; ')})` : ''}`);
     }
     return { pid, node, addr: this.ctx.membership.list().find((m) => m.name === node)!.addr };
+  }
+
+  /** Every member (those marked down too) asked at once: the first answer `accept` takes (it
+   *  throws to refuse one) is the value; `failed` has the other members' errors, as they came. */
+  private async firstMember<T>(header: Record<string, unknown>, accept: (answer: Message['header'], node: string) => T): Promise<{ value: T | undefined; failed: { node: string; error: Error }[] }> {
+    const failed: { node: string; error: Error }[] = [];
+    const value = await Promise.any(this.ctx.membership.unleftMembers().map(async (node) => {
+      try { return accept(await this.askMember(node, header), node); } catch (e) { failed.push({ node, error: e as Error }); throw e; }
+    })).catch(() => undefined);
+    return { value, failed };
   }
 
   /** One request to a member, even one marked down (it may be only slow), all within
@@ -328,22 +336,18 @@ export class ControlApi {
     if (localOnly) return this.ctx.table.kill(pid).then(() => ({ pid, node: this.ctx.name })); // throws no-such-process
     // Every member at once, as locate: the one that runs it kills it (a process runs on one
     // node, and one that is moving refuses), and a stalled member delays no kill but its own.
-    const reasons: string[] = [];
-    let busy: FerryError | undefined; // the member that has it, but cannot kill it now
-    const localEnd = this.ctx.table.ended(pid);
-    if (localEnd) reasons.push(`it has already ${localEnd}`);
-    const node = await Promise.any(this.ctx.membership.unleftMembers().map(async (m) => {
-      try { return String((await this.askMember(m, { method: 'kill', pid, scope: 'local' })).node); } catch (e) {
-        if (e instanceof FerryError && e.code === 'no-such-process') {
-          const ended = /has already (.*)$/.exec(e.message);
-          if (ended && !reasons.includes(`it has already ${ended[1]}`)) reasons.push(`it has already ${ended[1]}`);
-        } else if (e instanceof FerryError && e.code === 'busy') busy = e;
-        else reasons.push(`${m}: ${(e as Error).message}`);
-        throw e;
-      }
-    })).catch(() => undefined);
+    const { value: node, failed } = await this.firstMember({ method: 'kill', pid, scope: 'local' }, (r) => String(r.node));
     if (node) return { pid, node };
-    if (busy) throw busy;
+    const busy = failed.find((f) => f.error instanceof FerryError && f.error.code === 'busy'); // it has it, but cannot kill it now
+    if (busy) throw busy.error;
+    const localEnd = this.ctx.table.ended(pid);
+    const reasons = localEnd ? [`it has already ${localEnd}`] : [];
+    for (const { node: m, error: e } of failed) {
+      const gone = e instanceof FerryError && e.code === 'no-such-process'; // not there: say so only if it ended there
+      const ended = gone ? /has already (.*)$/.exec(e.message)?.[1] : undefined;
+      const reason = ended ? `it has already ${ended}` : gone ? undefined : `${m}: ${e.message}`;
+      if (reason && !reasons.includes(reason)) reasons.push(reason);
+    }
     if (!/^[^/\s]+\/\d+$/.test(pid)) throw new FerryError('no-such-process', `no process ${pid}: a pid looks like NODE/N`);
     throw new FerryError('no-such-process', `no process ${pid} in the cluster${reasons.length ? ` (${reasons.join('; ')})` : ''}`);
   }
