@@ -11,6 +11,8 @@
 //   - freeze-free: the down time carries a few pages; the source serves faults
 //     until every page is on f, then hands over and lets go (kill -9 it after:
 //     output identical).
+//   - the source stalled (f takes it for down) when the process ends: f's notice
+//     that the store ended still reaches it, and its record closes.
 //   - f killed: the process fails with an error naming f.
 import { before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -127,6 +129,39 @@ describe('file servers: flushing and freeze-free', { timeout: 900_000 }, () => {
       assert.deepEqual(done.residualDependencies, []);
       assert.ok(done.remoteFaults > 0, `remote faults served by f (${done.remoteFaults})`);
     } finally { await c.stop(); }
+  });
+
+  it('flushing: a source the file server takes for down (stalled) when the process ends still learns the store ended: its record closes', async () => {
+    const w = workload('sleeper', ['40', '100']); // ~4 s: ends while s is stalled
+    const exp = await reference(w);
+    const c = await fourNodes();
+    try {
+      const client = ClusterClient.for(c);
+      const s = c.nodes[1]!.child;
+      const { outcome, during: id } = await clusterRun(c, client, w, { node: 'h' }, async (pid) => {
+        const first = await client.migrate(pid, 's'); // the source below is not the home: h keeps the stdio
+        assert.equal(first.state, 'completed', first.error?.message);
+        const m = await client.migrate(pid, 'd', { algorithm: 'flushing', fileServer: 'f' });
+        assert.equal(m.state, 'completed', m.error?.message);
+        assert.equal(m.from, 's');
+        s.kill('SIGSTOP');
+        try {
+          await eventually(async () => {
+            const members = JSON.parse((await c.ferry(['nodes', '--json'], { via: 3 })).stdout.toString()) as { name: string; state: string }[];
+            return members.find((x) => x.name === 's')?.state === 'down';
+          }, 10_000, 'f to take the stalled s for down');
+          const held = new RegExp(`no longer holding pages of ${pid.replace('/', '\\/')} for d`);
+          await eventually(async () => held.test(c.nodes[3]!.log()), 20_000, 'the process to end and f to drop its store');
+          await new Promise((r) => setTimeout(r, 300)); // the notice to s is sent (or refused) by now
+          assert.doesNotMatch(c.nodes[3]!.log(), /could not tell s that the store/, 'f sent the end of the store to the stalled s');
+        } finally { s.kill('SIGCONT'); }
+        return m.id;
+      });
+      assert.equal(outcome.exitCode, exp.exitCode, outcome.stderr);
+      assert.equal(outcome.stdout, exp.stdout, 'output identical');
+      const done = await eventually(async () => { const r = await record(client, id); return r && r.totalMs !== null && r; }, 20_000, 'the record on s to close once s reads the notice');
+      assert.deepEqual(done.residualDependencies, []);
+    } finally { c.nodes[1]?.child.kill('SIGCONT'); await c.stop(); }
   });
 
   it('flushing: the file server killed, the process fails with an error naming it', async () => {

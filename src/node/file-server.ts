@@ -203,7 +203,8 @@ export class FileServer {
   private ended(st: Store, end: HoldEnd): void {
     if (this.stores.get(st.mid) === st) this.stores.delete(st.mid);
     st.memory = new Uint8Array(0);
-    void this.ctx.membership.peer(st.source)
+    // A source taken for down may only be stalled: the notice waits on its connection (its record closes once it reads it).
+    void this.ctx.membership.peer(st.source, { evenIfDown: true })
       .then((c) => c.send('PAGE_STORE_ENDED', { mid: st.mid, pid: st.pid, reason: end.reason, ...(end.stats ? { stats: { ...end.stats } } : {}) }))
       .catch((e: Error) => this.ctx.log?.(`could not tell ${st.source} that the store of ${st.pid} ended: ${e.message}`));
   }
