@@ -30,10 +30,12 @@ const unshaped = (link: string) => link === 'none' || link === 'tcp';
 
 /** Repetitions per case: fewer where one migration is long (512 MB at 100 Mb/s is ~43 s),
  *  more where it is short (4 MB at 1 Gb/s: 34 ms, where a millisecond of a busy 2-core
- *  machine moves one ratio by 0.03; 4 MB on loopback: 3-10 ms, where one moves the throughput
- *  by a quarter; the median of 11 steadies it). */
+ *  machine moves one ratio by 0.03; on loopback 4 MB takes 3-10 ms and 64 MB 60-100 ms, where
+ *  the other daemon, V8's helper threads and the guests share the 2 cores; the median of 11
+ *  steadies it). */
 function repsFor(link: string, mb: number): number {
-  const seconds = unshaped(link) ? (mb <= 16 ? 0.01 : 1) : (mb * MiB) / parseBandwidth(link);
+  if (unshaped(link)) return mb <= 128 ? 11 : 5;
+  const seconds = (mb * MiB) / parseBandwidth(link);
   return seconds > 20 ? 1 : seconds > 2 ? 3 : seconds < 0.1 ? 11 : 5;
 }
 
