@@ -3,7 +3,7 @@
 
 export type ErrorCode =
   | 'invalid-module' | 'not-wasi-command' | 'unsupported-module' | 'transform-failed'
-  | 'not-found' | 'bad-image' | 'bad-argument' | 'runtime' | 'trap' | 'internal';
+  | 'not-found' | 'bad-image' | 'bad-argument' | 'io' | 'runtime' | 'trap' | 'internal';
 
 export class FerryError extends Error {
   override readonly name = 'FerryError';

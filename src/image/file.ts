@@ -4,6 +4,7 @@ import { constants as bufferConstants } from 'node:buffer';
 import crypto from 'node:crypto';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
+import { FerryError } from '../errors.ts';
 import { decodeImage, encodeImage } from './codec.ts';
 import { ImageError } from './format.ts';
 import type { ProcessImage, ProcessImageInput } from './types.ts';
@@ -50,8 +51,27 @@ export async function writeImageFile(file: string, img: ProcessImageInput): Prom
   return writeImageChunks(file, encodeImage(img));
 }
 
-/** Write already-encoded chunks atomically. Returns the bytes written. */
+/** Write already-encoded chunks atomically (a device, pipe or socket in place). Returns the
+ *  bytes written; an error names the file. */
 export async function writeImageChunks(file: string, chunks: readonly Uint8Array[]): Promise<number> {
+  try {
+    // /dev/stdout, a fifo, a device: written in place. The temp file and rename of a regular
+    // file would replace the special file with one (as root, even in /dev).
+    const st = await fsp.stat(file).catch(() => null);
+    if (st && !st.isFile() && !st.isDirectory()) return await writeInPlace(file, chunks);
+    return await writeAtomically(file, chunks);
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    throw new FerryError(err.code === 'ENOENT' ? 'not-found' : 'io', `cannot write image ${file}: ${err.message}`, { cause: e });
+  }
+}
+
+async function writeInPlace(file: string, chunks: readonly Uint8Array[]): Promise<number> {
+  const fh = await fsp.open(file, 'w');
+  try { return await writeChunks(fh, chunks); } finally { await fh.close(); }
+}
+
+async function writeAtomically(file: string, chunks: readonly Uint8Array[]): Promise<number> {
   const dir = path.dirname(file);
   const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.${crypto.randomBytes(6).toString('hex')}.tmp`);
   const fh = await fsp.open(tmp, 'wx', 0o644);

@@ -80,6 +80,9 @@ export class IncomingMigration {
   /** The faulting variant (post-copy), loaded during setup. */
   faultingModule: LoadedModule | null = null;
   image: ProcessImage | null = null;
+  /** The program's bytes, kept from setup: the commit reads nothing from disk (a cache write
+   *  that failed on a full disk costs nothing then, and a read costs the down time). */
+  program: Uint8Array | null = null;
   /** A worker with the module instantiated over `memory` (made at setup's end), for the commit. */
   prepared: PreparedWorker | null = null;
   /** Migration pages received (1) so far. */
@@ -103,6 +106,7 @@ export class IncomingMigration {
   /** Compile the module and ready a memory and a worker: all before the source freezes.
    *  `expectBytes`: the source's memory in use, pre-faulted here (0: none). */
   async setup(program: Uint8Array, expectBytes = 0): Promise<void> {
+    this.program = program;
     // Side by side: compiling (V8 does it on its own threads) and loading a worker's code.
     // A faulting migration resumes in the faulting variant: the plain one (compiled eagerly, hundreds
     // of ms) is needed only once every page is here, so it is not waited for.
@@ -359,7 +363,7 @@ export class IncomingMigration {
 
   /** Let go of the memory (the process has its own reference), the image and the temporary store. */
   release(): void {
-    this.memory = null; this.image = null; this.store?.clear();
+    this.memory = null; this.image = null; this.program = null; this.store?.clear();
     this.prepared?.discard(); // unless the process took it over
     this.prepared = null;
   }

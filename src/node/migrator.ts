@@ -318,7 +318,7 @@ export class Migrator {
     await inc.commit(async (m) => {
       const img = m.image!;
       const x = img.meta.extra as unknown as ProcessExtra;
-      const program = { path: img.meta.program, bytes: this.ctx.programs.get(m.spec.sha256)!, hash: m.spec.sha256 };
+      const program = { path: img.meta.program, bytes: m.program!, hash: m.spec.sha256 };
       const fileOps = x.files === 'home' && x.home !== this.ctx.name ? this.ctx.homeFiles.remote(img.meta.pid, x.home) : undefined;
       let onFault: ((addr: number, len: number) => Promise<void>) | undefined;
       let dep: ReturnType<RemotePages['track']> | undefined;

@@ -1,7 +1,7 @@
 // The node's store of program (module) bytes, by sha256, in DATA_DIR/programs:
 // the bytes come with each run request (the node the user contacted may not
 // have the file) and stay here for later runs and for moving processes.
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 export class ProgramStore {
@@ -23,10 +23,12 @@ export class ProgramStore {
 
   put(hash: string, bytes: Uint8Array): void {
     if (this.has(hash)) return;
+    const tmp = `${this.file(hash)}.${process.pid}.${Date.now()}.tmp`;
     try {
-      const tmp = `${this.file(hash)}.${process.pid}.${Date.now()}.tmp`;
       writeFileSync(tmp, bytes);
       renameSync(tmp, this.file(hash));
-    } catch { /* a full or read-only disk only costs the cache */ }
+    } catch { // a full or read-only disk only costs the cache (the bytes a process needs stay in memory)
+      try { rmSync(tmp, { force: true }); } catch { /* read-only */ }
+    }
   }
 }

@@ -1,6 +1,6 @@
 // Prepared modules are cached on disk by the original module's content hash: the
 // transform takes seconds (minutes for large programs) and its output never changes.
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { fork } from 'node:child_process';
@@ -50,14 +50,16 @@ function readEntry(hash: string, variant: Variant): PreparedModule | null {
 
 function writeEntry(hash: string, variant: Variant, prepared: PreparedModule): void {
   const base = entryBase(hash, variant);
+  const tmp = `${base}.${process.pid}.${Date.now()}.tmp`;
   try {
     mkdirSync(cacheDir(), { recursive: true });
-    const tmp = `${base}.${process.pid}.${Date.now()}.tmp`;
     writeFileSync(`${tmp}.wasm`, prepared.bytes);
     writeFileSync(`${tmp}.json`, JSON.stringify(prepared.meta));
     renameSync(`${tmp}.wasm`, `${base}.wasm`);
     renameSync(`${tmp}.json`, `${base}.json`); // json last: its presence marks a complete entry
-  } catch { /* a read-only cache is not an error */ }
+  } catch { // a read-only or full cache is not an error: no half-written temp file stays
+    for (const f of [`${tmp}.wasm`, `${tmp}.json`]) try { rmSync(f, { force: true }); } catch { /* read-only */ }
+  }
 }
 
 /** The prepared modules of these variants, from the cache or freshly transformed (the missing
