@@ -68,6 +68,52 @@ describe('checkpoint entry points', () => {
     } finally { t.cleanup(); }
   });
 
+  // An image that cannot be written (here its directory does not exist; a full disk is the same
+  // error path, test/disk-full.test.ts) loses no work: the program runs on.
+  it('a periodic checkpoint that cannot be written: the program runs on to its end, each failure named', async () => {
+    const t = tempDir();
+    try {
+      const image = join(t.path, 'missing-dir', 'periodic.img');
+      const args = ['8000'];
+      const expected = (await runNodeWasi({ wasm: reference, args: [reference, ...args] })).stdout.toString();
+      const r = await ferry(['run', '--checkpoint', image, '--checkpoint-every', '0.25', reference, ...args]);
+      assert.equal(r.exitCode, 0, r.stderr.toString());
+      assert.equal(r.stdout.toString(), expected, 'the run finished, output identical');
+      assert.match(r.stderr.toString(), new RegExp(`checkpoint not written, the program runs on: cannot write image ${image}: ENOENT`));
+    } finally { t.cleanup(); }
+  });
+
+  it('a vacate that cannot write its image: the program runs on with its stdin (none lost), and a second SIGTERM ends it', async () => {
+    const t = tempDir();
+    try {
+      const image = join(t.path, 'missing-dir', 'vacate.img');
+      const input = Buffer.from(Array.from({ length: 40 }, (_, i) => `line ${i} hello ${'x'.repeat(i)}\n`).join(''));
+      const expected = await runNodeWasi({ wasm: sleeper, args: [sleeper, '--echo'], stdin: input });
+      // Vacated 1 ms in, the program has often not asked for stdin yet: ferry reads the pipe ahead
+      // into the image, whose write fails, and gives the bytes back to the program.
+      let givenBack = 0;
+      for (const delay of [1, 1, 2, 1, 5, 1, 1, 1]) {
+        const a = await ferry(['run', '--checkpoint', image, '--vacate-after', String(delay), sleeper, '--echo'], { stdin: input });
+        assert.equal(a.exitCode, 0, a.stderr.toString());
+        assert.equal(a.stdout.toString(), expected.stdout.toString(), `every line echoed once (vacate after ${delay} ms)`);
+        if (!/could not vacate/.test(a.stderr.toString())) continue; // it finished first
+        assert.match(a.stderr.toString(), new RegExp(`could not vacate, the program runs on.*: cannot write image ${image}: ENOENT.*SIGTERM again`));
+        givenBack = Math.max(givenBack, Number(/the (\d+) bytes of stdin read ahead given back/.exec(a.stderr.toString())?.[1] ?? 0));
+        if (givenBack > 0) break;
+      }
+      assert.ok(givenBack > 0, 'some run read stdin ahead and gave it back');
+      const run = startFerry(['run', '--checkpoint', image, sleeper, '100', '50']);
+      await run.firstOutput;
+      run.child.kill('SIGTERM');
+      await new Promise((r) => setTimeout(r, 500));
+      assert.equal(run.child.exitCode, null, 'still running after the failed vacate');
+      run.child.kill('SIGTERM');
+      const b = await run.done;
+      assert.equal(b.code, 143, b.stderr);
+      assert.match(b.stderr, /could not vacate/);
+    } finally { t.cleanup(); }
+  });
+
   it('freezes a program blocked reading stdin, and the restored one reads on', async () => {
     const t = tempDir();
     try {

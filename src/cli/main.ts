@@ -58,6 +58,7 @@ function superviseOptions(flags: CheckpointFlags, pid: string): SuperviseOptions
     pid, node: 'local', checkpoint: flags.checkpoint, vacateAfterMs: flags.vacateAfter,
     checkpointEverySec: flags.checkpointEvery, hopEveryMs: flags.hopEvery, embedModule: flags.embedModule,
     log: flags.verbose ? (m) => process.stderr.write(`ferry: ${m}\n`) : undefined,
+    warn: (m) => process.stderr.write(`ferry: ${m}\n`),
   };
 }
 

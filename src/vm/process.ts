@@ -439,11 +439,13 @@ export class WasmProcess extends EventEmitter {
   /** Frozen, about to end in this OS process (a vacate): read what its stdin source already
    *  holds, until the source ends or nothing more comes for `quietMs` (at most `maxBytes`), into
    *  the capture. Input the program was given but had not asked for yet would otherwise be
-   *  lost with this OS process (a pipe's unread bytes); a terminal gives nothing in `quietMs`. */
-  async readStdinAhead(cap: Captured, quietMs = 50, maxBytes = STDIN_AHEAD_MAX): Promise<number> {
+   *  lost with this OS process (a pipe's unread bytes); a terminal gives nothing in `quietMs`.
+   *  `giveBack` hands what was read to this process instead (a vacate whose image could not be
+   *  written continues it here). */
+  async readStdinAhead(cap: Captured, quietMs = 50, maxBytes = STDIN_AHEAD_MAX): Promise<{ bytes: number; giveBack: () => void }> {
     if (this.state !== 'frozen') throw new FerryError('runtime', `stdin is read ahead only while frozen, not ${this.state}`);
     const src = this.stdinSource;
-    if (!src || cap.wasi.stdinEof) return 0;
+    if (!src || cap.wasi.stdinEof) return { bytes: 0, giveBack: () => {} };
     const got: Buffer[] = [];
     let n = 0;
     const ended = await new Promise<boolean>((resolve) => {
@@ -463,7 +465,9 @@ export class WasmProcess extends EventEmitter {
     cap.wasi.stdinBuffered = Buffer.concat([before, ...got]).toString('base64');
     cap.wasi.stdinEof = ended;
     cap.wasi.stdinTakenBytes = (cap.wasi.stdinTakenBytes ?? 0) + n;
-    return n;
+    // Behind what the capture already held (the ring and the pending chunks, still here).
+    const giveBack = () => { this.stdinTaken += n; this.stdinPending.push(...got); if (ended) this.stdinEnded = true; };
+    return { bytes: n, giveBack };
   }
 
   private stopStdin(): void {

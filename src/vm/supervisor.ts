@@ -22,6 +22,8 @@ export interface SuperviseOptions {
   processOptions?: ProcessOptions;
   /** Told about each event (for --verbose and tests). */
   log?: (msg: string) => void;
+  /** Told what failed without ending the program (an image not written): always shown. */
+  warn?: (msg: string) => void;
 }
 
 export interface SuperviseResult {
@@ -36,6 +38,8 @@ export class Supervisor {
   private proc: WasmProcess;
   private busy: Promise<void> = Promise.resolve();
   private timers: NodeJS.Timeout[] = [];
+  /** A vacate could not write its image: the next SIGTERM ends the program. */
+  private vacateFailed = false;
   private finished = false;
   private result: SuperviseResult = { exitCode: 0, checkpointed: false, hops: 0, checkpoints: 0, stopLatenciesMs: [] };
   private done!: (r: SuperviseResult) => void;
@@ -124,9 +128,14 @@ export class Supervisor {
     if (!this.opts.checkpoint) throw new FerryError('bad-argument', 'no checkpoint file given');
     const cap = await this.freeze();
     if (!cap) return;
-    await writeImageChunks(this.opts.checkpoint, this.encode(cap, 'checkpoint'));
-    this.result.checkpoints++;
-    this.opts.log?.(`checkpoint written to ${this.opts.checkpoint}`);
+    try {
+      await writeImageChunks(this.opts.checkpoint, this.encode(cap, 'checkpoint'));
+      this.result.checkpoints++;
+      this.opts.log?.(`checkpoint written to ${this.opts.checkpoint}`);
+    } catch (e) {
+      // No work lost for an image not written (a full disk): the program runs on, the next period tries again.
+      this.opts.warn?.(`checkpoint not written, the program runs on: ${(e as Error).message}`);
+    }
     this.proc.continue();
   }
 
@@ -138,9 +147,20 @@ export class Supervisor {
       if (!cap) return;
       // It ends in this OS process: input it was given and has not read goes with it.
       const ahead = await this.proc.readStdinAhead(cap);
-      await writeImageChunks(this.opts.checkpoint, this.encode(cap, 'checkpoint'));
+      try {
+        await writeImageChunks(this.opts.checkpoint, this.encode(cap, 'checkpoint'));
+      } catch (e) {
+        // Ending it without its image would lose its work: it runs on here, its stdin given back;
+        // the next SIGTERM ends it.
+        ahead.giveBack();
+        this.proc.continue();
+        this.vacateFailed = true;
+        const back = ahead.bytes ? ` (the ${ahead.bytes} bytes of stdin read ahead given back to it)` : '';
+        this.opts.warn?.(`could not vacate, the program runs on${back}: ${(e as Error).message}; SIGTERM again ends it without an image`);
+        return;
+      }
       this.result.checkpoints++;
-      this.opts.log?.(`vacated: image written to ${this.opts.checkpoint}${ahead ? ` (with ${ahead} bytes of stdin read ahead)` : ''}`);
+      this.opts.log?.(`vacated: image written to ${this.opts.checkpoint}${ahead.bytes ? ` (with ${ahead.bytes} bytes of stdin read ahead)` : ''}`);
       await this.proc.kill();
       this.finish({ exitCode: EXIT_CHECKPOINTED, checkpointed: true });
     });
@@ -163,9 +183,9 @@ export class Supervisor {
     this.opts.log?.(`hop ${this.result.hops}: ${bytes.length} bytes, stop ${cap.stopMs.toFixed(2)} ms`);
   }
 
-  /** SIGTERM: vacate if there is somewhere to write, else end the process. */
+  /** SIGTERM: vacate if there is somewhere to write (and a vacate has not failed), else end the process. */
   async terminate(): Promise<void> {
-    if (this.opts.checkpoint) return this.vacate();
+    if (this.opts.checkpoint && !this.vacateFailed) return this.vacate();
     await this.serial(async () => {
       await this.proc.kill();
       this.finish({ exitCode: 143 });
