@@ -55,14 +55,8 @@ export async function measureLinkLimits(sizes: number[]): Promise<LinkLimits> {
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 /** A child process listens and sends `reps` bursts of `mb` MiB, each on a connection this process dials. */
-async function bursts_(mb: number, reps: number, secure: boolean): Promise<{ mbs: number[]; cipher: string }> {
+function bursts_(mb: number, reps: number, secure: boolean): Promise<{ mbs: number[]; cipher: string }> {
   const key = generateKey();
-  const want = mb * MiB;
-  // A memory per burst, pre-faulted right before it, as a destination does in setup (the CPU
-  // busy just before, as a migration's is: on these VMs a burst after an idle moment ran up to
-  // 2x slower). Each is kept until the last burst: one freed during a later burst would put
-  // its unmapping inside that burst's time.
-  const memories: Uint8Array[] = [];
   return new Promise((resolve, reject) => {
     const child = fork(HERE, ['--send', String(mb), String(reps), secure ? key.toString('hex') : ''], { execArgv: ['--import', 'tsx'] });
     const mbs: number[] = [];
@@ -74,8 +68,8 @@ async function bursts_(mb: number, reps: number, secure: boolean): Promise<{ mbs
       // land in place in a memory as large, fresh and pre-faulted, as a destination's pages do
       // (placed reads, socket-input.ts; its memory pre-faulted in setup, prefault.ts).
       let n = 0;
+      const want = mb * MiB;
       const memory = new Uint8Array(new SharedArrayBuffer(want));
-      memories.push(memory);
       const scratch = Buffer.allocUnsafe(64 * 1024); // past the burst (its end)
       const onread = { buffer: () => (n < want ? memory.subarray(n, Math.min(want, n + MiB)) : scratch), callback: (k: number) => { n += k; if (n === want) sock.write('k'); return true; } };
       let sock!: net.Socket;
