@@ -7,13 +7,10 @@
 // migrated address space, on a fresh connection (a migration dials one), read
 // from a memory of N MiB (not one hot buffer written again and again: a
 // migration reads every byte of the guest's memory once, from cache-cold RAM),
-// sent in 1 MiB writes; the receiver dials and reads in place into a memory of
-// N MiB, fresh and pre-faulted, as a migration's destination does (placed
-// reads, socket-input.ts; prefault.ts). Landing in a memory that large, not in
-// one reused (cache-hot) buffer, is part of the limit: here it took a third to
-// a half off a plain TCP burst of 64 MiB and a tenth off a TLS one. The time
-// runs from the first write until the sender learns the receiver has every
-// byte (a 1-byte answer: one loopback round trip, ~0.05 ms).
+// sent in 1 MiB writes; the receiver dials and reads into one reused buffer, as
+// a migration's destination does (socket-input.ts). The time runs from the
+// first write until the sender learns the receiver has every byte (a 1-byte
+// answer: one loopback round trip, ~0.05 ms).
 // A migration cannot beat the burst it rides on; the migrate section prints its
 // loopback throughput beside these, measured in the same run.
 //
@@ -23,7 +20,6 @@ import crypto from 'node:crypto';
 import net from 'node:net';
 import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
-import { prefault } from '../src/memory/prefault.ts';
 import { clientTlsOptions, generateKey, serverTlsOptions } from '../src/transport/tls.ts';
 
 /** MB/s (10^6 bytes) of one burst of `mb` MiB, median of the repetitions, per link. */
@@ -64,21 +60,14 @@ function bursts_(mb: number, reps: number, secure: boolean): Promise<{ mbs: numb
     child.on('exit', (code) => { if (code !== 0) reject(new Error(`link-limit sender exited with ${code}`)); else resolve({ mbs, cipher }); });
     child.on('message', (m: { port?: number; ms?: number }) => {
       if (m.ms !== undefined) { mbs.push((mb * MiB) / MB / (m.ms / 1000)); return; }
-      // One connection per burst: the receiver answers one byte once it has them all. The bytes
-      // land in place in a memory as large, fresh and pre-faulted, as a destination's pages do
-      // (placed reads, socket-input.ts; its memory pre-faulted in setup, prefault.ts).
+      // One connection per burst: the receiver answers one byte once it has them all.
       let n = 0;
       const want = mb * MiB;
-      const memory = new Uint8Array(new SharedArrayBuffer(want));
-      const scratch = Buffer.allocUnsafe(64 * 1024); // past the burst (its end)
-      const onread = { buffer: () => (n < want ? memory.subarray(n, Math.min(want, n + MiB)) : scratch), callback: (k: number) => { n += k; if (n === want) sock.write('k'); return true; } };
-      let sock!: net.Socket;
-      void prefault(memory, want).then(() => {
-        const opts = { host: '127.0.0.1', port: m.port!, onread };
-        sock = secure ? tls.connect({ ...clientTlsOptions(key), ...opts }) : net.connect(opts);
-        sock.on('error', reject);
-        sock.on('end', () => { if (sock instanceof tls.TLSSocket) cipher = sock.getCipher()?.name ?? ''; sock.end(); });
-      }, reject);
+      const onread = { buffer: Buffer.allocUnsafe(MiB), callback: (k: number) => { n += k; if (n === want) sock.write('k'); return true; } };
+      const opts = { host: '127.0.0.1', port: m.port!, onread };
+      const sock: net.Socket = secure ? tls.connect({ ...clientTlsOptions(key), ...opts }) : net.connect(opts);
+      sock.on('error', reject);
+      sock.on('end', () => { if (sock instanceof tls.TLSSocket) cipher = sock.getCipher()?.name ?? ''; sock.end(); });
     });
   });
 }
