@@ -4,9 +4,8 @@
 // later work, and a cache write that fails costs only that. So the process moves to
 // the full node, runs there with output identical to an unmigrated run, moves on from
 // it (which needs the program's bytes it could not store), leaving no half-written cache
-// file behind, and a checkpoint written to
-// a full device (a character device like /dev/full) fails with an error naming it
-// while the process runs on.
+// file behind, and a checkpoint written to a full device (a character device like
+// /dev/full) fails with an error naming it while the process runs on.
 // Mounting a tmpfs needs root: skipped otherwise, with the reason.
 import { execFileSync } from 'node:child_process';
 import { closeSync, mkdirSync, openSync, readdirSync, statSync, writeSync } from 'node:fs';

@@ -1,8 +1,9 @@
 // The node's store of program (module) bytes, by sha256, in DATA_DIR/programs:
 // the bytes come with each run request (the node the user contacted may not
 // have the file) and stay here for later runs and for moving processes.
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { putCacheFile } from '../vm/cache.ts';
 
 export class ProgramStore {
   private readonly dir: string;
@@ -21,14 +22,8 @@ export class ProgramStore {
     try { return readFileSync(this.file(hash)); } catch { return undefined; }
   }
 
+  /** Best effort: a full or read-only disk costs only this store (a process's bytes stay in memory). */
   put(hash: string, bytes: Uint8Array): void {
-    if (this.has(hash)) return;
-    const tmp = `${this.file(hash)}.${process.pid}.${Date.now()}.tmp`;
-    try {
-      writeFileSync(tmp, bytes);
-      renameSync(tmp, this.file(hash));
-    } catch { // a full or read-only disk only costs the cache (the bytes a process needs stay in memory)
-      try { rmSync(tmp, { force: true }); } catch { /* read-only */ }
-    }
+    if (!this.has(hash)) putCacheFile(this.file(hash), bytes);
   }
 }

@@ -48,18 +48,25 @@ function readEntry(hash: string, variant: Variant): PreparedModule | null {
   return null;
 }
 
+/** Write a cache file whole or not at all (a temp file renamed into place); false if it could
+ *  not be written. A read-only or full disk costs only the cache: no half-written temp file stays. */
+export function putCacheFile(file: string, data: Uint8Array | string): boolean {
+  const tmp = `${file}.${process.pid}.${Date.now()}.tmp`;
+  try {
+    writeFileSync(tmp, data);
+    renameSync(tmp, file);
+    return true;
+  } catch {
+    try { rmSync(tmp, { force: true }); } catch { /* read-only */ }
+    return false;
+  }
+}
+
 function writeEntry(hash: string, variant: Variant, prepared: PreparedModule): void {
   const base = entryBase(hash, variant);
-  const tmp = `${base}.${process.pid}.${Date.now()}.tmp`;
-  try {
-    mkdirSync(cacheDir(), { recursive: true });
-    writeFileSync(`${tmp}.wasm`, prepared.bytes);
-    writeFileSync(`${tmp}.json`, JSON.stringify(prepared.meta));
-    renameSync(`${tmp}.wasm`, `${base}.wasm`);
-    renameSync(`${tmp}.json`, `${base}.json`); // json last: its presence marks a complete entry
-  } catch { // a read-only or full cache is not an error: no half-written temp file stays
-    for (const f of [`${tmp}.wasm`, `${tmp}.json`]) try { rmSync(f, { force: true }); } catch { /* read-only */ }
-  }
+  try { mkdirSync(cacheDir(), { recursive: true }); } catch { return; }
+  // json last: its presence marks a complete entry.
+  if (putCacheFile(`${base}.wasm`, prepared.bytes)) putCacheFile(`${base}.json`, JSON.stringify(prepared.meta));
 }
 
 /** The prepared modules of these variants, from the cache or freshly transformed (the missing
