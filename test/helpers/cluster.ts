@@ -160,8 +160,9 @@ export class ClusterClient {
     try { return (await call(conn, 'migrate', { pid, to, ...extra } as never, undefined, 600_000)).metrics as unknown as MigrationMetrics; } finally { conn.destroy(); }
   }
 
-  /** The pid of the one process running `program` (waits until it runs). */
-  async waitRunning(program: string, timeoutMs = 60_000): Promise<string> {
-    return eventually(async () => (await this.ps()).find((p) => p.program === program && p.state === 'running')?.pid, timeoutMs, `${program} to run`);
+  /** The pid of the one process running `program` (waits until it runs); `skip`: pids that
+   *  were there before (a cluster shared by tests may still run an earlier one of it). */
+  async waitRunning(program: string, timeoutMs = 60_000, skip: ReadonlySet<string> = new Set()): Promise<string> {
+    return eventually(async () => (await this.ps()).find((p) => p.program === program && p.state === 'running' && !skip.has(p.pid))?.pid, timeoutMs, `${program} to run`);
   }
 }

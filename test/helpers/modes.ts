@@ -101,7 +101,7 @@ export async function outlasting<T>(scales: number[], attempt: (scale: number) =
  *  once the process runs and acts on it (migrations, faults) while it runs. */
 export async function clusterRun<T>(
   c: { ferry: (args: string[], o?: { stdin?: Uint8Array; via?: number; timeoutMs?: number; onStdout?: (d: Buffer) => void }) => Promise<import('./ferry.ts').RunResult> },
-  client: { waitRunning(program: string): Promise<string> },
+  client: { waitRunning(program: string, timeoutMs?: number, skip?: ReadonlySet<string>): Promise<string>; ps(): Promise<{ pid: string }[]> },
   w: Workload,
   opts: { node: string; via?: number; flags?: string[]; after?: string },
   during: (pid: string) => Promise<T>,
@@ -114,10 +114,11 @@ export async function clusterRun<T>(
     const reached = new Promise<void>((r) => { printed = r; });
     if (opts.after === undefined) printed();
     const onStdout = opts.after === undefined ? undefined : (d: Buffer) => { seen = (seen + d.toString('latin1')).slice(-4096); if (seen.includes(opts.after!)) printed(); };
+    const before = new Set((await client.ps()).map((p) => p.pid)); // not an earlier run of the same program
     const run = c.ferry(['run', '--node', opts.node, ...(opts.flags ?? []), ...dirFlags(w, dir), w.wasm, ...w.args], { stdin: w.stdin, via: opts.via ?? 0, timeoutMs: 600_000, onStdout });
     let result: T;
     try {
-      const pid = await client.waitRunning(w.wasm);
+      const pid = await client.waitRunning(w.wasm, undefined, before);
       const ended = run.then(() => { throw new Error(`the program ended before printing '${opts.after}'`); });
       ended.catch(() => {}); // only the race's loser when it printed first
       await Promise.race([reached, ended]);
