@@ -179,6 +179,29 @@ describe('node cluster', { timeout: 300_000 }, () => {
     assert.match(none.stderr.toString(), /--cluster/);
   });
 
+  it('a pid that moved and then ended: its home says how it ended, not where it went', async () => {
+    // Started on a (its home), moved to c, ended there: a's table only knows it left for c,
+    // its home session saw the exit. Without the home's record: "it has moved to c".
+    const run = c.ferry(['run', '--node', 'a', bin('sleeper'), '100000', '50'], { via: 0 });
+    const p = await eventually(async () => (await ps(0)).find((x) => x.node === 'a' && x.state === 'running'), 20_000, 'a process on a');
+    const mv = await c.ferry(['migrate', p.pid, '--to', 'c', '--json'], { via: 0 });
+    assert.equal(mv.exitCode, 0, mv.stderr.toString());
+    const k = await c.ferry(['kill', p.pid], { via: 1 });
+    assert.equal(k.exitCode, 0, k.stderr.toString());
+    assert.equal((await run).exitCode, 137);
+    const again = await c.ferry(['migrate', p.pid, '--to', 'b'], { via: 0 });
+    assert.equal(again.exitCode, 1);
+    assert.match(again.stderr.toString(), new RegExp(`no process ${p.pid} in the cluster \\(it has already been killed on c\\)`));
+    // One that ends by itself (100 rounds of 50 ms) after its move: its exit code.
+    const short = c.ferry(['run', '--node', 'a', bin('sleeper'), '100', '50'], { via: 0 });
+    const q = await eventually(async () => (await ps(0)).find((x) => x.node === 'a' && x.pid !== p.pid && x.state === 'running'), 20_000, 'a second process on a');
+    const mv2 = await c.ferry(['migrate', q.pid, '--to', 'c', '--json'], { via: 0 });
+    assert.equal(mv2.exitCode, 0, mv2.stderr.toString());
+    assert.equal((await short).exitCode, 0);
+    const late = await c.ferry(['migrate', q.pid, '--to', 'b'], { via: 0 });
+    assert.match(late.stderr.toString(), new RegExp(`no process ${q.pid} in the cluster \\(it has already ended on c \\(exit code 0\\)\\)`));
+  });
+
   it('a node survives malformed requests', async () => {
     const addr = c.nodes[1].addr;
     const [host, port] = [addr.slice(0, addr.lastIndexOf(':')), Number(addr.slice(addr.lastIndexOf(':') + 1))];

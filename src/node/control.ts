@@ -207,7 +207,7 @@ export class ControlApi {
     });
     const silent = failed.filter((f) => !(f.error instanceof FerryError && f.error.code === 'no-such-process')).map((f) => `${f.node} did not answer: ${f.error.message}`);
     if (!node) {
-      const how = this.ctx.table.ended(pid);
+      const how = this.ctx.home.howEnded(pid) ?? this.ctx.table.ended(pid);
       const why = [...(how ? [`it has ${how.startsWith('moved') ? '' : 'already '}${how}`] : []), ...silent];
       throw new FerryError('no-such-process', `no process ${pid} in the cluster${why.length ? ` (${why.join('; ')})` : ''}`);
     }
@@ -340,7 +340,7 @@ export class ControlApi {
     if (node) return { pid, node };
     const busy = failed.find((f) => f.error instanceof FerryError && f.error.code === 'busy'); // it has it, but cannot kill it now
     if (busy) throw busy.error;
-    const localEnd = this.ctx.table.ended(pid);
+    const localEnd = this.ctx.home.howEnded(pid) ?? this.ctx.table.ended(pid);
     const reasons = localEnd ? [`it has already ${localEnd}`] : [];
     for (const { node: m, error: e } of failed) {
       const gone = e instanceof FerryError && e.code === 'no-such-process'; // not there: say so only if it ended there

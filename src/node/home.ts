@@ -35,8 +35,13 @@ interface Session {
 /** Where the running side delivers stdin: the process table. */
 export type StdinTarget = (pid: string, offset: number, data: Uint8Array, eof: boolean) => void;
 
+/** How many ended processes a home remembers (to say how a pid ended, not just "no such process"). */
+const RECENT_ENDS = 1000;
+
 export class HomeRouter {
   private readonly sessions = new Map<string, Session>();
+  /** pid -> how it ended, for processes of this home whose exit has reached their client. */
+  private readonly ends = new Map<string, string>();
 
   constructor(
     private readonly self: string,
@@ -53,6 +58,10 @@ export class HomeRouter {
   }
 
   has(pid: string): boolean { return this.sessions.has(pid); }
+
+  /** How a process of this home ended ("ended on c (exit code 0)"), if it did recently. Wherever
+   *  it ran last, its exit came here: the one node that knows a moved process has ended. */
+  howEnded(pid: string): string | undefined { return this.ends.get(pid); }
 
   /** Forget a session whose process never started. */
   close(pid: string): void { this.sessions.delete(pid); }
@@ -167,6 +176,10 @@ export class HomeRouter {
     }
     if (s.exit && s.exit.seq <= s.next) {
       this.sessions.delete(pid);
+      const where = s.location === this.self ? '' : ` on ${s.location}`;
+      const e = s.exit.error;
+      this.ends.set(pid, e?.code === 'killed' ? `been killed${where}` : e ? `failed${where} (${e.message})` : `ended${where} (exit code ${s.exit.code})`);
+      if (this.ends.size > RECENT_ENDS) this.ends.delete(this.ends.keys().next().value!);
       this.listener?.ended(pid);
       s.client.exit(s.exit.code, s.exit.error);
     }
