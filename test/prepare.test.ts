@@ -179,6 +179,21 @@ describe('a resume in a prepared worker', () => {
   }
 });
 
+// A migration or checkpoint that comes too late: the error says the process ended, and how.
+describe('a freeze after the end', () => {
+  it('is refused with how the process ended', async () => {
+    const wasm = join(ROOT, 'workloads', 'bin', 'getpid.wasm');
+    const loaded = await loadPrepared(readFileSync(wasm), 'plain');
+    const p = WasmProcess.start(loaded, initialWasiState({ args: [wasm, '10'], env: [], preopens: [] }), { stdin: null, stdio: 'message' });
+    assert.equal(await p.exited, 0);
+    await assert.rejects(p.freeze(), /^FerryError: it has exited$|it has exited/);
+    const q = WasmProcess.start(loaded, initialWasiState({ args: [wasm, '100000000'], env: [], preopens: [] }), { stdin: null, stdio: 'message' });
+    await new Promise((r) => q.once('running', r));
+    await q.kill();
+    await assert.rejects(q.freeze(), /it has been killed/);
+  });
+});
+
 async function eventually(cond: () => boolean, ms = 10_000): Promise<void> {
   for (const t0 = Date.now(); !cond(); await sleep(5)) if (Date.now() - t0 > ms) throw new Error('timed out');
 }

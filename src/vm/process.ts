@@ -135,6 +135,9 @@ export class PreparedWorker {
   }
 }
 
+/** States a process does not leave. */
+const ENDED_STATES = new Set<ProcessState>(['exited', 'failed', 'killed']);
+
 export class WasmProcess extends EventEmitter {
   state: ProcessState = 'starting';
   /** When the guest last ran again (epochMs), null before. */
@@ -214,7 +217,7 @@ export class WasmProcess extends EventEmitter {
   /** Freeze at the next safe point (or inside a blocking call) and capture. */
   freeze(): Promise<Captured> {
     if (this.state !== 'running' && this.state !== 'starting')
-      return Promise.reject(new FerryError('runtime', `cannot freeze a process that is ${this.state}`));
+      return Promise.reject(new FerryError('runtime', ENDED_STATES.has(this.state) ? `it has ${this.state === 'failed' ? 'failed' : this.state === 'killed' ? 'been killed' : 'exited'}` : `cannot freeze a process that is ${this.state}`));
     this.state = 'stopping';
     return new Promise((resolve, reject) => {
       this.pendingStop = { t0: epochMs(), resolve, reject };
