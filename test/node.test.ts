@@ -202,6 +202,14 @@ describe('node cluster', { timeout: 300_000 }, () => {
     assert.match(late.stderr.toString(), new RegExp(`no process ${q.pid} in the cluster \\(it has already ended on c \\(exit code 0\\)\\)`));
   });
 
+  it('a node started with the name of a member that is up is refused, and exits', async () => {
+    const r = await c.ferry(['node', 'start', '--name', 'b', '--listen', '127.0.0.1:0', '--key-file', c.keyFile, '--join', c.nodes[0].addr], { timeoutMs: 20_000 });
+    assert.equal(r.signal, null, 'it exited by itself (it used to keep running, its refused connection open)');
+    assert.equal(r.exitCode, 1);
+    assert.match(r.stderr.toString(), /cannot join the cluster: .*a node named b is already up/);
+    assert.equal((await members(0)).find((m) => m.name === 'b')?.addr, c.nodes[1].addr, 'b is still the one that was there');
+  });
+
   it('a node survives malformed requests', async () => {
     const addr = c.nodes[1].addr;
     const [host, port] = [addr.slice(0, addr.lastIndexOf(':')), Number(addr.slice(addr.lastIndexOf(':') + 1))];

@@ -76,8 +76,9 @@ export class Membership {
   async join(seeds: string[]): Promise<void> {
     const errors: string[] = [];
     for (const seed of seeds) {
+      let conn: Connection | undefined;
       try {
-        const conn = await this.opts.dial(seed);
+        conn = await this.opts.dial(seed);
         const reply = await conn.request('REQUEST', { method: 'join', name: this.opts.name, addr: this.opts.addr, roles: this.roles }, undefined, { timeoutMs: 10_000 });
         const seedName = conn.peer.node;
         const m = this.learn(seedName, seed);
@@ -86,6 +87,7 @@ export class Membership {
         this.opts.log?.(`joined the cluster through ${seedName} at ${seed}`);
         return;
       } catch (e) {
+        conn?.destroy(); // a refused join (a taken name) must not keep the connection, nor the process, alive
         errors.push(`${seed}: ${(e as Error).message}`);
       }
     }
