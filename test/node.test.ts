@@ -272,6 +272,18 @@ describe('node cluster', { timeout: 300_000 }, () => {
     assert.equal(await c.nodes[1].exited, 0);
     const m = await eventually(async () => { const m = await members(0); return m.find((x) => x.name === 'b')?.state === 'left' ? m : undefined; }, 5000, 'b to be left');
     assert.ok(m);
+    // A migration to it, or to c (killed above, down), says so; the process runs on where it was.
+    const run = c.ferry(['run', '--node', 'a', bin('sleeper'), '100000', '50'], { via: 0 });
+    const p = await eventually(async () => (await ps(0)).find((x) => x.node === 'a' && x.state === 'running'), 20_000, 'a process on a');
+    const toB = await c.ferry(['migrate', p.pid, '--to', 'b'], { via: 0 });
+    assert.equal(toB.exitCode, 1);
+    assert.match(toB.stderr.toString(), /node b has left the cluster/);
+    const toC = await c.ferry(['migrate', p.pid, '--to', 'c'], { via: 0 });
+    assert.equal(toC.exitCode, 1);
+    assert.match(toC.stderr.toString(), /node c is down \(silent for [\d.]+ s\): /);
+    assert.deepEqual((await ps(0)).filter((x) => x.pid === p.pid).map((x) => [x.node, x.state]), [['a', 'running']]);
+    assert.equal((await c.ferry(['kill', p.pid], { via: 0 })).exitCode, 0);
+    assert.equal((await run).exitCode, 137);
   });
 
   it('a node with a shaped link (--link-bandwidth, --link-latency) joins and runs programs', async () => {

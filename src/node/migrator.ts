@@ -132,6 +132,8 @@ export class Migrator {
     const { table, membership } = this.ctx;
     if (req.to === this.ctx.name) throw new FerryError('bad-argument', `process ${req.pid} already runs on ${req.to}`);
     if (!membership.has(req.to)) throw new FerryError('no-such-node', `no node named ${req.to} in the cluster`);
+    const target = membership.list().find((m) => m.name === req.to)!;
+    if (target.state === 'left') throw new FerryError('node-down', `node ${req.to} has left the cluster`);
     const strategy = strategyFor(req.algorithm ?? 'total-copy', req.variant);
     const switches = req.options?.postcopyAfterRounds !== undefined;
     if (switches && !(strategy.iterate && strategy.remaining))
@@ -147,7 +149,12 @@ export class Migrator {
     const bytes = table.programBytes(req.pid);
     const id = randomUUID().slice(0, 8);
     let conn: Connection;
-    try { conn = await this.connectTo(req.to); } catch (e) { source.resume(); throw e; }
+    try { conn = await this.connectTo(req.to); } catch (e) {
+      source.resume();
+      // A member taken for down is still tried (it may only be slow); if it is gone, say so.
+      if (target.state === 'down') throw new FerryError(e instanceof FerryError ? e.code : 'node-down', `node ${req.to} is down (silent for ${(target.lastSeenMsAgo / 1000).toFixed(1)} s): ${(e as Error).message}`, { cause: e });
+      throw e;
+    }
     const channel = new ConnectionChannel(conn, id, this.ctx.faults, {
       pid: req.pid, sha256: hash, pageSize, algorithm: strategy.algorithm, memoryBytes: inUse, postcopy: switches, compress: req.options?.compress ?? 'none',
       program: () => bytes, to: req.to, pageServer: this.pageServer,
