@@ -284,6 +284,13 @@ describe('node cluster', { timeout: 300_000 }, () => {
     assert.deepEqual((await ps(0)).filter((x) => x.pid === p.pid).map((x) => [x.node, x.state]), [['a', 'running']]);
     assert.equal((await c.ferry(['kill', p.pid], { via: 0 })).exitCode, 0);
     assert.equal((await run).exitCode, 137);
+    // So does a run there.
+    const runB = await c.ferry(['run', '--node', 'b', bin('getpid'), '10'], { via: 0, timeoutMs: 20_000 });
+    assert.equal(runB.exitCode, 1);
+    assert.match(runB.stderr.toString(), /node b has left the cluster/);
+    const runC = await c.ferry(['run', '--node', 'c', bin('getpid'), '10'], { via: 0, timeoutMs: 20_000 });
+    assert.equal(runC.exitCode, 1);
+    assert.match(runC.stderr.toString(), /node c is down \(silent for [\d.]+ s\)/);
   });
 
   it('a node with a shaped link (--link-bandwidth, --link-latency) joins and runs programs', async () => {

@@ -8,6 +8,7 @@ import { connect, loadKey, type Connection, type Header } from '../transport/ind
 import type { Program } from '../vm/snapshot.ts';
 import { RUN_TIMEOUT_MS } from './control.ts';
 import { parseAddress } from './fields.ts';
+import { notUp } from './membership.ts';
 
 export interface ClusterFlags { cluster?: string; keyFile?: string }
 export interface ClusterTarget { addr: string; key?: Buffer }
@@ -128,11 +129,11 @@ export async function connectToProcess(t: ClusterTarget, pid: string): Promise<{
 /** A connection straight to a named node. */
 export async function connectToNode(t: ClusterTarget, name: string): Promise<Connection> {
   const first = await connectCluster(t);
-  let members: { name: string; addr: string; state: string }[];
+  let members: { name: string; addr: string; state: string; lastSeenMsAgo: number }[];
   try { members = (await call(first, 'nodes')).members as never; } catch (e) { first.destroy(); throw e; }
   const m = members.find((x) => x.name === name);
   if (!m) { first.destroy(); throw new FerryError('no-such-node', `no node named ${name} in the cluster (known: ${members.map((x) => x.name).join(', ')})`); }
-  if (m.state !== 'up') { first.destroy(); throw new FerryError('node-down', `node ${name} is ${m.state}`); }
+  if (m.state !== 'up') { first.destroy(); throw new FerryError('node-down', `node ${notUp(name, m.state, m.lastSeenMsAgo)}`); }
   if (m.addr === t.addr) return first;
   first.destroy();
   return connectCluster({ ...t, addr: m.addr });

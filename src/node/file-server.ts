@@ -37,7 +37,7 @@ import type { Connection, Message, Reply } from '../transport/index.ts';
 import { newGuestMemory } from '../vm/process.ts';
 import { BOOKKEEPING_BASE } from '../vm/layout.ts';
 import { str } from './fields.ts';
-import type { Membership } from './membership.ts';
+import { notUp, type Membership } from './membership.ts';
 import { holdEndOf, type Hold, type HoldEnd, type PageServer } from './page-server.ts';
 
 export const FILE_SERVER_ROLE = 'file-server';
@@ -104,7 +104,7 @@ export class FileServer {
       const m = members.find((x) => x.name === named);
       if (!m) throw new FerryError('no-such-node', `--file-server ${named}: no node named ${named} in the cluster`);
       if (!m.roles.includes(FILE_SERVER_ROLE)) throw new FerryError('no-file-server', `--file-server ${named}: node ${named} does not have the ${FILE_SERVER_ROLE} role (its roles: ${m.roles.join(', ') || 'none'})`);
-      if (m.state !== 'up') throw new FerryError('no-file-server', `--file-server ${named}: node ${named} is ${m.state}`);
+      if (m.state !== 'up') throw new FerryError('no-file-server', `--file-server ${named}: node ${notUp(named, m.state, m.lastSeenMsAgo)}`);
       if (named === from || named === to) throw new FerryError('no-file-server', `--file-server ${named}: the file server must be neither the source (${from}) nor the destination (${to})`);
       return named;
     }

@@ -20,6 +20,11 @@ const REDIAL_DOWN_MS = 1000;
 
 export type MemberState = 'up' | 'down' | 'left';
 
+/** What a member that is not up is, for errors: "b has left the cluster", "c is down (silent for 6.2 s)". */
+export function notUp(name: string, state: string, silentMs: number): string {
+  return state === 'left' ? `${name} has left the cluster` : `${name} is ${state} (silent for ${(silentMs / 1000).toFixed(1)} s)`;
+}
+
 export interface MemberInfo {
   name: string;
   addr: string;
@@ -177,7 +182,7 @@ export class Membership {
   async peer(name: string, o: { evenIfDown?: boolean } = {}): Promise<Connection> {
     const m = this.members.get(name);
     if (!m) throw new FerryError('no-such-node', `no node named ${name} in the cluster (known: ${[this.opts.name, ...this.members.keys()].join(', ')})`);
-    if (m.state === 'left' || (m.state === 'down' && !o.evenIfDown)) throw new FerryError('node-down', `node ${name} is ${m.state}`);
+    if (m.state === 'left' || (m.state === 'down' && !o.evenIfDown)) throw new FerryError('node-down', `node ${notUp(name, m.state, Date.now() - m.lastSeen)}`);
     if (m.conn?.isOpen) return m.conn;
     return this.dial(m);
   }

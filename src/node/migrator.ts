@@ -47,7 +47,7 @@ import { sha256 } from '../vm/module-meta.ts';
 import { epochMs } from '../vm/protocol.ts';
 import type { HomeRouter } from './home.ts';
 import type { HomeFiles } from './home-files.ts';
-import type { Membership } from './membership.ts';
+import { notUp, type Membership } from './membership.ts';
 import type { ProcessExtra, ProcessTable } from './process-table.ts';
 import type { ProgramStore } from './programs.ts';
 import { str } from './fields.ts';
@@ -133,7 +133,7 @@ export class Migrator {
     if (req.to === this.ctx.name) throw new FerryError('bad-argument', `process ${req.pid} already runs on ${req.to}`);
     if (!membership.has(req.to)) throw new FerryError('no-such-node', `no node named ${req.to} in the cluster`);
     const target = membership.list().find((m) => m.name === req.to)!;
-    if (target.state === 'left') throw new FerryError('node-down', `node ${req.to} has left the cluster`);
+    if (target.state === 'left') throw new FerryError('node-down', `node ${notUp(req.to, target.state, target.lastSeenMsAgo)}`);
     const strategy = strategyFor(req.algorithm ?? 'total-copy', req.variant);
     const switches = req.options?.postcopyAfterRounds !== undefined;
     if (switches && !(strategy.iterate && strategy.remaining))
@@ -152,7 +152,7 @@ export class Migrator {
     try { conn = await this.connectTo(req.to); } catch (e) {
       source.resume();
       // A member taken for down is still tried (it may only be slow); if it is gone, say so.
-      if (target.state === 'down') throw new FerryError(e instanceof FerryError ? e.code : 'node-down', `node ${req.to} is down (silent for ${(target.lastSeenMsAgo / 1000).toFixed(1)} s): ${(e as Error).message}`, { cause: e });
+      if (target.state === 'down') throw new FerryError(e instanceof FerryError ? e.code : 'node-down', `node ${notUp(req.to, target.state, target.lastSeenMsAgo)}: ${(e as Error).message}`, { cause: e });
       throw e;
     }
     const channel = new ConnectionChannel(conn, id, this.ctx.faults, {
