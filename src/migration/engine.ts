@@ -10,7 +10,7 @@ import { EventEmitter } from 'node:events';
 import { FerryError } from '../errors.ts';
 import type { Captured } from '../vm/process.ts';
 import { encodePageBatch, encodePageBatchParts, isZeroPage } from '../memory/page-batch.ts';
-import { MetricsRecorder, type MigrationMetrics, type Phase } from './metrics.ts';
+import { MetricsRecorder, type DowntimeEnd, type MigrationMetrics, type Phase } from './metrics.ts';
 import { MigrationStateMachine } from './state.ts';
 import type { FileServerView, SourceContext, Strategy } from './strategy.ts';
 import { downtimeBudget, roundsEnd, switchesToPostCopy, throttleFor } from './convergence.ts';
@@ -31,11 +31,11 @@ export interface MigrationChannel {
   /** One page batch (one buffer, or parts to send as they are); resolves when handed to the link. Returns bytes sent. */
   sendPages(batch: Buffer | readonly Uint8Array[]): Promise<number>;
   /** Send the process state and ask the destination to run it (one round trip). Resolves once
-   *  it runs there, with the bytes sent and how long it had run there when it answered (the
-   *  destination's own clock; the down time ended that much earlier); throws a FerryError
+   *  it runs there, with the bytes sent and when it ran there again (the down time's end; on
+   *  this process's performance.now() clock, node/downtime-end.ts); throws a FerryError
    *  with code 'migration-aborted' when it definitely does not (then the source resumes it). `postcopy`: a pre-copy switched
    *  to post-copy; `stale` is a bitmap of the pages the destination must not use (absent). */
-  commit(state: Buffer[], postcopy?: { stale: Uint8Array }): Promise<{ bytes: number; ranForMs: number }>;
+  commit(state: Buffer[], postcopy?: { stale: Uint8Array }): Promise<{ bytes: number; ranAgain: DowntimeEnd }>;
   /** Serve the destination's page faults from the source's memory (post-copy, demand paging, assisted post-copy). */
   serveFaults(read: (pages: number[]) => Buffer | readonly Uint8Array[] | PageAnswer): void;
   /** The link broke during post-processing: reach the destination again on a new connection
@@ -227,8 +227,7 @@ export class Migration extends EventEmitter {
       this.committing = true; // from here the destination decides; no cancel
       const committed = await channel.commit(state, stale ? { stale } : undefined);
       this.metrics.addBytes('downtime', committed.bytes);
-      this.metrics.step('running', committed.ranForMs);
-      this.metrics.downtimeEnded(committed.ranForMs);
+      this.metrics.ranAgain(committed.ranAgain);
       this.frozen = null;
       await proc.release();
       if (strategy.postProcess || stale) {

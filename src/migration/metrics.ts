@@ -9,6 +9,10 @@ import type { MigrationState } from './state.ts';
 
 export type Phase = 'preparation' | 'downtime' | 'postProcessing';
 
+export type DowntimeEndedBy = 'host-clock' | 'answer';
+/** The instant the process ran again on the destination, on the source's performance.now() clock. */
+export interface DowntimeEnd { at: number; by: DowntimeEndedBy }
+
 export interface MigrationMetrics {
   id: string;
   pid: string;
@@ -64,6 +68,9 @@ export interface MigrationMetrics {
   fileServer: { node: string; bytes: number; pages: number; flushMs: number | null } | null;
   /** Where the down time went: ms from the freeze request to each step (frozen, pages, state, running). */
   downtimeSteps: Record<string, number>;
+  /** How the source knows when the down time ended (node/downtime-end.ts): by the host's clock
+   *  (nodes on one host: exact), or by the answer (its trip back counted); null before. */
+  downtimeEndedBy: DowntimeEndedBy | null;
   error?: { code: string; message: string };
 }
 
@@ -84,7 +91,7 @@ export class MetricsRecorder {
       bytes: { setup: 0, preparation: 0, downtime: 0, postProcessing: 0, total: 0 },
       pages: { addressSpace: 0, sent: 0, zero: 0, maxSendsPerPage: 0, resent: 0, pageSize: init.pageSize },
       linkBandwidthBps: init.linkBytesPerSec === null ? null : init.linkBytesPerSec * 8,
-      wireTimeMs: null, throughputBytesPerSec: null, rounds: 0, roundsEnded: null, dirtyRateBytesPerSec: null, throttle: 0, switchedToPostCopy: false, downtimeSteps: {},
+      wireTimeMs: null, throughputBytesPerSec: null, rounds: 0, roundsEnded: null, dirtyRateBytesPerSec: null, throttle: 0, switchedToPostCopy: false, downtimeSteps: {}, downtimeEndedBy: null,
       remoteFaults: 0, faultRoundTripMs: null, executionDelayMs: 0, modifiedSincePass: 0, notModifiedAnswers: 0, residualDependencies: [],
       compression: { codec: 'none', rawBytes: 0, wireBytes: 0, ratio: null }, fileServer: null,
     };
@@ -122,6 +129,14 @@ export class MetricsRecorder {
    *  `agoMs` before now, when the destination said how long it had run when it answered. */
   downtimeEnded(agoMs = 0): void {
     if (this.phaseStart.downtime !== null && this.m.downtimeMs === null) this.m.downtimeMs = now() - agoMs - this.phaseStart.downtime;
+  }
+
+  /** The process ran again on the destination at `end.at` (this clock): the down time's end. */
+  ranAgain(end: DowntimeEnd): void {
+    const ago = Math.max(0, now() - end.at);
+    this.step('running', ago);
+    this.downtimeEnded(ago);
+    this.m.downtimeEndedBy = end.by;
   }
 
   /** Record a step of the down time (reached `agoMs` before now). */

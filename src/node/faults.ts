@@ -9,6 +9,8 @@
 //     dest-commit     destination, state accepted, before the process runs
 //     dest-running    destination, the process runs, before answering the commit (delay too:
 //                     the answer comes late, the process runs meanwhile)
+//     dest-answer-sent  destination, the commit's answer made (how long the process has run
+//                     read), before it leaves (delay only: an answer slow on its way back)
 //     src-pages       source, after its first page batch is sent
 //     src-commit      source, right after sending MIG_COMMIT
 //     src-push        source, after its first background-push batch (post-copy, post-processing)
@@ -31,13 +33,13 @@ import { FerryError } from '../errors.ts';
 import type { Connection } from '../transport/index.ts';
 import type { Log } from './log.ts';
 
-export const FAULT_POINTS = ['dest-setup', 'dest-pages', 'dest-state', 'dest-commit', 'dest-running', 'src-pages', 'src-commit', 'src-push', 'dest-fault', 'src-batch', 'src-committed', 'dest-answer'] as const;
+export const FAULT_POINTS = ['dest-setup', 'dest-pages', 'dest-state', 'dest-commit', 'dest-running', 'src-pages', 'src-commit', 'src-push', 'dest-fault', 'src-batch', 'src-committed', 'dest-answer', 'dest-answer-sent'] as const;
 export type FaultPoint = (typeof FAULT_POINTS)[number];
 type Action = 'crash' | 'cut' | 'corrupt' | 'delay' | 'stall';
 /** How long a delay or a stall holds unless given (=MS). */
 const DELAY_MS = 1000;
 /** Actions that go with some points only. */
-const POINTS_OF: Partial<Record<Action, readonly FaultPoint[]>> = { corrupt: ['src-batch'], delay: ['src-committed', 'dest-answer', 'dest-running'] };
+const POINTS_OF: Partial<Record<Action, readonly FaultPoint[]>> = { corrupt: ['src-batch'], delay: ['src-committed', 'dest-answer', 'dest-running', 'dest-answer-sent'] };
 /** Points that take one action only. */
 const ACTION_OF: Partial<Record<FaultPoint, Action>> = { 'src-batch': 'corrupt', 'src-committed': 'delay', 'dest-answer': 'delay' };
 

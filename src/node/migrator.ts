@@ -40,11 +40,13 @@ import { IncomingMigration, type FaultStats } from '../migration/destination.ts'
 import { decodePageBatch } from '../memory/page-batch.ts';
 import { BatchCompressor, decompressBatch, isCodec, loadCodec, CODECS, type Codec } from '../memory/page-codec.ts';
 import { Migration, type MigrationChannel, type MigrationOptions, type PageAnswer } from '../migration/engine.ts';
-import type { MigrationMetrics } from '../migration/metrics.ts';
+import type { DowntimeEnd, MigrationMetrics } from '../migration/metrics.ts';
 import { strategyFor } from '../migration/index.ts';
 import type { Connection, IncomingStream, Message, Reply } from '../transport/index.ts';
 import { sha256 } from '../vm/module-meta.ts';
 import { epochMs } from '../vm/protocol.ts';
+import type { RanAgain } from '../vm/process.ts';
+import { downtimeEnd, ranAgainAnswer } from './downtime-end.ts';
 import type { HomeRouter } from './home.ts';
 import type { HomeFiles } from './home-files.ts';
 import { notUp, type Membership } from './membership.ts';
@@ -64,12 +66,6 @@ const QUERY_ATTEMPTS = 30;
 /** Largest page index a batch may name (4 GiB of 4 KiB pages). */
 const MAX_PAGES = 1 << 20;
 
-/** The commit answer's `ranForMs` (how long the process had run on the destination when it
- *  answered), checked: a number within the commit's round trip, else 0 (an older peer, or
- *  nonsense: the down time then ends when the answer came, as it would without it). */
-export function ranFor(v: unknown, roundTripMs: number): number {
-  return typeof v === 'number' && Number.isFinite(v) && v >= 0 ? Math.min(v, roundTripMs) : 0;
-}
 const HISTORY = 256;
 /** Page batches per frame on an unshaped link (a shaped one uses its chunk size). */
 const BATCH_BYTES = 1024 * 1024;
@@ -321,7 +317,7 @@ export class Migrator {
     }
     try { inc.acceptState(body); } catch (e) { inc.abort((e as Error).message); throw e; }
     if (this.ctx.faults.hit('dest-commit', conn)) throw new FerryError('fault', 'dest-commit');
-    let runningAt: number | null = null;
+    let ranAgain = null as RanAgain | null; // set in the callback below
     await inc.commit(async (m) => {
       const img = m.image!;
       const x = img.meta.extra as unknown as ProcessExtra;
@@ -336,7 +332,7 @@ export class Migrator {
         onFault = (addr, len) => dep!.fault(addr, len);
       }
       try {
-        ({ runningAt } = await this.ctx.table.adopt({
+        ({ ranAgain } = await this.ctx.table.adopt({
           image: img, program, loaded: m.spec.faulting ? m.faultingModule! : m.loaded!, memory: m.memory!, prepared: m.prepared ?? undefined,
           sink: this.ctx.home.routeFor(img.meta.pid, x.home), fileOps, onFault, residual: m.spec.faulting ? [m.spec.holder ?? m.spec.from] : [],
         }));
@@ -352,10 +348,12 @@ export class Migrator {
     });
     if (this.ctx.faults.hit('dest-running', conn)) throw new FerryError('fault', 'dest-running');
     await this.ctx.faults.delay('dest-running');
-    // How long it has run here already (this node's clock alone): the source's down time ends
-    // that much before the answer reaches it (waking this thread and sending cost that much).
-    const ranForMs = runningAt === null ? 0 : Math.max(0, epochMs() - runningAt);
-    return { header: { state: 'running', ranForMs } };
+    // When it ran again: how long ago by this node's clock, and the instant on the host's clock
+    // (the source's down time ends then: node/downtime-end.ts).
+    const ranForMs = ranAgain === null ? 0 : Math.max(0, epochMs() - ranAgain.at);
+    const answer = ranAgainAnswer(ranForMs, ranAgain?.hostMs ?? null);
+    await this.ctx.faults.delay('dest-answer-sent');
+    return { header: { state: 'running', ...answer } };
   };
 
   /** Post-copy: the source has pushed everything; every page must be here. */
@@ -495,7 +493,7 @@ class ConnectionChannel implements MigrationChannel {
   /** The last page batch is on the link (before the commit or MIG_DONE). */
   private onWire: Promise<void> = Promise.resolve();
 
-  async commit(state: Buffer[], postcopy?: { stale: Uint8Array }): Promise<{ bytes: number; ranForMs: number }> {
+  async commit(state: Buffer[], postcopy?: { stale: Uint8Array }): Promise<{ bytes: number; ranAgain: DowntimeEnd }> {
     await this.onWire;
     const sentAt = performance.now();
     try {
@@ -503,10 +501,10 @@ class ConnectionChannel implements MigrationChannel {
       const answer = this.conn.request('MIG_COMMIT', head, Buffer.concat(postcopy ? [postcopy.stale, ...state] : state), { timeoutMs: COMMIT_TIMEOUT_MS });
       this.faults.hit('src-commit', this.conn);
       const r = await answer;
-      const ranForMs = ranFor(r.header.ranForMs, performance.now() - sentAt);
+      const ranAgain = downtimeEnd(r.header, sentAt, performance.now());
       this.committed = true;
       await this.faults.delay('src-committed');
-      return { bytes: this.delta(), ranForMs };
+      return { bytes: this.delta(), ranAgain };
     } catch (e) {
       if (e instanceof FerryError && e.code === 'migration-aborted') throw e;
       // The answer was lost: ask on a fresh connection until the destination says, or is gone.
@@ -516,7 +514,7 @@ class ConnectionChannel implements MigrationChannel {
         try {
           c = await this.spec.dialAgain();
           const r = await c.request('MIG_QUERY', { mid: this.mid }, undefined, { timeoutMs: 5000 });
-          if (r.header.state === 'running') { this.committed = true; return { bytes: this.delta(), ranForMs: 0 }; }
+          if (r.header.state === 'running') { this.committed = true; return { bytes: this.delta(), ranAgain: { at: performance.now(), by: 'answer' } }; }
           throw new FerryError('migration-aborted', `destination reports the migration ${String(r.header.state)} (commit lost: ${last.message})`);
         } catch (qe) {
           if (qe instanceof FerryError && qe.code === 'migration-aborted') throw qe;

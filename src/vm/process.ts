@@ -138,10 +138,13 @@ export class PreparedWorker {
 /** States a process does not leave. */
 const ENDED_STATES = new Set<ProcessState>(['exited', 'failed', 'killed']);
 
+/** An instant the guest ran again: epochMs (this process's clock) and hostMs (the host's, see protocol.ts). */
+export interface RanAgain { at: number; hostMs: number }
+
 export class WasmProcess extends EventEmitter {
   state: ProcessState = 'starting';
-  /** When the guest last ran again (epochMs), null before. */
-  runningAt: number | null = null;
+  /** When the guest last ran again (epochMs, and on the host's clock), null before. */
+  ranAgain: RanAgain | null = null;
   readonly bytes: Uint8Array;
   private readonly ctl: Int32Array;
   private readonly control: SharedArrayBuffer;
@@ -302,7 +305,7 @@ export class WasmProcess extends EventEmitter {
         break; // a prepared worker's answer, arriving after a process took it over
       case 'running':
         if (this.state === 'starting') this.state = 'running';
-        this.runningAt = m.at;
+        this.ranAgain = { at: m.at, hostMs: m.hostMs };
         this.emit('running');
         break;
       case 'stopped': {

@@ -48,8 +48,8 @@ export type ToWorker =
 
 export type FromWorker =
   | { type: 'prepared' }
-  /** at: when the guest ran again (epochMs). */
-  | { type: 'running'; at: number }
+  /** at: when the guest ran again (epochMs); hostMs: the same instant on the host's clock. */
+  | { type: 'running'; at: number; hostMs: number }
   /** stoppedAt: when the stack was unwound (epochMs). */
   | { type: 'stopped'; exec: ExecState; wasi: WasiState; stoppedAt: number }
   | { type: 'exited'; code: number; wasi: WasiState }
@@ -63,6 +63,11 @@ export type FromWorker =
 /** The clock of timestamps that cross threads (FromWorker's `at`, `stoppedAt`): epoch ms at
  *  high resolution. performance.now() alone starts from each thread's own origin. */
 export const epochMs = (): number => performance.timeOrigin + performance.now();
+
+/** The host's monotonic clock (CLOCK_MONOTONIC) in ms: every thread of every process on one
+ *  host reads it alike, so two nodes on one host can compare instants with it (a node's own
+ *  epochMs depends on when its wall clock was read at start). */
+export const hostMs = (): number => Number(process.hrtime.bigint()) / 1e6;
 
 // Control block (Int32Array over a SharedArrayBuffer), apart from the guest memory.
 export const CTL_WAKE = 0;          // bumped + notified on every event the worker may wait for

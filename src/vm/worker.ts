@@ -8,7 +8,7 @@ import {
 } from './layout.ts';
 import {
   CTL_FAULT, CTL_FILE, CTL_HEADER_BYTES, CTL_STDIN_EOF, CTL_STDIN_READ, CTL_STDIN_WRITE, CTL_STOP, CTL_THROTTLE, CTL_WAKE,
-  STDIN_RING_BYTES, epochMs, type ExecState, type FromWorker, type StdioMode, type ToWorker, type WorkerBegin, type WorkerSetup,
+  STDIN_RING_BYTES, epochMs, hostMs, type ExecState, type FromWorker, type StdioMode, type ToWorker, type WorkerBegin, type WorkerSetup,
 } from './protocol.ts';
 import { WASI_MODULE, type PreparedMeta } from './module-meta.ts';
 import { SUSPEND, SUSPENDABLE_IMPORTS, WasiExit, type GuestMemory, type WasiIo, type WaitResult } from '../wasi/types.ts';
@@ -175,7 +175,7 @@ class Session {
       this.exports[EXPORT_INIT_DATA]();
       if (this.meta.hasStartFunction) this.exports[EXPORT_START_FN]();
     }
-    post({ type: 'running', at: epochMs() });
+    post({ type: 'running', at: epochMs(), hostMs: hostMs() });
     let exitCode = 0;
     try {
       this.exports._start();
