@@ -1,7 +1,7 @@
 // When a migration's down time ends, as its source reckons it. The down time ends when the
 // process runs again on the destination (thesis Fig. 2.1), which then answers the commit;
 // the answer reaches the source later by its trip back (on this 2-vCPU machine's loopback
-// 0.1-0.7 ms: the resumed guest takes a CPU that the answer's sender and receiver wait for).
+// 0.25-0.8 ms: the resumed guest takes a CPU that the answer's sender and receiver wait for).
 //
 // Nodes on one host read one monotonic clock (hostMs, vm/protocol.ts): there the
 // destination's own reading of the instant is exact on the source too. A host is known by
@@ -30,7 +30,6 @@ export function ranAgainAnswer(ranForMs: number, ranAtHostMs: number | null): Ra
   const b = bootId();
   return { ranForMs, ...(ranAtHostMs !== null && b !== null ? { ranAtHostMs, boot: b } : {}) };
 }
-
 
 /** What this node reads at the answer's arrival. */
 export interface Here { boot: string | null; hostNow: number; now: number }
