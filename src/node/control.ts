@@ -193,6 +193,10 @@ export class ControlApi {
     return { pid, node: this.ctx.name };
   }
 
+  /** How pid ended or left, as this node knows: its home saw it end wherever it ran last; the
+   *  table knows what ran here ("moved to c"). */
+  private howEnded(pid: string): string | undefined { return this.ctx.home.howEnded(pid) ?? this.ctx.table.ended(pid); }
+
   /** Which node runs pid now: this one, or the first member that lists it. Members marked
    *  down are asked too (within the same bound): under load a live node's heartbeats can be
    *  late for DOWN_AFTER_MS, and "no such process" must not be said for a process that runs.
@@ -207,7 +211,7 @@ export class ControlApi {
     });
     const silent = failed.filter((f) => !(f.error instanceof FerryError && f.error.code === 'no-such-process')).map((f) => `${f.node} did not answer: ${f.error.message}`);
     if (!node) {
-      const how = this.ctx.home.howEnded(pid) ?? this.ctx.table.ended(pid);
+      const how = this.howEnded(pid);
       const why = [...(how ? [`it has ${how.startsWith('moved') ? '' : 'already '}${how}`] : []), ...silent];
       throw new FerryError('no-such-process', `no process ${pid} in the cluster${why.length ? ` (${why.join('; ')})` : ''}`);
     }
@@ -340,7 +344,7 @@ export class ControlApi {
     if (node) return { pid, node };
     const busy = failed.find((f) => f.error instanceof FerryError && f.error.code === 'busy'); // it has it, but cannot kill it now
     if (busy) throw busy.error;
-    const localEnd = this.ctx.home.howEnded(pid) ?? this.ctx.table.ended(pid);
+    const localEnd = this.howEnded(pid);
     const reasons = localEnd ? [`it has already ${localEnd}`] : [];
     for (const { node: m, error: e } of failed) {
       const gone = e instanceof FerryError && e.code === 'no-such-process'; // not there: say so only if it ended there

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { connect, listen, Shaper, type Connection, type FerryServer, type ShapingOptions } from '../transport/index.ts';
 import { ControlApi } from './control.ts';
 import { formatAddress, parseAddress } from './fields.ts';
-import { Membership } from './membership.ts';
+import { Membership, notUp } from './membership.ts';
 import { ProcessTable } from './process-table.ts';
 import { warmWorkers } from '../vm/process.ts';
 import { ProgramStore } from './programs.ts';
@@ -91,10 +91,15 @@ export class NodeDaemon {
     const home = new HomeRouter(opts.name, this.membership, (pid, offset, data, eof) => this.table.inputAt(pid, offset, data, eof), log,
       { moved: (pid, node) => homeFiles.moved(pid, node), ended: (pid) => homeFiles.close(pid) });
     const stdio = new StdioRouter((pid, data, eof) => home.input(pid, data, eof), log);
+    // A member taken for down is still dialled (it may only be slow); one that left is not.
     const dialNode = async (name: string) => {
       const m = this.membership.list().find((x) => x.name === name);
       if (!m) throw new FerryError('no-such-node', `no node named ${name} in the cluster`);
-      return dial(m.addr);
+      if (m.state === 'left') throw new FerryError('node-down', `node ${notUp(name, m.state, m.lastSeenMsAgo)}`);
+      try { return await dial(m.addr); } catch (e) {
+        if (m.state !== 'down') throw e;
+        throw new FerryError(e instanceof FerryError ? e.code : 'node-down', `node ${notUp(name, m.state, m.lastSeenMsAgo)}: ${(e as Error).message}`, { cause: e });
+      }
     };
     const dialBack = new DialBack({ peer: (name) => this.membership.peer(name), dial: dialNode });
     this.migrator = new Migrator({

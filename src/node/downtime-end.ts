@@ -25,10 +25,11 @@ export function bootId(): string | null {
 /** What the destination's answer to the commit says of the instant the process ran again. */
 export interface RanAgainAnswer { ranForMs?: unknown; ranAtHostMs?: unknown; boot?: unknown }
 
-/** The answer's fields, on the destination: `ranAtHostMs` null if the process ended first. */
-export function ranAgainAnswer(ranForMs: number, ranAtHostMs: number | null): RanAgainAnswer {
+/** The answer's fields, on the destination: `ranAtHostMs` (hostMs) null if the process ended first. */
+export function ranAgainAnswer(ranAtHostMs: number | null): RanAgainAnswer {
+  if (ranAtHostMs === null) return { ranForMs: 0 };
   const b = bootId();
-  return { ranForMs, ...(ranAtHostMs !== null && b !== null ? { ranAtHostMs, boot: b } : {}) };
+  return { ranForMs: Math.max(0, hostMs() - ranAtHostMs), ...(b !== null ? { ranAtHostMs, boot: b } : {}) };
 }
 
 /** What this node reads at the answer's arrival. */

@@ -44,12 +44,10 @@ import type { DowntimeEnd, MigrationMetrics } from '../migration/metrics.ts';
 import { strategyFor } from '../migration/index.ts';
 import type { Connection, IncomingStream, Message, Reply } from '../transport/index.ts';
 import { sha256 } from '../vm/module-meta.ts';
-import { epochMs } from '../vm/protocol.ts';
-import type { RanAgain } from '../vm/process.ts';
 import { downtimeEnd, ranAgainAnswer } from './downtime-end.ts';
 import type { HomeRouter } from './home.ts';
 import type { HomeFiles } from './home-files.ts';
-import { notUp, type Membership } from './membership.ts';
+import type { Membership } from './membership.ts';
 import type { ProcessExtra, ProcessTable } from './process-table.ts';
 import type { ProgramStore } from './programs.ts';
 import { str } from './fields.ts';
@@ -128,8 +126,6 @@ export class Migrator {
     const { table, membership } = this.ctx;
     if (req.to === this.ctx.name) throw new FerryError('bad-argument', `process ${req.pid} already runs on ${req.to}`);
     if (!membership.has(req.to)) throw new FerryError('no-such-node', `no node named ${req.to} in the cluster`);
-    const target = membership.list().find((m) => m.name === req.to)!;
-    if (target.state === 'left') throw new FerryError('node-down', `node ${notUp(req.to, target.state, target.lastSeenMsAgo)}`);
     const strategy = strategyFor(req.algorithm ?? 'total-copy', req.variant);
     const switches = req.options?.postcopyAfterRounds !== undefined;
     if (switches && !(strategy.iterate && strategy.remaining))
@@ -145,12 +141,7 @@ export class Migrator {
     const bytes = table.programBytes(req.pid);
     const id = randomUUID().slice(0, 8);
     let conn: Connection;
-    try { conn = await this.connectTo(req.to); } catch (e) {
-      source.resume();
-      // A member taken for down is still tried (it may only be slow); if it is gone, say so.
-      if (target.state === 'down') throw new FerryError(e instanceof FerryError ? e.code : 'node-down', `node ${notUp(req.to, target.state, target.lastSeenMsAgo)}: ${(e as Error).message}`, { cause: e });
-      throw e;
-    }
+    try { conn = await this.connectTo(req.to); } catch (e) { source.resume(); throw e; }
     const channel = new ConnectionChannel(conn, id, this.ctx.faults, {
       pid: req.pid, sha256: hash, pageSize, algorithm: strategy.algorithm, memoryBytes: inUse, postcopy: switches, compress: req.options?.compress ?? 'none',
       program: () => bytes, to: req.to, pageServer: this.pageServer,
@@ -317,7 +308,7 @@ export class Migrator {
     }
     try { inc.acceptState(body); } catch (e) { inc.abort((e as Error).message); throw e; }
     if (this.ctx.faults.hit('dest-commit', conn)) throw new FerryError('fault', 'dest-commit');
-    let ranAgain = null as RanAgain | null; // set in the callback below
+    let runningAt: number | null = null;
     await inc.commit(async (m) => {
       const img = m.image!;
       const x = img.meta.extra as unknown as ProcessExtra;
@@ -332,7 +323,7 @@ export class Migrator {
         onFault = (addr, len) => dep!.fault(addr, len);
       }
       try {
-        ({ ranAgain } = await this.ctx.table.adopt({
+        ({ runningAt } = await this.ctx.table.adopt({
           image: img, program, loaded: m.spec.faulting ? m.faultingModule! : m.loaded!, memory: m.memory!, prepared: m.prepared ?? undefined,
           sink: this.ctx.home.routeFor(img.meta.pid, x.home), fileOps, onFault, residual: m.spec.faulting ? [m.spec.holder ?? m.spec.from] : [],
         }));
@@ -350,8 +341,7 @@ export class Migrator {
     await this.ctx.faults.delay('dest-running');
     // When it ran again: how long ago by this node's clock, and the instant on the host's clock
     // (the source's down time ends then: node/downtime-end.ts).
-    const ranForMs = ranAgain === null ? 0 : Math.max(0, epochMs() - ranAgain.at);
-    const answer = ranAgainAnswer(ranForMs, ranAgain?.hostMs ?? null);
+    const answer = ranAgainAnswer(runningAt);
     await this.ctx.faults.delay('dest-answer-sent');
     return { header: { state: 'running', ...answer } };
   };

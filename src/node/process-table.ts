@@ -10,7 +10,7 @@ import { encodeImage, type ProcessImage } from '../image/index.ts';
 import type { Json } from '../image/types.ts';
 import type { SourceProcess } from '../migration/engine.ts';
 import type { LoadedModule } from '../vm/cache.ts';
-import type { Captured, ProcessOptions, RanAgain } from '../vm/process.ts';
+import type { Captured, ProcessOptions } from '../vm/process.ts';
 import { imageFromCapture, resumeFromImage, resumeInMemory } from '../vm/snapshot.ts';
 import { MemoryImage } from '../image/memory.ts';
 import { resolve } from 'node:path';
@@ -172,9 +172,9 @@ export class ProcessTable {
   }
 
   /** Take in a process that migrated here (its pages are in spec.memory). Resolves once it
-   *  runs: `ranAgain` is when its guest ran again (null if it ended first), which
+   *  runs: `runningAt` is when its guest ran again (hostMs; null if it ended first), which
    *  ends a migration's down time. */
-  async adopt(spec: AdoptSpec): Promise<{ info: ProcessInfo; ranAgain: RanAgain | null }> {
+  async adopt(spec: AdoptSpec): Promise<{ info: ProcessInfo; runningAt: number | null }> {
     const img = spec.image;
     const x = img.meta.extra as unknown as ProcessExtra;
     if (this.entries.has(img.meta.pid)) throw new FerryError('duplicate-process', `process ${img.meta.pid} already runs on ${this.node}`);
@@ -188,9 +188,9 @@ export class ProcessTable {
     entry.stdinOffset = img.wasi.stdinTakenBytes ?? 0;
     entry.initialBytes = Math.max(spec.loaded.meta.initialPages * WASM_PAGE, img.memory.logicalBytes);
     entry.residual = spec.residual ?? [];
-    const ranAgain = await this.run(entry, async () => resumeInMemory(img, spec.loaded, spec.memory, { stdio: 'message', stdin: entry.stdin, fileOps: spec.fileOps, onFault: spec.onFault, prepared: spec.prepared }));
+    const runningAt = await this.run(entry, async () => resumeInMemory(img, spec.loaded, spec.memory, { stdio: 'message', stdin: entry.stdin, fileOps: spec.fileOps, onFault: spec.onFault, prepared: spec.prepared }));
     this.log?.(`${info.pid} arrived (migration ${info.migrations})`);
-    return { info: this.snapshot(entry), ranAgain };
+    return { info: this.snapshot(entry), runningAt };
   }
 
   /** Restore a checkpoint image as a new process of this node (a new pid, a new stdin). */
@@ -212,7 +212,7 @@ export class ProcessTable {
 
   /** Enter a resumed process in the table; resolves once it runs (with when it ran) or has
    *  already ended (null). */
-  private async run(entry: Entry, make: () => Promise<WasmProcess>): Promise<RanAgain | null> {
+  private async run(entry: Entry, make: () => Promise<WasmProcess>): Promise<number | null> {
     const pid = entry.info.pid;
     this.entries.set(pid, entry);
     this.recent.delete(pid);
@@ -222,7 +222,7 @@ export class ProcessTable {
       // Running means the guest runs again (its worker says so), also in a prepared worker:
       // a migration's down time ends here, not when the start was merely posted.
       await new Promise<void>((res, rej) => { proc.once('running', res); proc.exited.then(() => res(), rej); });
-      return proc.ranAgain;
+      return proc.runningAt;
     } catch (e) {
       this.entries.delete(pid);
       entry.ended = true;

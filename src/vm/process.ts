@@ -135,16 +135,13 @@ export class PreparedWorker {
   }
 }
 
-/** States a process does not leave. */
-const ENDED_STATES = new Set<ProcessState>(['exited', 'failed', 'killed']);
-
-/** An instant the guest ran again: epochMs (this process's clock) and hostMs (the host's, see protocol.ts). */
-export interface RanAgain { at: number; hostMs: number }
+/** What a process in a state it does not leave has done ("it has been killed"). */
+const HAS_ENDED: Partial<Record<ProcessState, string>> = { exited: 'exited', failed: 'failed', killed: 'been killed' };
 
 export class WasmProcess extends EventEmitter {
   state: ProcessState = 'starting';
-  /** When the guest last ran again (epochMs, and on the host's clock), null before. */
-  ranAgain: RanAgain | null = null;
+  /** When the guest last ran again (hostMs, protocol.ts), null before. */
+  runningAt: number | null = null;
   readonly bytes: Uint8Array;
   private readonly ctl: Int32Array;
   private readonly control: SharedArrayBuffer;
@@ -220,7 +217,7 @@ export class WasmProcess extends EventEmitter {
   /** Freeze at the next safe point (or inside a blocking call) and capture. */
   freeze(): Promise<Captured> {
     if (this.state !== 'running' && this.state !== 'starting')
-      return Promise.reject(new FerryError('runtime', ENDED_STATES.has(this.state) ? `it has ${this.state === 'failed' ? 'failed' : this.state === 'killed' ? 'been killed' : 'exited'}` : `cannot freeze a process that is ${this.state}`));
+      return Promise.reject(new FerryError('runtime', HAS_ENDED[this.state] ? `it has ${HAS_ENDED[this.state]}` : `cannot freeze a process that is ${this.state}`));
     this.state = 'stopping';
     return new Promise((resolve, reject) => {
       this.pendingStop = { t0: epochMs(), resolve, reject };
@@ -305,7 +302,7 @@ export class WasmProcess extends EventEmitter {
         break; // a prepared worker's answer, arriving after a process took it over
       case 'running':
         if (this.state === 'starting') this.state = 'running';
-        this.ranAgain = { at: m.at, hostMs: m.hostMs };
+        this.runningAt = m.hostMs;
         this.emit('running');
         break;
       case 'stopped': {

@@ -48,8 +48,8 @@ export type ToWorker =
 
 export type FromWorker =
   | { type: 'prepared' }
-  /** at: when the guest ran again (epochMs); hostMs: the same instant on the host's clock. */
-  | { type: 'running'; at: number; hostMs: number }
+  /** hostMs: when the guest ran again, on the host's clock (another node of the host reads it too). */
+  | { type: 'running'; hostMs: number }
   /** stoppedAt: when the stack was unwound (epochMs). */
   | { type: 'stopped'; exec: ExecState; wasi: WasiState; stoppedAt: number }
   | { type: 'exited'; code: number; wasi: WasiState }

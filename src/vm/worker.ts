@@ -175,7 +175,7 @@ class Session {
       this.exports[EXPORT_INIT_DATA]();
       if (this.meta.hasStartFunction) this.exports[EXPORT_START_FN]();
     }
-    post({ type: 'running', at: epochMs(), hostMs: hostMs() });
+    post({ type: 'running', hostMs: hostMs() });
     let exitCode = 0;
     try {
       this.exports._start();
