@@ -200,6 +200,16 @@ describe('node cluster', { timeout: 300_000 }, () => {
     assert.equal((await short).exitCode, 0);
     const late = await c.ferry(['migrate', q.pid, '--to', 'b'], { via: 0 });
     assert.match(late.stderr.toString(), new RegExp(`no process ${q.pid} in the cluster \\(it has already ended on c \\(exit code 0\\)\\)`));
+    // One that never moved, asked through another node: migrate, checkpoint and kill alike say
+    // how it ended (the lookup used to know only the asking node's records: "no process b/N").
+    const stay = c.ferry(['run', '--node', 'b', bin('sleeper'), '40', '50'], { via: 0 });
+    const s = await eventually(async () => (await ps(0)).find((x) => x.node === 'b' && x.state === 'running'), 20_000, 'a process on b');
+    assert.equal((await stay).exitCode, 0);
+    for (const args of [['migrate', s.pid, '--to', 'c'], ['checkpoint', s.pid, '-o', join(c.dir, 'never.img')], ['kill', s.pid]]) {
+      const r = await c.ferry(args, { via: 2 });
+      assert.equal(r.exitCode, 1, args[0]);
+      assert.match(r.stderr.toString(), new RegExp(`no process ${s.pid} in the cluster \\(it has already ended on b \\(exit code 0\\)\\)`), args[0]);
+    }
   });
 
   it('a node started with the name of a member that is up is refused, and exits', async () => {

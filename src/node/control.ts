@@ -10,7 +10,8 @@
 //                                             -> {pid, node}; then PROC_OUTPUT / PROC_EXIT frames (stdio.ts)
 //   kill   {pid, scope?}                      -> {pid, node}
 //   status {}                                 -> {name, addr, processes}
-//   locate {pid}                              -> {pid, node, addr}    (who runs it now)
+//   locate {pid, scope?}                      -> {pid, node, addr}    (who runs it now); with scope 'local':
+//                                                {pid, node?, ended?, asHome?} (runs here, or how it ended as this node knows)
 //   migrate {pid, to, algorithm?, variant?, fileServer?, progress?, maxRounds?, downtimeLimitMs?, thesisLimits?, autoConverge?, postcopyAfterRounds?, compress?}
 //                                             -> {metrics}; MIG_PROGRESS {token, progress} frames meanwhile
 //                                                (only on the node running pid: the CLI locates it first)
@@ -88,8 +89,10 @@ export class ControlApi {
         return { header: { ...(await this.run(msg, conn)) } };
       case 'kill':
         return { header: { ...(await this.kill(str(msg.header, 'pid', 'kill'), msg.header.scope === 'local')) } };
-      case 'locate':
-        return { header: { ...(await this.locate(str(msg.header, 'pid', 'locate'))) } };
+      case 'locate': {
+        const pid = str(msg.header, 'pid', 'locate');
+        return { header: msg.header.scope === 'local' ? { ...this.knownHere(pid) } : { ...(await this.locate(pid)) } };
+      }
       case 'migrate':
         return { header: { metrics: await this.migrate(msg, conn) } as never };
       case 'migrate-cancel':
@@ -193,29 +196,34 @@ export class ControlApi {
     return { pid, node: this.ctx.name };
   }
 
-  /** How pid ended or left, as this node knows: its home saw it end wherever it ran last; the
-   *  table knows what ran here ("moved to c"). */
-  private howEnded(pid: string): string | undefined { return this.ctx.home.howEnded(pid) ?? this.ctx.table.ended(pid); }
+  /** What this node knows of pid: it runs it here, or how it ended (the home saw it end
+   *  wherever it ran last, "ended on c (exit code 0)"; the table knows what ended here). */
+  private knownHere(pid: string): { pid: string; node?: string; ended?: string; asHome?: boolean } {
+    if (this.ctx.table.get(pid)) return { pid, node: this.ctx.name };
+    const asHome = this.ctx.home.howEnded(pid);
+    if (asHome) return { pid, ended: asHome, asHome: true };
+    const here = this.ctx.table.ended(pid);
+    return here && !here.startsWith('moved') ? { pid, ended: here } : { pid };
+  }
 
-  /** Which node runs pid now: this one, or the first member that lists it. Members marked
+  /** Which node runs pid now: this one, or the member that says it does. Members marked
    *  down are asked too (within the same bound): under load a live node's heartbeats can be
    *  late for DOWN_AFTER_MS, and "no such process" must not be said for a process that runs.
-   *  The error names every member that could not be asked. */
+   *  If none does, the error says how it ended (its home's word first) and names every
+   *  member that could not be asked. */
   private async locate(pid: string): Promise<{ pid: string; node: string; addr: string }> {
-    if (this.ctx.table.get(pid)) return { pid, node: this.ctx.name, addr: this.ctx.addr };
+    const here = this.knownHere(pid);
+    if (here.node) return { pid, node: here.node, addr: this.ctx.addr };
+    const heard = [here];
     // The first member that has it answers the lookup: a dead host among the members costs
     // a lookup that fails PEER_QUERY_TIMEOUT_MS, not every lookup.
-    const { value: node, failed } = await this.firstMember({ method: 'ps', scope: 'local' }, (r, m) => {
-      if (Array.isArray(r.processes) && (r.processes as ProcessInfo[]).some((p) => p.pid === pid)) return m;
+    const { value: node, failed } = await this.firstMember({ method: 'locate', pid, scope: 'local' }, (r, m) => {
+      if (r.node === m) return m;
+      heard.push(r as typeof here);
       throw new FerryError('no-such-process', `not on ${m}`);
     });
-    const silent = failed.filter((f) => !(f.error instanceof FerryError && f.error.code === 'no-such-process')).map((f) => `${f.node} did not answer: ${f.error.message}`);
-    if (!node) {
-      const how = this.howEnded(pid);
-      const why = [...(how ? [`it has ${how.startsWith('moved') ? '' : 'already '}${how}`] : []), ...silent];
-      throw new FerryError('no-such-process', `no process ${pid} in the cluster${why.length ? ` (${why.join('; ')})` : ''}`);
-    }
-    return { pid, node, addr: this.ctx.membership.list().find((m) => m.name === node)!.addr };
+    if (node) return { pid, node, addr: this.ctx.membership.list().find((m) => m.name === node)!.addr };
+    throw notFound(pid, (heard.find((h) => h.asHome) ?? heard.find((h) => h.ended))?.ended, failed);
   }
 
   /** Every member (those marked down too) asked at once: the first answer `accept` takes (it
@@ -344,15 +352,22 @@ export class ControlApi {
     if (node) return { pid, node };
     const busy = failed.find((f) => f.error instanceof FerryError && f.error.code === 'busy'); // it has it, but cannot kill it now
     if (busy) throw busy.error;
-    const localEnd = this.howEnded(pid);
-    const reasons = localEnd ? [`it has already ${localEnd}`] : [];
-    for (const { node: m, error: e } of failed) {
-      const gone = e instanceof FerryError && e.code === 'no-such-process'; // not there: say so only if it ended there
-      const ended = gone ? /has already (.*)$/.exec(e.message)?.[1] : undefined;
-      const reason = ended ? `it has already ${ended}` : gone ? undefined : `${m}: ${e.message}`;
-      if (reason && !reasons.includes(reason)) reasons.push(reason);
-    }
-    if (!/^[^/\s]+\/\d+$/.test(pid)) throw new FerryError('no-such-process', `no process ${pid}: a pid looks like NODE/N`);
-    throw new FerryError('no-such-process', `no process ${pid} in the cluster${reasons.length ? ` (${reasons.join('; ')})` : ''}`);
+    // A member that did not answer may have it: say so, without asking it again.
+    if (failed.some((f) => !isNoSuchProcess(f.error))) throw notFound(pid, undefined, failed);
+    // No member had it: locate says how it ended, or finds it moved in the meantime (kill it there, once).
+    const where = await this.locate(pid);
+    if (where.node === this.ctx.name) await this.ctx.table.kill(pid);
+    else await this.askMember(where.node, { method: 'kill', pid, scope: 'local' });
+    return { pid, node: where.node };
   }
+}
+
+const isNoSuchProcess = (e: Error): boolean => e instanceof FerryError && e.code === 'no-such-process';
+
+/** "No process pid in the cluster", with how it ended (if known) and who did not answer. */
+function notFound(pid: string, ended: string | undefined, failed: { node: string; error: Error }[]): FerryError {
+  if (!/^[^/\s]+\/\d+$/.test(pid)) return new FerryError('no-such-process', `no process ${pid}: a pid looks like NODE/N`);
+  const silent = failed.filter((f) => !isNoSuchProcess(f.error)).map((f) => `${f.node} did not answer: ${f.error.message}`);
+  const why = [...(ended ? [`it has already ${ended}`] : []), ...silent];
+  return new FerryError('no-such-process', `no process ${pid} in the cluster${why.length ? ` (${why.join('; ')})` : ''}`);
 }

@@ -176,7 +176,7 @@ export class HomeRouter {
     }
     if (s.exit && s.exit.seq <= s.next) {
       this.sessions.delete(pid);
-      const where = s.location === this.self ? '' : ` on ${s.location}`;
+      const where = ` on ${s.location}`;
       const e = s.exit.error;
       this.ends.set(pid, e?.code === 'killed' ? `been killed${where}` : e ? `failed${where} (${e.message})` : `ended${where} (exit code ${s.exit.code})`);
       if (this.ends.size > RECENT_ENDS) this.ends.delete(this.ends.keys().next().value!);
