@@ -265,8 +265,9 @@ test('wrong magic', () => {
   const buf = concat(encodeImage(smallInput().input));
   buf.write('NOTANIMG', 0, 'latin1');
   expectImageError(() => decodeImage(buf), 'bad-magic', /not a ferry process image/);
-  expectImageError(() => decodeImage(Buffer.from('\x7fELF')), 'bad-magic', /it begins 0x7f454c46, an image "FERRYIMG"/);
-  expectImageError(() => decodeImage(Buffer.from('#!/bin/sh\n')), 'bad-magic', /it begins "#!\/bin\/s", an image/);
+  expectImageError(() => decodeImage(Buffer.from('\x7fELF')), 'bad-magic', /it begins 0x7f454c46; an image begins "FERRYIMG"/);
+  expectImageError(() => decodeImage(Buffer.from('#!/bin/sh\n')), 'bad-magic', /it begins "#!\/bin\/s"; an image/);
+  expectImageError(() => decodeImage(Buffer.from('hello\n')), 'bad-magic', /it begins "hello\\n"; an image/);
 });
 
 test('newer format version is refused', () => {

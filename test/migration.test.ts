@@ -6,6 +6,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { ClusterClient, eventually, startCluster, type Cluster } from './helpers/cluster.ts';
 import { clusterRun, reference, type Outcome } from './helpers/modes.ts';
 import { FERRY_BIN, ROOT, TEST_CACHE } from './helpers/ferry.ts';
@@ -107,6 +108,12 @@ describe('Total Copy across three nodes', { timeout: 900_000 }, () => {
     assert.equal(restored.exitCode, 0, restored.stderr.toString());
     const rest = restored.stdout.toString('latin1');
     assert.ok(rest.length > 0 && rest.length < expected.stdout.length && expected.stdout.endsWith(rest), `the restored run prints the rest of the output:\n${rest}`);
+    // A damaged copy: the node refuses it and names the file as given (it said "image uploaded").
+    const cut = join(c.dir, 'sleeper-cut.img');
+    writeFileSync(cut, readFileSync(img).subarray(0, 100));
+    const refused = await c.ferry(['restore', cut, '--node', 'c'], { via: 0 });
+    assert.equal(refused.exitCode, 1);
+    assert.match(refused.stderr.toString(), new RegExp(`^ferry: c@[\\d.:]+: image ${cut.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} is truncated`));
   });
 
   it('stdin typed while the process moves reaches it in order, exactly once', async () => {

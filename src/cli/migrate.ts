@@ -176,7 +176,7 @@ export async function restoreOnNode(file: string, flags: ClusterFlags & { node: 
     const r = await remoteRestore(conn, bytes, {
       stdout: (b) => process.stdout.write(b), stderr: (b) => process.stderr.write(b), stdin: process.stdin,
       started: (id) => { pid = id; },
-    });
+    }, file);
     if (r.error) process.stderr.write(`ferry: ${r.error.message}\n`);
     conn.destroy();
     await new Promise<void>((res) => process.stdout.write('', () => res()));

@@ -181,10 +181,10 @@ export function decodeImage(buf: Uint8Array, opts: DecodeOptions = {}): ProcessI
   // file header
   const magicLen = Math.min(b.length, MAGIC.length);
   if (b.compare(MAGIC, 0, magicLen, 0, magicLen) !== 0) {
-    // Printable ASCII as text ("\x7fELF" -> hex): a stray file's first bytes often say what it is.
+    // Text as text ("hello\n"), anything else in hex ("\x7fELF"): a stray file's first bytes often say what it is.
     const head = b.subarray(0, 8);
-    const shown = /^[\x20-\x7e]*$/.test(head.toString('latin1')) ? JSON.stringify(head.toString('latin1')) : `0x${head.toString('hex')}`;
-    fail('bad-magic', `is not a ferry process image (it begins ${shown}, an image "${MAGIC.toString('latin1')}")`);
+    const shown = /^[\t\n\r\x20-\x7e]*$/.test(head.toString('latin1')) ? JSON.stringify(head.toString('latin1')) : `0x${head.toString('hex')}`;
+    fail('bad-magic', `is not a ferry process image (it begins ${shown}; an image begins "${MAGIC.toString('latin1')}")`);
   }
   if (b.length < 10) fail('truncated', `is truncated: the file header needs ${FILE_HEADER_SIZE} bytes, ${b.length} remain`);
   const version = b.readUInt16LE(8);

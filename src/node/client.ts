@@ -68,10 +68,11 @@ export async function remoteRun(conn: Connection, spec: RemoteRunSpec, io: Remot
 }
 
 /** Restore an image as a new process of the node at the other end of conn, attached like a run. */
-export async function remoteRestore(conn: Connection, image: Uint8Array, io: RemoteRunIO): Promise<RemoteRunResult> {
+export async function remoteRestore(conn: Connection, image: Uint8Array, io: RemoteRunIO, name?: string): Promise<RemoteRunResult> {
   const upload = randomUUID();
   await conn.sendStream(image, { kind: 'upload', upload });
-  return attach(conn, io, (session) => call(conn, 'restore', { session, upload }, undefined, RUN_TIMEOUT_MS));
+  // The file's name comes along for the node's errors ("image x.img is truncated ...").
+  return attach(conn, io, (session) => call(conn, 'restore', { session, upload, ...(name === undefined ? {} : { name }) }, undefined, RUN_TIMEOUT_MS));
 }
 
 /** Open a stdio session, start the process with `start`, relay stdio until it ends. */

@@ -19,7 +19,7 @@
 //   migrations {scope?}                       -> {migrations, unreachable}
 //   checkpoint {pid}                          -> {bytes}; the image follows as a stream {kind: 'image', token}
 //                                                (node running pid)
-//   restore {session, stream}                 -> {pid, node}; stdio as for run (the image came first as an
+//   restore {session, upload, name?}          -> {pid, node}; stdio as for run (the image came first as an
 //                                                upload stream {kind: 'upload', upload})
 //   node-stop {name?, force?}                 -> {node, stopping, dependents} (the named node answers, then stops);
 //                                                ERROR has-dependents while processes elsewhere need its pages, unless force
@@ -320,7 +320,7 @@ export class ControlApi {
     const session = str(h, 'session', 'restore');
     const upload = str(h, 'upload', 'restore');
     const bytes = await this.ctx.uploads.take(conn, upload);
-    const img = decodeImage(bytes, { source: 'uploaded' });
+    const img = decodeImage(bytes, { source: optStr(h, 'name', 'restore') ?? 'uploaded' });
     let program;
     try { program = programOfImage(img); } catch (e) {
       const cached = this.ctx.programs.get(img.module.sha256);
