@@ -220,6 +220,19 @@ describe('migrations under faults', { timeout: SUITE_TIMEOUT_MS }, () => {
       const late = await c.ferry(['migrate', '--cancel', pid]);
       assert.notEqual(late.exitCode, 0, 'nothing left to cancel');
       assert.match(late.stderr.toString(), /no process|not migrating/);
+      // A pre-copy cancelled in its rounds, before any freeze: its metrics (and progress bar)
+      // give the address space all the same (it was 0, counted only at the freeze).
+      const long = c.ferry(['run', '--node', 'a', rma.wasm, '64', '100000'], { via: 0 });
+      const p2 = await client.waitRunning(rma.wasm, 60_000, new Set([pid]));
+      const pre = client.migrate(p2, 'b', { algorithm: 'pre-copy' });
+      await new Promise((r) => setTimeout(r, 1500));
+      assert.equal((await c.ferry(['migrate', '--cancel', p2], { via: 1 })).exitCode, 0);
+      const mp = await pre;
+      assert.equal(mp.state, 'cancelled');
+      assert.equal(mp.downtimeMs, null, 'it never froze');
+      assert.ok(mp.pages.addressSpace >= (64 << 20) / 4096, `address space ${mp.pages.addressSpace} pages`);
+      assert.equal((await c.ferry(['kill', p2])).exitCode, 0);
+      assert.equal((await long).exitCode, 137);
     } finally { await c.stop(); }
   });
 });

@@ -194,6 +194,9 @@ export class Migration extends EventEmitter {
     const { strategy, channel, process: proc } = this.spec;
     const ctx = this.context();
     try {
+      // The address space as it runs, for the progress bar and a migration that never freezes
+      // (the freeze counts it again: it may grow meanwhile).
+      this.metrics.setAddressSpace(Math.ceil(proc.addressSpaceBytes() / this.spec.pageSize));
       this.metrics.addBytes('setup', await channel.setup());
       this.check();
       await this.spec.fileServer?.open();
