@@ -224,10 +224,14 @@ describe('migrations under faults', { timeout: SUITE_TIMEOUT_MS }, () => {
       // give the address space all the same (it was 0, counted only at the freeze).
       const long = c.ferry(['run', '--node', 'a', rma.wasm, '64', '100000'], { via: 0 });
       const p2 = await client.waitRunning(rma.wasm, 60_000, new Set([pid]));
-      const pre = client.migrate(p2, 'b', { algorithm: 'pre-copy' });
+      const pre = c.ferry(['migrate', p2, '--to', 'b', '--algorithm', 'pre-copy', '--json'], { via: 0 });
       await new Promise((r) => setTimeout(r, 1500));
       assert.equal((await c.ferry(['migrate', '--cancel', p2], { via: 1 })).exitCode, 0);
-      const mp = await pre;
+      const r2 = await pre;
+      assert.equal(r2.exitCode, 1);
+      // With --json, stdout is the metrics alone and stderr says what happened (it said nothing).
+      assert.match(r2.stderr.toString(), new RegExp(`^ferry: migration \\w+ of ${p2} cancelled: migration \\w+ was cancelled\\n$`));
+      const mp = JSON.parse(r2.stdout.toString()) as MigrationMetrics;
       assert.equal(mp.state, 'cancelled');
       assert.equal(mp.downtimeMs, null, 'it never froze');
       assert.ok(mp.pages.addressSpace >= (64 << 20) / 4096, `address space ${mp.pages.addressSpace} pages`);

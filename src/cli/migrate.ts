@@ -116,7 +116,10 @@ export function registerMigrationCommands(program: Command): void {
         }
       }
       process.stdout.write(flags.json ? JSON.stringify(metrics, null, 2) + '\n' : formatMetrics(metrics));
-      if (metrics.state !== 'completed') process.exitCode = 1;
+      if (metrics.state === 'completed') return;
+      process.exitCode = 1;
+      // stdout holds JSON for a script: the terminal hears why too.
+      if (flags.json) process.stderr.write(`ferry: migration ${metrics.id} of ${pid} ${metrics.state}${metrics.error ? `: ${metrics.error.message}` : ''}\n`);
     });
 
   clusterOptions(program.command('migrations')
