@@ -277,9 +277,14 @@ describe('node cluster', { timeout: 300_000 }, () => {
     assert.ok(Array.isArray(p));
   });
 
-  it('a node that stops is marked left, and its daemon exits 0', async () => {
+  it('a node that stops is marked left, and its daemon exits 0; the terminal of a process it ran hears why it was killed', async () => {
+    const onB = c.ferry(['run', '--node', 'b', bin('sleeper'), '100000', '50'], { via: 0 });
+    await eventually(async () => (await ps(0)).find((x) => x.node === 'b' && x.state === 'running'), 20_000, 'a process on b');
     c.nodes[1].child.kill('SIGTERM');
     assert.equal(await c.nodes[1].exited, 0);
+    const ended = await onB;
+    assert.equal(ended.exitCode, 137);
+    assert.match(ended.stderr.toString(), /^ferry: process b\/\d+ was killed: node b stopped \(SIGTERM\)$/m);
     const m = await eventually(async () => { const m = await members(0); return m.find((x) => x.name === 'b')?.state === 'left' ? m : undefined; }, 5000, 'b to be left');
     assert.ok(m);
     // A migration to it, or to c (killed above, down), says so; the process runs on where it was.

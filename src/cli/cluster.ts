@@ -96,7 +96,7 @@ export function registerClusterCommands(program: Command): void {
           log(`${why}: stopping`);
           const hard = setTimeout(() => { log('stop took too long; exiting'); process.exit(1); }, 10_000);
           hard.unref();
-          d.stop().then(() => { log('stopped'); done(); }, (e) => { log(`stop failed: ${(e as Error).message}`); done(); });
+          d.stop(why).then(() => { log('stopped'); done(); }, (e) => { log(`stop failed: ${(e as Error).message}`); done(); });
         };
         // Processes on other nodes that need pages held here would fail: the first signal does not
         // stop the node while they run (it stops once none is left); a second one, or

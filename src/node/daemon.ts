@@ -165,10 +165,10 @@ export class NodeDaemon {
     return this.migrator.pageServer.dependents().filter((d) => d.nodeState === 'up');
   }
 
-  /** Kill this node's processes, tell the members, close every connection. */
-  stop(): Promise<void> {
+  /** Kill this node's processes (their terminals hear why), tell the members, close every connection. */
+  stop(why = 'asked to stop'): Promise<void> {
     this.stopping ??= (async () => {
-      await this.table.killAll();
+      await this.table.killAll(`node ${this.name} stopped (${why})`);
       await this.membership.stop();
       for (const c of this.dialled) c.destroy();
       await this.server.close();

@@ -352,19 +352,19 @@ export class ProcessTable {
     if (eof) e.stdin.end();
   }
 
-  /** Kill a process of this table; the client sees exit code 137. */
-  async kill(pid: string): Promise<ProcessInfo> {
+  /** Kill a process of this table; the client sees exit code 137 (and why, if given). */
+  async kill(pid: string, why?: string): Promise<ProcessInfo> {
     const e = this.entries.get(pid);
     if (!e) throw this.missing(pid);
     if (e.moving) throw new FerryError('busy', `process ${pid} is moving; cancel the migration or try again`);
     const info = this.snapshot(e);
-    this.finish(e, 'killed', 137, { code: 'killed', message: `process ${pid} was killed` });
+    this.finish(e, 'killed', 137, { code: 'killed', message: `process ${pid} was killed${why ? `: ${why}` : ''}` });
     await e.proc?.kill();
     return { ...info, state: 'killed' };
   }
 
-  async killAll(): Promise<void> {
-    await Promise.all([...this.entries.keys()].map((pid) => this.kill(pid).catch(() => {})));
+  async killAll(why: string): Promise<void> {
+    await Promise.all([...this.entries.keys()].map((pid) => this.kill(pid, why).catch(() => {})));
   }
 
   private finish(e: Entry, state: 'exited' | 'failed' | 'killed', code: number, error?: { code: string; message: string }): void {
