@@ -9,6 +9,7 @@ import { FerryError } from '../src/errors.ts';
 import { ferry, ROOT } from './helpers/ferry.ts';
 import { ClusterClient, eventually, startCluster, startNode, type Cluster } from './helpers/cluster.ts';
 import { call, connectCluster } from '../src/node/client.ts';
+import { DROP_AFTER_MS } from '../src/node/membership.ts';
 
 const bin = (name: string) => join(ROOT, 'workloads', 'bin', `${name}.wasm`);
 
@@ -265,16 +266,26 @@ describe('node cluster', { timeout: 300_000 }, () => {
     assert.ok(!m.some((x) => x.name === 'intruder'));
   });
 
-  it('a killed node is marked down by the others within a few seconds', async () => {
+  it('a killed node is marked down by the others within a few seconds; the terminal of a process lost with it hears so once it has been silent for DROP_AFTER_MS', async () => {
+    // Home a, moved to c: only a's home session could tell its terminal (it waited for good).
+    const run = c.ferry(['run', '--node', 'a', bin('sleeper'), '100000', '50'], { via: 0, timeoutMs: 60_000 });
+    const p = await eventually(async () => (await ps(0)).find((x) => x.node === 'a' && x.state === 'running'), 20_000, 'a process on a');
+    const mv = await c.ferry(['migrate', p.pid, '--to', 'c', '--json'], { via: 0 });
+    assert.equal(mv.exitCode, 0, mv.stderr.toString());
     await c.kill9(2);
+    const t0 = Date.now();
     for (const via of [0, 1]) {
       await eventually(async () => {
         const m = await members(via);
         return m.find((x) => x.name === 'c')?.state === 'down' && m.filter((x) => x.state === 'up').length === 2;
       }, 6000, `node ${c.nodes[via].name} to mark c down`);
     }
-    const p = await ps(0);
-    assert.ok(Array.isArray(p));
+    const p2 = await ps(0);
+    assert.ok(Array.isArray(p2));
+    const lost = await run;
+    assert.equal(lost.exitCode, 1);
+    assert.match(lost.stderr.toString(), new RegExp(`^ferry: node c, where ${p.pid} ran, has been silent for 1\\d s: taken for lost`, 'm'));
+    assert.ok(Date.now() - t0 >= DROP_AFTER_MS - 1000, 'not before it was silent for DROP_AFTER_MS');
   });
 
   it('a node that stops is marked left, and its daemon exits 0; the terminal of a process it ran hears why it was killed', async () => {

@@ -50,7 +50,9 @@ export class HomeRouter {
     private readonly log?: (m: string) => void,
     /** Told when a process of this home moves or ends (home-files.ts closes its handles). */
     private readonly listener?: { moved(pid: string, node: string): void; ended(pid: string): void },
-  ) {}
+  ) {
+    membership.onSilent((node, silentMs) => this.lost(node, silentMs));
+  }
 
   /** A process started here: its output goes to this client. */
   open(pid: string, client: ClientSink): void {
@@ -147,6 +149,18 @@ export class HomeRouter {
   };
 
   // ---- internals ----
+
+  /** A node silent for DROP_AFTER_MS: the processes of this home that ran there are taken for
+   *  lost, and their terminals hear it (as from a relay that lost its peer) instead of waiting
+   *  for good. Should the node come back, they run on there (ferry ps, ferry kill), unheard. */
+  private lost(node: string, silentMs: number): void {
+    for (const [pid, s] of this.sessions) {
+      if (s.location !== node || s.exit) continue;
+      const message = `node ${node}, where ${pid} ran, has been silent for ${Math.round(silentMs / 1000)} s: taken for lost (should it come back, ferry kill ${pid} ends it there)`;
+      this.log?.(`${pid}: ${message}`);
+      this.ended(pid, s.next, 1, { code: 'node-lost', message });
+    }
+  }
 
   private forward(pid: string, s: Session, offset: number, data: Buffer, eof: boolean): void {
     if (s.location === this.self) { this.stdinTarget(pid, offset, data, eof); return; }

@@ -48,6 +48,8 @@ interface Member {
   conn?: Connection;
   dialing?: Promise<Connection>;
   lastDial: number;
+  /** The silent listeners heard of this down period already. */
+  toldSilent?: boolean;
 }
 
 export interface MembershipOptions {
@@ -73,7 +75,12 @@ export class Membership {
   /** When tick last ran: a late tick means this node's own loop stalled. */
   private lastTick = Date.now();
 
+  private readonly silentListeners: ((name: string, silentMs: number) => void)[] = [];
+
   constructor(private readonly opts: MembershipOptions) {}
+
+  /** `fn` hears of a member down and silent for DROP_AFTER_MS, once each time it goes silent. */
+  onSilent(fn: (name: string, silentMs: number) => void): void { this.silentListeners.push(fn); }
 
   get name(): string { return this.opts.name; }
 
@@ -208,6 +215,10 @@ export class Membership {
         m.conn.destroy();
         m.conn = undefined;
       }
+      if (m.state === 'down' && !stalled && !m.toldSilent && now - m.lastSeen > DROP_AFTER_MS) {
+        m.toldSilent = true;
+        for (const fn of this.silentListeners) fn(m.name, now - m.lastSeen);
+      }
       if (m.state === 'left') continue;
       if (m.conn?.isOpen) { m.conn.send('HEARTBEAT', hb).catch(() => {}); continue; }
       if (!m.dialing && (m.state === 'up' || now - m.lastDial >= REDIAL_DOWN_MS)) {
@@ -285,5 +296,6 @@ export class Membership {
   private setState(m: Member, s: MemberState): void {
     m.state = s;
     m.since = Date.now();
+    if (s === 'up') m.toldSilent = false;
   }
 }
