@@ -44,13 +44,12 @@ export async function connect(host: string, port: number, opts: ConnectOptions =
     return new Connection(socket, { label: `${peer.node}@${where}`, peer, decoder, shaper, requestTimeoutMs: opts.requestTimeoutMs, limits: opts.limits, input });
   } catch (e) {
     socket.destroy();
-    if (key && e instanceof FerryError && (e.code === 'connection-failed' || e.code === 'connection-closed' || e.code === 'handshake-incomplete')) {
-      // A keyed server that does not know our key cuts the TLS session right after it starts.
-      throw new FerryError('auth-failed', `${where} closed the connection during the handshake (wrong key?): ${e.message}`, { cause: e });
-    }
-    if (!key && e instanceof FerryError && (e.code === 'connection-failed' || e.code === 'connection-closed' || e.code === 'handshake-incomplete')) {
-      // A keyed (TLS) server drops a plain client as soon as its bytes are not TLS.
-      throw new FerryError('refused', `${where} closed the connection during the handshake (does it require a key?): ${e.message}`, { cause: e });
+    if (e instanceof FerryError && (e.code === 'connection-failed' || e.code === 'connection-closed' || e.code === 'handshake-incomplete')) {
+      // A keyed server that does not know our key cuts the TLS session right after it starts;
+      // a keyed (TLS) server drops a plain client as soon as its bytes are not TLS.
+      const hint = key ? 'wrong key?' : 'does it require a key? give --key-file or FERRY_KEY_FILE';
+      const detail = e.code === 'handshake-incomplete' ? '' : `: ${e.message}`; // that one only says it again
+      throw new FerryError(key ? 'auth-failed' : 'refused', `${where} closed the connection during the handshake (${hint})${detail}`, { cause: e });
     }
     throw e;
   }
