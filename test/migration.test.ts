@@ -104,6 +104,14 @@ describe('Total Copy across three nodes', { timeout: 900_000 }, () => {
       assert.equal(cp.exitCode, 0, cp.stderr.toString());
     });
     same(outcome, expected, 'the checkpointed process carries on');
+    // Paths no image can go to are refused before the node is asked, with why (it named a temp
+    // file beside them, after freezing the process for the image).
+    const noDir = await c.ferry(['checkpoint', 'b/1', '-o', join(c.dir, 'no-such-dir', 'x.img')]);
+    assert.equal(noDir.exitCode, 1);
+    assert.match(noDir.stderr.toString(), /^ferry: cannot write image .*x\.img: there is no directory .*no-such-dir\n$/);
+    const isDir = await c.ferry(['checkpoint', 'b/1', '-o', c.dir]);
+    assert.equal(isDir.exitCode, 1);
+    assert.match(isDir.stderr.toString(), /^ferry: cannot write image .*: it is a directory\n$/);
     const restored = await c.ferry(['restore', img, '--node', 'c'], { via: 0 });
     assert.equal(restored.exitCode, 0, restored.stderr.toString());
     const rest = restored.stdout.toString('latin1');

@@ -5,7 +5,7 @@
 import type { Command } from 'commander';
 import { readFileSync } from 'node:fs';
 import { FerryError } from '../errors.ts';
-import { writeImageChunks } from '../image/index.ts';
+import { checkImageTarget, writeImageChunks } from '../image/index.ts';
 import type { MigrationMetrics, Progress } from '../migration/index.ts';
 import { ALGORITHMS, VARIANTS } from '../migration/index.ts';
 import { CODECS, isCodec } from '../memory/page-codec.ts';
@@ -141,6 +141,7 @@ export function registerMigrationCommands(program: Command): void {
     .argument('<pid>', 'the process (NODE/N)')
     .requiredOption('-o, --output <file>', 'the image file'))
     .action(async (pid: string, flags: ClusterFlags & { output: string }) => {
+      await checkImageTarget(flags.output);
       const { conn, node } = await connectToProcess(clusterTarget(flags), pid);
       try {
         const image = receiveImage(conn);

@@ -2,6 +2,7 @@
 
 import { constants as bufferConstants } from 'node:buffer';
 import crypto from 'node:crypto';
+import { constants as fsConstants } from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { FerryError } from '../errors.ts';
@@ -51,9 +52,22 @@ export async function writeImageFile(file: string, img: ProcessImageInput): Prom
   return writeImageChunks(file, encodeImage(img));
 }
 
+/** Refuse a path no image can be written to, with why, before one is made (a checkpoint
+ *  would freeze its process for nothing). A device or pipe is fine: written in place. */
+export async function checkImageTarget(file: string): Promise<void> {
+  const st = await fsp.stat(file).catch(() => null);
+  if (st?.isDirectory()) throw new FerryError('bad-argument', `cannot write image ${file}: it is a directory`);
+  if (st && !st.isFile()) return;
+  const dir = path.dirname(file);
+  const d = await fsp.stat(dir).catch(() => null);
+  if (!d?.isDirectory()) throw new FerryError('not-found', `cannot write image ${file}: there is no directory ${dir}`);
+  await fsp.access(dir, fsConstants.W_OK).catch(() => { throw new FerryError('io', `cannot write image ${file}: directory ${dir} is not writable`); });
+}
+
 /** Write already-encoded chunks atomically (a device, pipe or socket in place). Returns the
  *  bytes written; an error names the file. */
 export async function writeImageChunks(file: string, chunks: readonly Uint8Array[]): Promise<number> {
+  await checkImageTarget(file);
   try {
     // /dev/stdout, a fifo, a device: written in place. The temp file and rename of a regular
     // file would replace the special file with one (as root, even in /dev).

@@ -7,7 +7,7 @@ export {
 export type { ImageErrorCode, KnownSectionName } from './format.ts';
 export { encodeImage, decodeImage, imageLength, sha256Hex, FERRY_VERSION } from './codec.ts';
 export type { DecodeOptions } from './codec.ts';
-export { writeImageFile, writeImageChunks, readImageFile, readImageBytes, writeChunks } from './file.ts';
+export { checkImageTarget, writeImageFile, writeImageChunks, readImageFile, readImageBytes, writeChunks } from './file.ts';
 export { MemoryImage } from './memory.ts';
 export type { MemoryPage, MemoryRun, PageCounts } from './memory.ts';
 export { checkGlobal, globalValueToString, parseGlobalValue, globalBits } from './globals.ts';
