@@ -237,6 +237,17 @@ describe('migrations under faults', { timeout: SUITE_TIMEOUT_MS }, () => {
       assert.ok(mp.pages.addressSpace >= (64 << 20) / 4096, `address space ${mp.pages.addressSpace} pages`);
       assert.equal((await c.ferry(['kill', p2])).exitCode, 0);
       assert.equal((await long).exitCode, 137);
+      // A kill while it moves: the migration is cancelled and the process killed (it was
+      // refused: "is moving; cancel the migration or try again").
+      const third = c.ferry(['run', '--node', 'a', rma.wasm, '64', '100000'], { via: 0 });
+      const p3 = await client.waitRunning(rma.wasm, 60_000, new Set([pid, p2]));
+      const moving = client.migrate(p3, 'b', { algorithm: 'pre-copy' });
+      await new Promise((r) => setTimeout(r, 1500));
+      const k3 = await c.ferry(['kill', p3], { via: 1 });
+      assert.equal(k3.exitCode, 0, k3.stderr.toString());
+      assert.equal((await moving).state, 'cancelled');
+      assert.equal((await third).exitCode, 137);
+      assert.ok(!(await client.ps()).some((x) => x.pid === p3), 'killed, on no node');
     } finally { await c.stop(); }
   });
 });

@@ -341,6 +341,9 @@ export class ControlApi {
   }
 
   private async kill(pid: string, localOnly: boolean): Promise<{ pid: string; node: string }> {
+    // A kill outranks a move: the migration is cancelled (or, committing, ends), then the
+    // process is killed wherever it is (it refused as "moving").
+    if (this.ctx.migrator.isMigrating(pid)) await this.ctx.migrator.settle(pid);
     if (this.ctx.table.get(pid)) {
       await this.ctx.table.kill(pid);
       return { pid, node: this.ctx.name };

@@ -189,6 +189,15 @@ export class Migrator {
 
   isMigrating(pid: string): boolean { return this.active.has(pid); }
 
+  /** Cancel pid's migration if it still can be (one committing runs to its end), and wait
+   *  until it has ended either way: the process is then here or on the destination. */
+  async settle(pid: string): Promise<void> {
+    const m = this.active.get(pid);
+    if (!m) return;
+    m.cancel();
+    await m.done.catch(() => {});
+  }
+
   /** The migration's connection: dialled by the destination, which then reads the page stream
    *  into one buffer (socket-input.ts); dialled from here if it cannot (an older node, a peer
    *  not yet up in membership). */
