@@ -5,6 +5,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import binaryen from 'binaryen';
 import { ferry, tempDir, ROOT } from './helpers/ferry.ts';
+import { writeKey } from '../src/transport/index.ts';
 
 const getpid = join(ROOT, 'workloads', 'bin', 'getpid.wasm');
 const rma = join(ROOT, 'workloads', 'bin', 'rma.wasm');
@@ -104,4 +105,26 @@ describe('bad programs', () => {
     const r2 = await ferry(['run', '--dir', '/definitely/not/here::/x', getpid]);
     assert.match(r2.stderr.toString(), /does not exist/);
   });
+});
+
+describe('bad data directories', () => {
+  const t = tempDir();
+  after(() => t.cleanup());
+  // Each is refused at once with why. Under /proc, Node's recursive mkdir never returned: the
+  // node hung before it listened.
+  const cases: { name: string; dir: () => string; expect: RegExp }[] = [
+    { name: 'under /proc', dir: () => '/proc/ferry-no-such/data', expect: /cannot make data directory \/proc\/ferry-no-such\/data: ENOENT/ },
+    { name: 'a file', dir: () => t.path + '/file', expect: /cannot make data directory .*\/file: .*\/file is not a directory/ },
+    { name: 'below a file', dir: () => t.path + '/file/sub', expect: /cannot make data directory .*\/file\/sub: .*\/file is not a directory/ },
+  ];
+  for (const c of cases) {
+    it(`refuses --data-dir ${c.name}`, async () => {
+      writeFileSync(join(t.path, 'file'), 'x');
+      const key = join(t.path, 'k.key');
+      writeKey(key);
+      const r = await ferry(['node', 'start', '--name', 'd', '--listen', '127.0.0.1:0', '--key-file', key, '--data-dir', c.dir()], { timeoutMs: 20_000 });
+      assert.equal(r.signal, null, 'it exited by itself');
+      assertOneLineError(r, c.expect);
+    });
+  }
 });

@@ -6,7 +6,6 @@
 // handlers: REQUEST (control.ts), HEARTBEAT (membership.ts), PROC_OUTPUT /
 // PROC_EXIT / PROC_INPUT (stdio.ts), HOME_* (home.ts), MIG_* (migrator.ts),
 // and streams by kind (module: migrator.ts; upload: uploads.ts).
-import { mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect, listen, Shaper, type Connection, type FerryServer, type ShapingOptions } from '../transport/index.ts';
@@ -26,6 +25,7 @@ import { HomeFiles } from './home-files.ts';
 import { FerryError } from '../errors.ts';
 import type { Dependent } from './page-server.ts';
 import type { Log } from './log.ts';
+import { makeDir } from '../dirs.ts';
 
 export const NODE_CAPABILITY = 'ferry-node/1';
 
@@ -65,7 +65,7 @@ export class NodeDaemon {
   private constructor(private readonly opts: NodeOptions) {
     this.name = opts.name;
     this.dataDir = opts.dataDir ?? join(tmpdir(), `ferry-node-${opts.name}`);
-    mkdirSync(this.dataDir, { recursive: true });
+    makeDir(this.dataDir, 'data directory');
     const log = opts.log;
     const shaper = Shaper.from(opts.shaping);
     this.table = new ProcessTable(opts.name, log);

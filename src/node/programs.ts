@@ -1,16 +1,17 @@
 // The node's store of program (module) bytes, by sha256, in DATA_DIR/programs:
 // the bytes come with each run request (the node the user contacted may not
 // have the file) and stay here for later runs and for moving processes.
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { putCacheFile } from '../vm/cache.ts';
+import { makeDir } from '../dirs.ts';
 
 export class ProgramStore {
   private readonly dir: string;
 
   constructor(dataDir: string) {
     this.dir = join(dataDir, 'programs');
-    mkdirSync(this.dir, { recursive: true });
+    makeDir(this.dir, 'program store');
   }
 
   private file(hash: string): string { return join(this.dir, `${hash}.wasm`); }

@@ -1,12 +1,13 @@
 // Prepared modules are cached on disk by the original module's content hash: the
 // transform takes seconds (minutes for large programs) and its output never changes.
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { fork } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { sha256, TRANSFORM_VERSION, type PreparedMeta, type PreparedModule, type Variant } from './module-meta.ts';
 import { deserializeError, FerryError, type SerializedError } from '../errors.ts';
+import { makeDir } from '../dirs.ts';
 
 export function cacheDir(): string {
   return process.env.FERRY_CACHE_DIR ?? join(process.env.XDG_CACHE_HOME ?? join(homedir(), '.cache'), 'ferry', 'modules');
@@ -64,7 +65,7 @@ export function putCacheFile(file: string, data: Uint8Array | string): boolean {
 
 function writeEntry(hash: string, variant: Variant, prepared: PreparedModule): void {
   const base = entryBase(hash, variant);
-  try { mkdirSync(cacheDir(), { recursive: true }); } catch { return; }
+  try { makeDir(cacheDir(), 'compile cache'); } catch { return; }
   // json last: its presence marks a complete entry.
   if (putCacheFile(`${base}.wasm`, prepared.bytes)) putCacheFile(`${base}.json`, JSON.stringify(prepared.meta));
 }
