@@ -128,3 +128,21 @@ describe('bad data directories', () => {
     });
   }
 });
+
+describe('bad migrate flags', () => {
+  // Refused by the flag the user typed before anything is asked (the cluster address here
+  // answers nothing): the node used to say "migrate: maxRounds must be ...".
+  const cases: { args: string[]; expect: RegExp }[] = [
+    { args: ['--max-rounds', '-1', '--algorithm', 'pre-copy'], expect: /--max-rounds must be a whole number of rounds from 0 to 1000/ },
+    { args: ['--max-rounds', '2.5', '--algorithm', 'pre-copy'], expect: /--max-rounds must be a whole number/ },
+    { args: ['--downtime-limit', 'soon', '--algorithm', 'pre-copy'], expect: /--downtime-limit must be a number of ms from 0 to 3600000/ },
+    { args: ['--page-size', '5'], expect: /--page-size must be 4096, 16384 or 65536/ },
+    { args: ['--algorithm', 'teleport'], expect: /unknown algorithm .teleport. \(known: total-copy, / },
+  ];
+  for (const c of cases) {
+    it(`refuses ${c.args.join(' ')}`, async () => {
+      const r = await ferry(['migrate', 'a/1', '--to', 'b', '--cluster', '127.0.0.1:1', ...c.args], { env: { FERRY_KEY_FILE: '' }, timeoutMs: 20_000 });
+      assertOneLineError(r, c.expect);
+    });
+  }
+});

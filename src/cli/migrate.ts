@@ -83,6 +83,11 @@ export function registerMigrationCommands(program: Command): void {
       if (flags.variant !== undefined && !VARIANTS[flags.algorithm]?.includes(flags.variant))
         throw new FerryError('bad-argument', VARIANTS[flags.algorithm] ? `${flags.algorithm} has no variant '${flags.variant}' (known: ${VARIANTS[flags.algorithm]!.join(', ')})` : `${flags.algorithm} has no variants`);
       if (![4096, 16384, 65536].includes(flags.pageSize)) throw new FerryError('bad-argument', '--page-size must be 4096, 16384 or 65536');
+      // The node checks these too, by their wire names: said here by the flags the user typed.
+      if (flags.maxRounds !== undefined && !(Number.isInteger(flags.maxRounds) && flags.maxRounds >= 0 && flags.maxRounds <= 1000))
+        throw new FerryError('bad-argument', '--max-rounds must be a whole number of rounds from 0 to 1000');
+      if (flags.downtimeLimit !== undefined && !(flags.downtimeLimit >= 0 && flags.downtimeLimit <= 3_600_000))
+        throw new FerryError('bad-argument', '--downtime-limit must be a number of ms from 0 to 3600000');
       if (flags.postcopyAfterRounds !== undefined) {
         if (!Number.isInteger(flags.postcopyAfterRounds) || flags.postcopyAfterRounds < 1 || flags.postcopyAfterRounds > 1000)
           throw new FerryError('bad-argument', '--postcopy-after-rounds must be a whole number of rounds from 1 to 1000');
