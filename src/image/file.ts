@@ -53,27 +53,26 @@ export async function writeImageFile(file: string, img: ProcessImageInput): Prom
 }
 
 /** Refuse a path no image can be written to, with why, before one is made (a checkpoint
- *  would freeze its process for nothing). A device or pipe is fine: written in place. */
-export async function checkImageTarget(file: string): Promise<void> {
+ *  would freeze its process for nothing). Says how the image will be written: a device, pipe
+ *  or socket in place (/dev/stdout; a temp file and rename would replace the special file with
+ *  a regular one, as root even in /dev), anything else atomically. */
+export async function checkImageTarget(file: string): Promise<'in-place' | 'atomic'> {
   const st = await fsp.stat(file).catch(() => null);
   if (st?.isDirectory()) throw new FerryError('bad-argument', `cannot write image ${file}: it is a directory`);
-  if (st && !st.isFile()) return;
+  if (st && !st.isFile()) return 'in-place';
   const dir = path.dirname(file);
   const d = await fsp.stat(dir).catch(() => null);
   if (!d?.isDirectory()) throw new FerryError('not-found', `cannot write image ${file}: there is no directory ${dir}`);
   await fsp.access(dir, fsConstants.W_OK).catch(() => { throw new FerryError('io', `cannot write image ${file}: directory ${dir} is not writable`); });
+  return 'atomic';
 }
 
 /** Write already-encoded chunks atomically (a device, pipe or socket in place). Returns the
  *  bytes written; an error names the file. */
 export async function writeImageChunks(file: string, chunks: readonly Uint8Array[]): Promise<number> {
-  await checkImageTarget(file);
+  const how = await checkImageTarget(file);
   try {
-    // /dev/stdout, a fifo, a device: written in place. The temp file and rename of a regular
-    // file would replace the special file with one (as root, even in /dev).
-    const st = await fsp.stat(file).catch(() => null);
-    if (st && !st.isFile() && !st.isDirectory()) return await writeInPlace(file, chunks);
-    return await writeAtomically(file, chunks);
+    return await (how === 'in-place' ? writeInPlace(file, chunks) : writeAtomically(file, chunks));
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
     throw new FerryError(err.code === 'ENOENT' ? 'not-found' : 'io', `cannot write image ${file}: ${err.message}`, { cause: e });

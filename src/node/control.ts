@@ -203,7 +203,7 @@ export class ControlApi {
     const asHome = this.ctx.home.howEnded(pid);
     if (asHome) return { pid, ended: asHome, asHome: true };
     const here = this.ctx.table.ended(pid);
-    return here && !here.startsWith('moved') ? { pid, ended: here } : { pid };
+    return here ? { pid, ended: here } : { pid };
   }
 
   /** Which node runs pid now: this one, or the member that says it does. Members marked
@@ -343,7 +343,7 @@ export class ControlApi {
   private async kill(pid: string, localOnly: boolean): Promise<{ pid: string; node: string }> {
     // A kill outranks a move: the migration is cancelled (or, committing, ends), then the
     // process is killed wherever it is (it refused as "moving").
-    if (this.ctx.migrator.isMigrating(pid)) await this.ctx.migrator.settle(pid);
+    await this.ctx.migrator.settle(pid);
     if (this.ctx.table.get(pid)) {
       await this.ctx.table.kill(pid);
       return { pid, node: this.ctx.name };

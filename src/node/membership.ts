@@ -210,14 +210,16 @@ export class Membership {
         this.setState(m, 'down');
         this.opts.log?.(`node ${m.name} at ${m.addr} is down (silent for ${now - m.lastSeen} ms)`);
       }
-      if (m.state === 'down' && !stalled && m.conn && now - m.lastSeen > DROP_AFTER_MS) {
-        this.opts.log?.(`node ${m.name} at ${m.addr}: silent for ${now - m.lastSeen} ms, its connection dropped`);
-        m.conn.destroy();
-        m.conn = undefined;
-      }
-      if (m.state === 'down' && !stalled && !m.toldSilent && now - m.lastSeen > DROP_AFTER_MS) {
-        m.toldSilent = true;
-        for (const fn of this.silentListeners) fn(m.name, now - m.lastSeen);
+      if (m.state === 'down' && !stalled && now - m.lastSeen > DROP_AFTER_MS) {
+        if (m.conn) {
+          this.opts.log?.(`node ${m.name} at ${m.addr}: silent for ${now - m.lastSeen} ms, its connection dropped`);
+          m.conn.destroy();
+          m.conn = undefined;
+        }
+        if (!m.toldSilent) {
+          m.toldSilent = true;
+          for (const fn of this.silentListeners) fn(m.name, now - m.lastSeen);
+        }
       }
       if (m.state === 'left') continue;
       if (m.conn?.isOpen) { m.conn.send('HEARTBEAT', hb).catch(() => {}); continue; }

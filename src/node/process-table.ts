@@ -120,7 +120,7 @@ const RECENT = 256;
 
 export class ProcessTable {
   private readonly entries = new Map<string, Entry>();
-  private readonly recent = new Map<string, string>(); // pid -> how it ended
+  private readonly recent = new Map<string, { how: string; moved: boolean }>(); // pid -> how it ended, or where it went
   private next = 1;
   private readonly endListeners = new Set<(pid: string, how: string) => void>();
 
@@ -257,7 +257,7 @@ export class ProcessTable {
       release: async () => {
         e.ended = true;
         this.entries.delete(pid);
-        this.remember(pid, `moved to ${to}`);
+        this.remember(pid, `moved to ${to}`, true);
         this.notifyEnded(pid, `moved to ${to}`);
         e.stdin.destroy();
         await proc.kill();
@@ -339,8 +339,11 @@ export class ProcessTable {
     return e && this.snapshot(e);
   }
 
-  /** Why a pid is not in the table, if it was here recently. */
-  ended(pid: string): string | undefined { return this.recent.get(pid); }
+  /** How a pid ended here, if it did recently (not if it moved on). */
+  ended(pid: string): string | undefined {
+    const r = this.recent.get(pid);
+    return r && !r.moved ? r.how : undefined;
+  }
 
   /** Stdin for a process: `data` starts at absolute offset `offset` (resends overlap). */
   inputAt(pid: string, offset: number, data: Uint8Array, eof: boolean): void {
@@ -378,14 +381,14 @@ export class ProcessTable {
     this.notifyEnded(e.info.pid, state === 'exited' ? `exited (code ${code})` : state === 'killed' ? 'was killed' : `failed (${error?.message ?? 'error'})`);
   }
 
-  private remember(pid: string, how: string): void {
+  private remember(pid: string, how: string, moved = false): void {
     this.recent.delete(pid);
-    this.recent.set(pid, how);
+    this.recent.set(pid, { how, moved });
     if (this.recent.size > RECENT) this.recent.delete(this.recent.keys().next().value!);
   }
 
   private missing(pid: string): FerryError {
-    const how = this.recent.get(pid);
+    const how = this.recent.get(pid)?.how;
     return new FerryError('no-such-process', how ? `process ${pid} has already ${how}` : `no process ${pid} on node ${this.node}`);
   }
 
