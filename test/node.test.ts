@@ -3,6 +3,7 @@
 // Real daemons as separate OS processes on 127.0.0.1, port 0, with a key.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect, loadKey, writeKey } from '../src/transport/index.ts';
 import { FerryError } from '../src/errors.ts';
@@ -348,6 +349,54 @@ describe('a node whose own event loop stalls', { timeout: 120_000 }, () => {
       assert.doesNotMatch(logB, /node a at \S+ is down/);
       assert.match(c.nodes[0].log(), /node b at \S+ is down/, 'a saw b silent for the stall');
       await eventually(async () => ((await client.call('nodes')).members as Member[]).find((x) => x.name === 'b')?.state === 'up', 5000, 'a to see b up again');
+    } finally { await c.stop(); }
+  });
+});
+
+describe('guest priority', { timeout: 120_000 }, () => {
+  /** Nice value and CPU ticks of each thread of a process (Linux /proc/PID/task/TID/stat). */
+  function threads(pid: number): Map<number, { nice: number; ticks: number }> {
+    const out = new Map<number, { nice: number; ticks: number }>();
+    for (const tid of readdirSync(`/proc/${pid}/task`)) {
+      let stat: string;
+      try { stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8'); } catch { continue; } // a thread that just ended
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' '); // from field 3 (state) on
+      out.set(Number(tid), { nice: Number(f[16]), ticks: Number(f[11]) + Number(f[12]) });
+    }
+    return out;
+  }
+
+  /** The thread of `pid` that used the most CPU over a second: a busy guest's. */
+  async function busiest(pid: number): Promise<{ tid: number; nice: number }> {
+    const before = threads(pid);
+    await new Promise((r) => setTimeout(r, 1000));
+    let best = { tid: 0, nice: NaN, used: -1 };
+    for (const [tid, t] of threads(pid)) {
+      const used = t.ticks - (before.get(tid)?.ticks ?? t.ticks);
+      if (used > best.used) best = { tid, nice: t.nice, used };
+    }
+    return best;
+  }
+
+  it('a node runs its programs 10 nice levels below itself (--guest-nice; 0: at its own priority)', async () => {
+    const c = await startCluster(1, { names: ['a'] });
+    try {
+      await c.addNode('b', { extraArgs: ['--guest-nice', '0'] });
+      const client = ClusterClient.for(c);
+      for (const [i, node, want] of [[0, 'a', 10], [1, 'b', 0]] as const) {
+        const run = c.ferry(['run', '--node', node, bin('getpid'), '100000000'], { via: 0 });
+        const pid = await client.waitRunning(bin('getpid'));
+        const daemon = c.nodes[i].child.pid!;
+        const guest = await busiest(daemon);
+        assert.notEqual(guest.tid, daemon, `the busiest thread of node ${node} is a guest's, not its main thread`);
+        assert.equal(guest.nice, want, `node ${node}'s guest runs at nice ${want}`);
+        assert.equal(threads(daemon).get(daemon)?.nice, 0, `node ${node}'s main thread keeps its priority`);
+        await client.call('kill', { pid });
+        assert.notEqual((await run).exitCode, 0);
+      }
+      const bad = await ferry(['node', 'start', '--name', 'x', '--listen', '127.0.0.1:0', '--guest-nice', '20']);
+      assert.equal(bad.exitCode, 1);
+      assert.match(bad.stderr.toString(), /--guest-nice.*'20' is invalid\. give a whole number from 0 to 19/);
     } finally { await c.stop(); }
   });
 });

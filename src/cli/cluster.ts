@@ -10,6 +10,7 @@ import { FerryError } from '../errors.ts';
 import { loadKey, parseBandwidth, parseLatency, writeKey } from '../transport/index.ts';
 import { loadProgram } from '../vm/snapshot.ts';
 import { compileEagerly } from '../vm/worker-code.ts';
+import { DEFAULT_GUEST_NICE, MAX_NICE } from '../vm/guest-priority.ts';
 import { call, clusterTarget, connectCluster, remoteRun, type ClusterFlags } from '../node/client.ts';
 import { NodeDaemon } from '../node/daemon.ts';
 import { deferredLog } from '../node/log.ts';
@@ -25,6 +26,11 @@ const collect = (v: string, prev: string[]) => [...prev, v];
 function address(v: string): string {
   try { parseAddress(v); } catch (e) { throw new InvalidArgumentError((e as Error).message); }
   return v;
+}
+
+function niceLevels(v: string): number {
+  if (!/^\d+$/.test(v) || Number(v) > MAX_NICE) throw new InvalidArgumentError(`give a whole number from 0 to ${MAX_NICE}`);
+  return Number(v);
 }
 
 function addClusterOptions(cmd: Command): Command {
@@ -62,7 +68,8 @@ export function registerClusterCommands(program: Command): void {
     .option('--link-bandwidth <rate>', 'shape outgoing traffic to this bandwidth (e.g. 100mbit)')
     .option('--link-latency <time>', 'add this one-way latency to outgoing traffic (e.g. 1ms)')
     .option('--role <role>', `also serve as (repeatable): ${ROLES.join(', ')} (keeps page stores for flushing and freeze-free)`, collect, [])
-    .action(async (flags: { name: string; listen: string; join: string[]; keyFile?: string; dataDir?: string; linkBandwidth?: string; linkLatency?: string; role: string[] }) => {
+    .option('--guest-nice <n>', `run programs this many nice levels below the node (0-${MAX_NICE}; 0: at its priority), so moving them and carrying their output keep the CPU they need while they are busy`, niceLevels, DEFAULT_GUEST_NICE)
+    .action(async (flags: { name: string; listen: string; join: string[]; keyFile?: string; dataDir?: string; linkBandwidth?: string; linkLatency?: string; role: string[]; guestNice: number }) => {
       if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(flags.name)) throw new FerryError('bad-argument', `--name ${flags.name}: use letters, digits, '.', '_' and '-' (no '/')`);
       for (const r of flags.role) if (!(ROLES as readonly string[]).includes(r)) throw new FerryError('bad-argument', `--role ${r}: known roles are ${ROLES.join(', ')}`);
       if (flags.linkBandwidth) parseBandwidth(flags.linkBandwidth);
@@ -82,7 +89,7 @@ export function registerClusterCommands(program: Command): void {
       const d = await NodeDaemon.start({
         name: flags.name, host, port, join: flags.join, key, dataDir: flags.dataDir ? resolve(flags.dataDir) : undefined,
         shaping: flags.linkBandwidth || flags.linkLatency ? { bandwidth: flags.linkBandwidth, latency: flags.linkLatency } : undefined,
-        faults: process.env.FERRY_FAULTS, log, roles: [...new Set(flags.role)],
+        faults: process.env.FERRY_FAULTS, log, roles: [...new Set(flags.role)], guestNice: flags.guestNice,
       });
       process.stdout.write(`listening on ${d.addr}\n`);
       log(`node ${d.name} listening on ${d.addr}, data in ${d.dataDir}${flags.role.length ? `, roles: ${flags.role.join(', ')}` : ''}`);

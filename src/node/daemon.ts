@@ -26,6 +26,7 @@ import { FerryError } from '../errors.ts';
 import type { Dependent } from './page-server.ts';
 import type { Log } from './log.ts';
 import { makeDir } from '../dirs.ts';
+import { DEFAULT_GUEST_NICE, setGuestNice } from '../vm/guest-priority.ts';
 
 export const NODE_CAPABILITY = 'ferry-node/1';
 
@@ -43,6 +44,8 @@ export interface NodeOptions {
   shaping?: ShapingOptions;
   /** What this node serves besides running processes (file-server.ts ROLES). */
   roles?: string[];
+  /** How much nicer than this node its guests' threads run (src/vm/guest-priority.ts; default 10). */
+  guestNice?: number;
   /** Fault injection (faults.ts), e.g. "dest-commit:crash"; tests only. */
   faults?: string;
   log?: Log;
@@ -142,6 +145,7 @@ export class NodeDaemon {
   get addr(): string { return this.addrValue; }
 
   static async start(opts: NodeOptions): Promise<NodeDaemon> {
+    setGuestNice(opts.guestNice ?? DEFAULT_GUEST_NICE); // before the first worker
     const d = new NodeDaemon(opts);
     d.server = await listen(opts.host, opts.port, {
       key: opts.key, node: opts.name, role: 'node', capabilities: [NODE_CAPABILITY], shaping: d.shaper,

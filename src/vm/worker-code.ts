@@ -16,6 +16,7 @@ import v8 from 'node:v8';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { cacheDir } from './cache.ts';
+import { guestNice } from './guest-priority.ts';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const VIA_TSX = new URL('./worker-entry.mjs', import.meta.url);
@@ -37,9 +38,13 @@ export function workerUrl(): URL {
 /** A Worker's options: the bundle needs none of the parent's command-line options. A parent
  *  started with `node --import tsx` (tests, bench) would otherwise hand its loader down to the
  *  thread, and V8 flags given there are refused by Worker (they apply to the whole process anyway). */
-export function workerOptions(): { execArgv?: string[] } {
-  return workerUrl() === VIA_TSX ? {} : { execArgv: [] };
+export function workerOptions(): { execArgv?: string[]; workerData: WorkerData } {
+  const workerData: WorkerData = { nice: guestNice() };
+  return workerUrl() === VIA_TSX ? { workerData } : { execArgv: [], workerData };
 }
+
+/** What a guest's thread is told at its start. */
+export interface WorkerData { nice: number }
 
 function bundle(): URL | undefined {
   if (process.env.FERRY_WORKER_VIA_TSX) return undefined;

@@ -1,6 +1,6 @@
 // The worker thread that runs one process: instantiates the prepared module over the
 // shared memory, runs or rewinds it, and unwinds it at a safe point when asked.
-import { parentPort } from 'node:worker_threads';
+import { parentPort, workerData } from 'node:worker_threads';
 import { writeSync } from 'node:fs';
 import {
   ABSENT_MAP, ASYNCIFY_DATA, ASYNCIFY_STACK, ASYNCIFY_STACK_END, DIRTY_MAP, EXPORT_LOGICAL_PAGES,
@@ -16,6 +16,8 @@ import { WasiHost, initialWasiState, nodeFs } from '../wasi/host.ts';
 import { RemoteFs, atomicsFileCall } from '../wasi/remote-fs.ts';
 import { serializeError } from '../errors.ts';
 import { globalValueToString, parseGlobalValue } from '../image/globals.ts';
+import { lowerThisThread } from './guest-priority.ts';
+import type { WorkerData } from './worker-code.ts';
 
 if (!parentPort) throw new Error('src/vm/worker.ts must run in a worker thread');
 const port = parentPort;
@@ -36,6 +38,7 @@ function warmUp(): void {
   host.imports();
 }
 warmUp();
+lowerThisThread((workerData as WorkerData | undefined)?.nice ?? 0);
 
 port.on('message', (msg: ToWorker) => {
   try {
