@@ -400,3 +400,27 @@ describe('guest priority', { timeout: 120_000 }, () => {
     } finally { await c.stop(); }
   });
 });
+
+describe('memory of processes that left', { timeout: 120_000 }, () => {
+  const rssBytes = (pid: number) => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) * 1024;
+  const MiB = 1 << 20;
+
+  it('goes back to the system when a large process moves away or ends, not at some later collection', async () => {
+    const c = await startCluster(2, { names: ['a', 'b'] });
+    try {
+      const client = ClusterClient.for(c);
+      const [a, b] = c.nodes.map((n) => n.child.pid!) as [number, number];
+      const mib = (n: number) => `${(n / MiB).toFixed(0)} MiB`;
+      const baseA = rssBytes(a), baseB = rssBytes(b);
+      const run = c.ferry(['run', '--node', 'a', bin('rma'), '128', '1000000'], { via: 0 });
+      const pid = await client.waitRunning(bin('rma'));
+      await eventually(async () => rssBytes(a) > baseA + 120 * MiB, 30_000, `a to hold rma's 128 MiB (it held ${mib(baseA)} before)`);
+      assert.equal((await client.migrate(pid, 'b')).state, 'completed');
+      assert.ok(rssBytes(b) > baseB + 120 * MiB, `b holds the process's memory now (${mib(rssBytes(b))}, ${mib(baseB)} before)`);
+      await eventually(async () => rssBytes(a) < baseA + 50 * MiB, 5000, `a's memory to be within 50 MiB of the ${mib(baseA)} it held before the process ran there`);
+      await client.call('kill', { pid });
+      assert.notEqual((await run).exitCode, 0);
+      await eventually(async () => rssBytes(b) < baseB + 50 * MiB, 5000, `b's memory to be within 50 MiB of the ${mib(baseB)} it held before the process came`);
+    } finally { await c.stop(); }
+  });
+});

@@ -27,6 +27,7 @@ import type { Dependent } from './page-server.ts';
 import type { Log } from './log.ts';
 import { makeDir } from '../dirs.ts';
 import { DEFAULT_GUEST_NICE, setGuestNice } from '../vm/guest-priority.ts';
+import { enableReclaim } from '../vm/reclaim.ts';
 
 export const NODE_CAPABILITY = 'ferry-node/1';
 
@@ -146,6 +147,7 @@ export class NodeDaemon {
 
   static async start(opts: NodeOptions): Promise<NodeDaemon> {
     setGuestNice(opts.guestNice ?? DEFAULT_GUEST_NICE); // before the first worker
+    enableReclaim();
     const d = new NodeDaemon(opts);
     d.server = await listen(opts.host, opts.port, {
       key: opts.key, node: opts.name, role: 'node', capabilities: [NODE_CAPABILITY], shaping: d.shaper,

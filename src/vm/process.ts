@@ -14,6 +14,7 @@ import { workerOptions, workerUrl } from './worker-code.ts';
 import type { WasiState } from '../wasi/types.ts';
 import { deserializeError, FerryError } from '../errors.ts';
 import { DEFAULT_FILE_TIMEOUT_MS, errorReply, type FileOpReply, type FileOpRequest, type FileReplyMessage } from '../wasi/remote-fs.ts';
+import { reclaimSoon } from './reclaim.ts';
 
 
 /** What a freeze yields: memory stays in `memory` (read it before resuming). */
@@ -131,7 +132,7 @@ export class PreparedWorker {
     const w = this.worker;
     this.worker = null;
     this.settle();
-    if (w) void w.terminate();
+    if (w) void w.terminate().then(() => reclaimSoon()); // the pages that had arrived
   }
 }
 
@@ -274,8 +275,15 @@ export class WasmProcess extends EventEmitter {
     this.state = 'killed';
     this.stopStdin();
     this.filePort?.close();
-    await this.worker.terminate();
+    await this.endWorker();
     this.settle.reject(new FerryError('runtime', 'process killed'));
+  }
+
+  /** End the worker; then its memory can go back to the system (reclaim.ts). */
+  private async endWorker(): Promise<void> {
+    const bytes = this.logicalBytes;
+    await this.worker.terminate();
+    reclaimSoon(bytes);
   }
 
   /** Auto-converge: make the process sleep this share of its time (0 = full speed, at most 0.99). */
@@ -324,7 +332,7 @@ export class WasmProcess extends EventEmitter {
         this.lastWasi = m.wasi;
         this.stopStdin();
         this.filePort?.close();
-        void this.worker.terminate();
+        void this.endWorker();
         this.pendingStop?.reject(new FerryError('runtime', 'the process exited before it could be frozen'));
         this.pendingStop = null;
         this.emit('exit', m.code);
@@ -383,7 +391,7 @@ export class WasmProcess extends EventEmitter {
     this.state = 'failed';
     this.stopStdin();
     this.filePort?.close();
-    void this.worker.terminate();
+    void this.endWorker();
     this.pendingStop?.reject(e);
     this.pendingStop = null;
     this.emit('failed', e);
