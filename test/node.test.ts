@@ -11,6 +11,7 @@ import { ferry, ROOT } from './helpers/ferry.ts';
 import { ClusterClient, eventually, startCluster, startNode, type Cluster } from './helpers/cluster.ts';
 import { call, connectCluster } from '../src/node/client.ts';
 import { DROP_AFTER_MS } from '../src/node/membership.ts';
+import { QUIET_MS } from '../src/vm/reclaim.ts';
 
 const bin = (name: string) => join(ROOT, 'workloads', 'bin', `${name}.wasm`);
 
@@ -405,7 +406,7 @@ describe('memory of processes that left', { timeout: 120_000 }, () => {
   const rssBytes = (pid: number) => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) * 1024;
   const MiB = 1 << 20;
 
-  it('goes back to the system when a large process moves away or ends, not at some later collection', async () => {
+  it('goes back to the system once a large process has moved away or ended and the node has been quiet for QUIET_MS, not at some later collection', async () => {
     const c = await startCluster(2, { names: ['a', 'b'] });
     try {
       const client = ClusterClient.for(c);
@@ -417,10 +418,10 @@ describe('memory of processes that left', { timeout: 120_000 }, () => {
       await eventually(async () => rssBytes(a) > baseA + 120 * MiB, 30_000, `a to hold rma's 128 MiB (it held ${mib(baseA)} before)`);
       assert.equal((await client.migrate(pid, 'b')).state, 'completed');
       assert.ok(rssBytes(b) > baseB + 120 * MiB, `b holds the process's memory now (${mib(rssBytes(b))}, ${mib(baseB)} before)`);
-      await eventually(async () => rssBytes(a) < baseA + 50 * MiB, 5000, `a's memory to be within 50 MiB of the ${mib(baseA)} it held before the process ran there`);
+      await eventually(async () => rssBytes(a) < baseA + 50 * MiB, QUIET_MS + 5000, `a's memory to be within 50 MiB of the ${mib(baseA)} it held before the process ran there`);
       await client.call('kill', { pid });
       assert.notEqual((await run).exitCode, 0);
-      await eventually(async () => rssBytes(b) < baseB + 50 * MiB, 5000, `b's memory to be within 50 MiB of the ${mib(baseB)} it held before the process came`);
+      await eventually(async () => rssBytes(b) < baseB + 50 * MiB, QUIET_MS + 5000, `b's memory to be within 50 MiB of the ${mib(baseB)} it held before the process came`);
     } finally { await c.stop(); }
   });
 });

@@ -147,8 +147,8 @@ export class NodeDaemon {
 
   static async start(opts: NodeOptions): Promise<NodeDaemon> {
     setGuestNice(opts.guestNice ?? DEFAULT_GUEST_NICE); // before the first worker
-    enableReclaim();
     const d = new NodeDaemon(opts);
+    enableReclaim(() => d.migrator.busy());
     d.server = await listen(opts.host, opts.port, {
       key: opts.key, node: opts.name, role: 'node', capabilities: [NODE_CAPABILITY], shaping: d.shaper,
       onConnection: (conn) => d.install(conn),

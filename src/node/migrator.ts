@@ -189,6 +189,13 @@ export class Migrator {
 
   isMigrating(pid: string): boolean { return this.active.has(pid); }
 
+  /** A migration from this node, or one to it that has not yet resumed its process, is under way. */
+  busy(): boolean {
+    if (this.active.size > 0) return true;
+    for (const inc of this.incoming.values()) if (inc.state !== 'running' && inc.state !== 'aborted') return true;
+    return false;
+  }
+
   /** Cancel pid's migration if it still can be (one committing runs to its end), and wait
    *  until it has ended either way: the process is then here or on the destination. */
   async settle(pid: string): Promise<void> {
