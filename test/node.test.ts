@@ -418,10 +418,10 @@ describe('memory of processes that left', { timeout: 120_000 }, () => {
       await eventually(async () => rssBytes(a) > baseA + 120 * MiB, 30_000, `a to hold rma's 128 MiB (it held ${mib(baseA)} before)`);
       assert.equal((await client.migrate(pid, 'b')).state, 'completed');
       assert.ok(rssBytes(b) > baseB + 120 * MiB, `b holds the process's memory now (${mib(rssBytes(b))}, ${mib(baseB)} before)`);
-      await eventually(async () => rssBytes(a) < baseA + 50 * MiB, QUIET_MS + 5000, `a's memory to be within 50 MiB of the ${mib(baseA)} it held before the process ran there`);
+      await eventually(async () => rssBytes(a) < baseA + 50 * MiB, QUIET_MS + 2000, `a's memory to be within 50 MiB of the ${mib(baseA)} it held before the process ran there`);
       await client.call('kill', { pid });
       assert.notEqual((await run).exitCode, 0);
-      await eventually(async () => rssBytes(b) < baseB + 50 * MiB, QUIET_MS + 5000, `b's memory to be within 50 MiB of the ${mib(baseB)} it held before the process came`);
+      await eventually(async () => rssBytes(b) < baseB + 50 * MiB, QUIET_MS + 2000, `b's memory to be within 50 MiB of the ${mib(baseB)} it held before the process came`);
     } finally { await c.stop(); }
   });
 });
