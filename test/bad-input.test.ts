@@ -76,7 +76,9 @@ describe('bad programs', () => {
   after(() => t.cleanup());
   const cases: { name: string; bytes: () => Uint8Array | null; expect: RegExp }[] = [
     { name: 'a missing program', bytes: () => null, expect: /not found/ },
-    { name: 'a text file', bytes: () => Buffer.from('hello, world\n'), expect: /not a valid WebAssembly module/ },
+    { name: 'a text file', bytes: () => Buffer.from('hello, world\n'), expect: /a-text-file\.wasm is not a WebAssembly module \(it begins "hello, w"; a module begins "\\0asm"\)/ },
+    { name: 'an empty file', bytes: () => new Uint8Array(0), expect: /an-empty-file\.wasm is empty, not a WebAssembly module/ },
+    { name: 'a native binary', bytes: () => Buffer.from('7f454c4602010100', 'hex'), expect: /a-native-binary\.wasm is not a WebAssembly module \(it begins 0x7f454c4602010100;/ },
     { name: 'a truncated module', bytes: () => readFileSync(getpid).subarray(0, 1000), expect: /not a valid WebAssembly module/ },
     { name: 'a reactor (no _start)', bytes: () => watModule('(module (memory (export "memory") 1) (func (export "_initialize")))'), expect: /not a WASI command/ },
     { name: 'a module importing non-WASI functions', bytes: () => watModule('(module (import "env" "f" (func)) (memory (export "memory") 1) (func (export "_start") (call 0)))'), expect: /only wasi_snapshot_preview1/ },

@@ -166,6 +166,13 @@ export interface DecodeOptions {
   source?: string;
 }
 
+/** A file's first bytes, to say what a wrong file is: text as text ("hello\n"), anything else
+ *  in hex (0x7f454c46...: an ELF binary); a stray file's first bytes often say what it is. */
+export function showHead(bytes: Uint8Array): string {
+  const head = Buffer.from(bytes.buffer, bytes.byteOffset, Math.min(bytes.length, 8));
+  return /^[\t\n\r\x20-\x7e]*$/.test(head.toString('latin1')) ? JSON.stringify(head.toString('latin1')) : `0x${head.toString('hex')}`;
+}
+
 /**
  * Decode and validate an image. Page data, module bytes and asyncify bytes are views
  * into `buf` (no copies): keep it unchanged while the image is in use.
@@ -181,10 +188,7 @@ export function decodeImage(buf: Uint8Array, opts: DecodeOptions = {}): ProcessI
   // file header
   const magicLen = Math.min(b.length, MAGIC.length);
   if (b.compare(MAGIC, 0, magicLen, 0, magicLen) !== 0) {
-    // Text as text ("hello\n"), anything else in hex ("\x7fELF"): a stray file's first bytes often say what it is.
-    const head = b.subarray(0, 8);
-    const shown = /^[\t\n\r\x20-\x7e]*$/.test(head.toString('latin1')) ? JSON.stringify(head.toString('latin1')) : `0x${head.toString('hex')}`;
-    fail('bad-magic', `is not a ferry process image (it begins ${shown}; an image begins "${MAGIC.toString('latin1')}")`);
+    fail('bad-magic', `is not a ferry process image (it begins ${showHead(b)}; an image begins "${MAGIC.toString('latin1')}")`);
   }
   if (b.length < 10) fail('truncated', `is truncated: the file header needs ${FILE_HEADER_SIZE} bytes, ${b.length} remain`);
   const version = b.readUInt16LE(8);

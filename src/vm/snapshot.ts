@@ -8,6 +8,7 @@ import { newGuestMemory, WasmProcess, type Captured, type ProcessOptions } from 
 import type { ProcessImage, ProcessImageInput } from '../image/types.ts';
 import type { Json } from '../image/types.ts';
 import { FerryError } from '../errors.ts';
+import { showHead } from '../image/codec.ts';
 
 /** The program a process runs: where it came from and its original bytes. */
 export interface Program { path: string; bytes: Uint8Array; hash: string }
@@ -18,8 +19,13 @@ export function loadProgram(path: string): Program {
     const code = (e as NodeJS.ErrnoException).code;
     throw new FerryError('not-found', code === 'ENOENT' ? `program ${path} not found` : `cannot read program ${path}: ${(e as Error).message}`);
   }
+  // The wrong file (a script, the C source, a native binary) is named here, by what it begins with.
+  if (bytes.length === 0) throw new FerryError('invalid-module', `${path} is empty, not a WebAssembly module`);
+  if (!WASM_MAGIC.equals(bytes.subarray(0, 4))) throw new FerryError('invalid-module', `${path} is not a WebAssembly module (it begins ${showHead(bytes)}; a module begins "\\0asm")`);
   return { path, bytes, hash: sha256(bytes) };
 }
+
+const WASM_MAGIC = Buffer.from('\0asm', 'latin1');
 
 export interface ImageOptions {
   pid: string;
