@@ -7,6 +7,7 @@
 // plus one kill -9 sent by the test in the middle of a transfer.
 import { describe, it, before } from 'node:test';
 import assert from 'node:assert/strict';
+import * as path from 'node:path';
 import { addFileServer, ClusterClient, startCluster, type Cluster } from './helpers/cluster.ts';
 import { clusterRun, EndedFirst, ferryRun, outlasting, reference, type Outcome } from './helpers/modes.ts';
 import { longer, WORKLOADS, type Workload } from './helpers/workloads.ts';
@@ -200,6 +201,13 @@ describe('migrations under faults', { timeout: SUITE_TIMEOUT_MS }, () => {
         pid = p;
         const mig = client.migrate(p, 'b');
         await new Promise((r) => setTimeout(r, 1500));
+        // Meanwhile whoever else asks for it hears what holds it, and what to do about it.
+        const again = await c.ferry(['migrate', p, '--to', 'b'], { via: 1 });
+        assert.notEqual(again.exitCode, 0, 'one migration at a time');
+        assert.match(again.stderr.toString(), new RegExp(`process ${p} is moving to b; \`ferry migrate --cancel ${p}\` stops the migration`));
+        const cp = await c.ferry(['checkpoint', p, '-o', path.join(c.dir, 'held.img')], { via: 0 });
+        assert.notEqual(cp.exitCode, 0, 'no checkpoint while it moves');
+        assert.match(cp.stderr.toString(), new RegExp(`process ${p} is moving to b;`));
         const cancel = await c.ferry(['migrate', '--cancel', p], { via: 1 });
         assert.equal(cancel.exitCode, 0, cancel.stderr.toString());
         assert.match(cancel.stderr.toString(), /cancelled migration/);

@@ -68,6 +68,17 @@ export interface StartSpec {
   sink: ProcessSink;
 }
 
+/** What holds a process for a while, for the errors of whoever else asks for it meanwhile. */
+interface Hold {
+  /** "moving to b", "being checkpointed", ... */
+  doing: string;
+  /** What the asker can do about it (none: it ends by itself). */
+  hint?: string;
+}
+
+const heldError = (pid: string, h: Hold): FerryError =>
+  new FerryError('busy', `process ${pid} is ${h.doing}; ${h.hint ?? 'try again in a moment'}`);
+
 interface Entry {
   info: ProcessInfo;
   program: Program;
@@ -80,8 +91,8 @@ interface Entry {
   seq: number;
   initialBytes: number;
   ended: boolean;
-  /** A migration holds it (frozen, or moving). */
-  moving: boolean;
+  /** What holds it now (a migration, a checkpoint, a variant switch); null: nothing. */
+  held: Hold | null;
   /** Nodes holding pages it has not received (post-copy). */
   residual: string[];
   /** The variant it ran before a migration switched it to 'tracked' (it returns to it if
@@ -234,16 +245,16 @@ export class ProcessTable {
   sourceProcess(pid: string, to: string): SourceProcess {
     const e = this.entries.get(pid);
     if (!e || e.ended) throw this.missing(pid);
-    if (e.moving) throw new FerryError('busy', `process ${pid} is already moving`);
+    if (e.held) throw heldError(pid, e.held);
     if (!e.proc || (e.proc.state !== 'running' && e.proc.state !== 'starting')) throw new FerryError('busy', `process ${pid} is ${e.info.state}: it can move once it runs`);
-    e.moving = true;
+    e.held = { doing: `moving to ${to}`, hint: `\`ferry migrate --cancel ${pid}\` stops the migration` };
     const proc = e.proc;
     this.snapshot(e); // records the address space (the snapshot skips a moving process)
     return {
       pid, memory: proc.bytes,
       freeze: async () => { e.info.state = 'migrating'; return proc.freeze(); },
       resume: () => {
-        e.moving = false;
+        e.held = null;
         proc.throttle(0);
         if (!e.ended && proc.state === 'frozen') {
           const steady = e.steady; // back to the variant it ran before (a running one stays tracked)
@@ -294,9 +305,9 @@ export class ProcessTable {
   async rehost(pid: string, loaded: LoadedModule): Promise<void> {
     const e = this.entries.get(pid);
     e && (e.residual = []);
-    if (!e || e.ended || !e.proc || e.moving) return; // it ended, or moves on: nothing to swap
+    if (!e || e.ended || !e.proc || e.held) return; // it ended, or moves on: nothing to swap
     if (e.proc.loaded === loaded) return; // already in the tracked variant
-    e.moving = true;
+    e.held = { doing: `switching to the ${loaded.meta.variant} variant` };
     const old = e.proc;
     try {
       const cap = await old.freeze().catch(() => null);
@@ -305,22 +316,23 @@ export class ProcessTable {
       this.attach(e, proc);
       await old.kill();
       this.log?.(`${pid} has all its pages: now in the ${loaded.meta.variant} variant`);
-    } finally { e.moving = false; }
+    } finally { e.held = null; }
   }
 
   /** Freeze a process for a moment and return its whole image (module embedded). */
   async checkpoint(pid: string): Promise<Buffer[]> {
     const e = this.entries.get(pid);
     if (!e || e.ended) throw this.missing(pid);
-    if (e.moving || !e.proc) throw new FerryError('busy', `process ${pid} is ${e.moving ? 'moving' : e.info.state}; try again`);
-    e.moving = true;
+    if (e.held) throw heldError(pid, e.held);
+    if (!e.proc) throw new FerryError('busy', `process ${pid} is ${e.info.state}; try again`);
+    e.held = { doing: 'being checkpointed' };
     try {
       const cap = await e.proc.freeze();
       try {
         // Copies: the encoder's page chunks are views of the memory, which changes once the process continues.
         return encodeImage(imageFromCapture(cap, e.program, { pid, node: this.node, reason: 'checkpoint', extra: this.extra(e) })).map((c) => Buffer.from(c));
       } finally { e.proc.continue(); }
-    } finally { e.moving = false; }
+    } finally { e.held = null; }
   }
 
   /** The original module bytes of a process (a destination without them asks). */
@@ -359,7 +371,7 @@ export class ProcessTable {
   async kill(pid: string, why?: string): Promise<ProcessInfo> {
     const e = this.entries.get(pid);
     if (!e) throw this.missing(pid);
-    if (e.moving) throw new FerryError('busy', `process ${pid} is moving; cancel the migration or try again`);
+    if (e.held) throw heldError(pid, e.held);
     const info = this.snapshot(e);
     this.finish(e, 'killed', 137, { code: 'killed', message: `process ${pid} was killed${why ? `: ${why}` : ''}` });
     await e.proc?.kill();
@@ -393,14 +405,14 @@ export class ProcessTable {
   }
 
   private newEntry(info: ProcessInfo, program: Program, sink: ProcessSink): Entry {
-    return { info, program, stdin: new PassThrough(), stdinOffset: 0, sink, seq: 0, initialBytes: 0, ended: false, moving: false, residual: [] };
+    return { info, program, stdin: new PassThrough(), stdinOffset: 0, sink, seq: 0, initialBytes: 0, ended: false, held: null, residual: [] };
   }
 
   /** Wire a running WasmProcess to its entry: output numbering, state, exit. */
   private attach(entry: Entry, proc: WasmProcess): void {
     const pid = entry.info.pid;
     entry.proc = proc;
-    proc.on('running', () => { if (!entry.ended && !entry.moving) entry.info.state = 'running'; });
+    proc.on('running', () => { if (!entry.ended && !entry.held) entry.info.state = 'running'; });
     proc.on('stdout', (d: Uint8Array) => entry.sink.output(pid, entry.seq++, 1, d));
     proc.on('stderr', (d: Uint8Array) => entry.sink.output(pid, entry.seq++, 2, d));
     proc.exited.then(
@@ -428,7 +440,7 @@ export class ProcessTable {
 
   private snapshot(e: Entry): ProcessInfo {
     const info = e.info;
-    if (e.proc && !e.ended && !e.moving) {
+    if (e.proc && !e.ended && !e.held) {
       info.state = e.proc.state === 'running' || e.proc.state === 'starting' ? info.state : e.proc.state;
       info.memoryBytes = Math.max(info.memoryBytes, e.initialBytes, e.proc.logicalBytes);
     }
