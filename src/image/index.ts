@@ -5,7 +5,7 @@ export {
   sectionName,
 } from './format.ts';
 export type { ImageErrorCode, KnownSectionName } from './format.ts';
-export { encodeImage, decodeImage, imageLength, sha256Hex, FERRY_VERSION } from './codec.ts';
+export { encodeImage, decodeImage, imageLength, sha256Hex, showHead, FERRY_VERSION } from './codec.ts';
 export type { DecodeOptions } from './codec.ts';
 export { checkImageTarget, writeImageFile, writeImageChunks, readImageFile, readImageBytes, writeChunks } from './file.ts';
 export { MemoryImage } from './memory.ts';

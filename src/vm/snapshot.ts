@@ -5,10 +5,12 @@ import { ASYNCIFY_DATA, WASM_PAGE } from './layout.ts';
 import { sha256, TRANSFORM_VERSION, type Variant } from './module-meta.ts';
 import { loadPrepared, type LoadedModule } from './cache.ts';
 import { newGuestMemory, WasmProcess, type Captured, type ProcessOptions } from './process.ts';
-import type { ProcessImage, ProcessImageInput } from '../image/types.ts';
-import type { Json } from '../image/types.ts';
+import type { Json, ProcessImage, ProcessImageInput } from '../image/types.ts';
 import { FerryError } from '../errors.ts';
-import { showHead } from '../image/codec.ts';
+import { showHead } from '../image/index.ts';
+
+/** Every WebAssembly module begins with these 4 bytes. */
+const WASM_MAGIC = Buffer.from('\0asm', 'latin1');
 
 /** The program a process runs: where it came from and its original bytes. */
 export interface Program { path: string; bytes: Uint8Array; hash: string }
@@ -24,8 +26,6 @@ export function loadProgram(path: string): Program {
   if (!WASM_MAGIC.equals(bytes.subarray(0, 4))) throw new FerryError('invalid-module', `${path} is not a WebAssembly module (it begins ${showHead(bytes)}; a module begins "\\0asm")`);
   return { path, bytes, hash: sha256(bytes) };
 }
-
-const WASM_MAGIC = Buffer.from('\0asm', 'latin1');
 
 export interface ImageOptions {
   pid: string;
