@@ -9,7 +9,7 @@ import { describe, it, before } from 'node:test';
 import assert from 'node:assert/strict';
 import * as path from 'node:path';
 import { addFileServer, ClusterClient, startCluster, type Cluster } from './helpers/cluster.ts';
-import { clusterRun, EndedFirst, ferryRun, outlasting, reference, type Outcome } from './helpers/modes.ts';
+import { clusterRun, EndedFirst, ferryRun, outlasting, reference, watchFor, type Outcome } from './helpers/modes.ts';
 import { longer, WORKLOADS, type Workload } from './helpers/workloads.ts';
 import { strategyFor, type MigrationMetrics } from '../src/migration/index.ts';
 
@@ -235,8 +235,11 @@ describe('migrations under faults', { timeout: SUITE_TIMEOUT_MS }, () => {
       assert.match(late.stderr.toString(), /no process|not migrating/);
       // A pre-copy cancelled in its rounds, before any freeze: its metrics (and progress bar)
       // give the address space all the same (it was 0, counted only at the freeze).
-      const long = c.ferry(['run', '--node', 'a', rma.wasm, '64', '100000'], { via: 0 });
+      // Each begins once rma has said it allocated its 64 MB: moved before that, it is gone in a blink.
+      const allocated2 = watchFor('rma: 64 MB');
+      const long = c.ferry(['run', '--node', 'a', rma.wasm, '64', '100000'], { via: 0, onStdout: allocated2.onStdout });
       const p2 = await client.waitRunning(rma.wasm, 60_000, new Set([pid]));
+      await allocated2.reached;
       const pre = c.ferry(['migrate', p2, '--to', 'b', '--algorithm', 'pre-copy', '--json'], { via: 0 });
       await new Promise((r) => setTimeout(r, 1500));
       assert.equal((await c.ferry(['migrate', '--cancel', p2], { via: 1 })).exitCode, 0);
@@ -252,8 +255,10 @@ describe('migrations under faults', { timeout: SUITE_TIMEOUT_MS }, () => {
       assert.equal((await long).exitCode, 137);
       // A kill while it moves: the migration is cancelled and the process killed (it was
       // refused: "is moving; cancel the migration or try again").
-      const third = c.ferry(['run', '--node', 'a', rma.wasm, '64', '100000'], { via: 0 });
+      const allocated3 = watchFor('rma: 64 MB');
+      const third = c.ferry(['run', '--node', 'a', rma.wasm, '64', '100000'], { via: 0, onStdout: allocated3.onStdout });
       const p3 = await client.waitRunning(rma.wasm, 60_000, new Set([pid, p2]));
+      await allocated3.reached;
       const moving = client.migrate(p3, 'b', { algorithm: 'pre-copy' });
       await new Promise((r) => setTimeout(r, 1500));
       const k3 = await c.ferry(['kill', p3], { via: 1 });

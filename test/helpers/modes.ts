@@ -97,6 +97,14 @@ export async function outlasting<T>(scales: number[], attempt: (scale: number) =
   throw new Error('outlasting: no scales');
 }
 
+/** An `onStdout` for `ferry(...)` and a promise that settles once the output has shown `marker`. */
+export function watchFor(marker: string): { reached: Promise<void>; onStdout: (d: Buffer) => void } {
+  let seen = '';
+  let printed!: () => void;
+  const reached = new Promise<void>((r) => { printed = r; });
+  return { reached, onStdout: (d) => { seen = (seen + d.toString('latin1')).slice(-4096); if (seen.includes(marker)) printed(); } };
+}
+
 /** `ferry run --node NODE` against a cluster (through node `via`); `during` gets the pid
  *  once the process runs and acts on it (migrations, faults) while it runs. */
 export async function clusterRun<T>(
@@ -109,11 +117,7 @@ export async function clusterRun<T>(
   const { dir, cleanup } = prepareDir(w);
   try {
     // `after`: `during` starts once the program has printed this (past its start-up, in its main loop).
-    let seen = '';
-    let printed!: () => void;
-    const reached = new Promise<void>((r) => { printed = r; });
-    if (opts.after === undefined) printed();
-    const onStdout = opts.after === undefined ? undefined : (d: Buffer) => { seen = (seen + d.toString('latin1')).slice(-4096); if (seen.includes(opts.after!)) printed(); };
+    const { reached, onStdout } = opts.after === undefined ? { reached: Promise.resolve(), onStdout: undefined } : watchFor(opts.after);
     const before = new Set((await client.ps()).map((p) => p.pid)); // not an earlier run of the same program
     const run = c.ferry(['run', '--node', opts.node, ...(opts.flags ?? []), ...dirFlags(w, dir), w.wasm, ...w.args], { stdin: w.stdin, via: opts.via ?? 0, timeoutMs: 600_000, onStdout });
     let result: T;
