@@ -141,22 +141,24 @@ const INVARIANTS: Record<string, (m: MigrationMetrics) => void> = {
   },
 };
 
-/** What every migration of an algorithm must show once the process has ended (residual dependencies closed). */
-const FINAL_INVARIANTS: Record<string, (m: MigrationMetrics) => void> = {
-  'flushing': (m) => {
+/** What every migration of an algorithm must show once the process has ended (residual dependencies
+ *  closed). `last`: the process ran to its end after this one; after an earlier one it may have been
+ *  frozen again before it ran at all (back-to-back hops), touching no page there. */
+const FINAL_INVARIANTS: Record<string, (m: MigrationMetrics, last: boolean) => void> = {
+  'flushing': (m, last) => {
     assert.notEqual(m.totalMs, null, 'the file server dropped the store (the process ended or moved on)');
     assert.deepEqual(m.residualDependencies, []);
-    assert.ok(m.remoteFaults > 0, 'every page it used came from the file server');
+    if (last) assert.ok(m.remoteFaults > 0, 'every page it used came from the file server');
   },
   'freeze-free': (m) => {
     assert.notEqual(m.totalMs, null, 'the dependency closed');
     assert.deepEqual(m.residualDependencies, []);
   },
-  'demand-paging': (m) => {
+  'demand-paging': (m, last) => {
     assert.notEqual(m.totalMs, null, 'the dependency closed (the process ended or moved on)');
     assert.deepEqual(m.residualDependencies, []);
     assert.ok(m.pages.maxSendsPerPage <= 1, `each page sent at most once (${m.pages.maxSendsPerPage})`);
-    if (m.variant === 'copy-on-reference') assert.ok(m.remoteFaults > 0, 'copy-on-reference: every page it used came by a remote fault');
+    if (m.variant === 'copy-on-reference' && last) assert.ok(m.remoteFaults > 0, 'copy-on-reference: every page it used came by a remote fault');
   },
 };
 
@@ -225,7 +227,7 @@ export function complianceSuite(family: Family, link: Case['link']): void {
             const all = ((await client.call('migrations')).migrations as unknown as MigrationMetrics[]).filter((m) => ids.has(m.id));
             return all.length === ids.size && all.every((m) => m.totalMs !== null) && all;
           }, 30_000, 'every residual dependency to close');
-          for (const m of records) final(m);
+          for (const m of records) final(m, m.id === ms[ms.length - 1]!.id);
         }
       });
     }
