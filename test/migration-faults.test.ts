@@ -8,7 +8,7 @@
 import { describe, it, before } from 'node:test';
 import assert from 'node:assert/strict';
 import * as path from 'node:path';
-import { addFileServer, ClusterClient, startCluster, type Cluster } from './helpers/cluster.ts';
+import { addFileServer, ClusterClient, eventually, startCluster, type Cluster } from './helpers/cluster.ts';
 import { clusterRun, EndedFirst, ferryRun, outlasting, reference, watchFor, type Outcome } from './helpers/modes.ts';
 import { longer, WORKLOADS, type Workload } from './helpers/workloads.ts';
 import { strategyFor, type MigrationMetrics } from '../src/migration/index.ts';
@@ -166,6 +166,14 @@ function faultCase(algorithm: string, base: FaultCase): void {
  *  transfer). */
 const WRITTEN = 'writes ';
 
+/** Until pid's migration under way has sent `bytes` (4 MiB: of 64 MB at 100 Mb/s, 0.3 s of ~5.4):
+ *  its pages are moving, far from done. A fixed wait was either before that on a loaded machine,
+ *  its setup slow, or past the end. */
+async function pagesMoving(client: ClusterClient, pid: string, bytes = 4 << 20): Promise<void> {
+  await eventually(async () => ((await client.call('migrations')).migrations as unknown as MigrationMetrics[])
+    .some((m) => m.pid === pid && m.state === 'active' && m.bytes.total - m.bytes.setup >= bytes), 60_000, `pages of ${pid} to be moving`);
+}
+
 /** The suite's bound: the whole matrix (9 columns) takes about 31 minutes on this 2-core machine. */
 const SUITE_TIMEOUT_MS = (10 + 6 * ALGOS.length) * 60_000;
 
@@ -184,8 +192,7 @@ describe('migrations under faults', { timeout: SUITE_TIMEOUT_MS }, () => {
       const client = ClusterClient.for(c);
       const { outcome, during: m } = await clusterRun(c, client, big, { node: 'a', after: WRITTEN }, async (p) => {
         const mig = client.migrate(p, 'b');
-        // 64 MB at 100 Mb/s takes ~5 s: 1.5 s in, setup is over and pages are moving.
-        await new Promise((r) => setTimeout(r, 1500));
+        await pagesMoving(client, p);
         await c.kill9(1);
         return mig;
       });
@@ -205,12 +212,11 @@ describe('migrations under faults', { timeout: SUITE_TIMEOUT_MS }, () => {
       const { outcome, during: m } = await clusterRun(c, client, big, { node: 'a', after: WRITTEN }, async (p) => {
         pid = p;
         const mig = client.migrate(p, 'b');
-        await new Promise((r) => setTimeout(r, 1500));
+        await pagesMoving(client, p);
         // Meanwhile whoever else asks for it hears what holds it, and what to do about it.
-        const again = await c.ferry(['migrate', p, '--to', 'b'], { via: 1 });
+        const [again, cp] = await Promise.all([c.ferry(['migrate', p, '--to', 'b'], { via: 1 }), c.ferry(['checkpoint', p, '-o', path.join(c.dir, 'held.img')], { via: 0 })]);
         assert.notEqual(again.exitCode, 0, 'one migration at a time');
         assert.match(again.stderr.toString(), new RegExp(`process ${p} is moving to b; \`ferry migrate --cancel ${p}\` stops the migration`));
-        const cp = await c.ferry(['checkpoint', p, '-o', path.join(c.dir, 'held.img')], { via: 0 });
         assert.notEqual(cp.exitCode, 0, 'no checkpoint while it moves');
         assert.match(cp.stderr.toString(), new RegExp(`process ${p} is moving to b;`));
         const cancel = await c.ferry(['migrate', '--cancel', p], { via: 1 });
@@ -241,7 +247,7 @@ describe('migrations under faults', { timeout: SUITE_TIMEOUT_MS }, () => {
       const p2 = await client.waitRunning(rma.wasm, 60_000, new Set([pid]));
       await allocated2.reached;
       const pre = c.ferry(['migrate', p2, '--to', 'b', '--algorithm', 'pre-copy', '--json'], { via: 0 });
-      await new Promise((r) => setTimeout(r, 1500));
+      await pagesMoving(client, p2);
       assert.equal((await c.ferry(['migrate', '--cancel', p2], { via: 1 })).exitCode, 0);
       const r2 = await pre;
       assert.equal(r2.exitCode, 1);
@@ -260,7 +266,7 @@ describe('migrations under faults', { timeout: SUITE_TIMEOUT_MS }, () => {
       const p3 = await client.waitRunning(rma.wasm, 60_000, new Set([pid, p2]));
       await allocated3.reached;
       const moving = client.migrate(p3, 'b', { algorithm: 'pre-copy' });
-      await new Promise((r) => setTimeout(r, 1500));
+      await pagesMoving(client, p3);
       const k3 = await c.ferry(['kill', p3], { via: 1 });
       assert.equal(k3.exitCode, 0, k3.stderr.toString());
       assert.equal((await moving).state, 'cancelled');
